@@ -1,0 +1,117 @@
+"""Behaviour collection: run every RM of a pool once over labelled preference pairs.
+
+Batched, with a progress bar, resumable (pairs already in the output file are not scored again) and
+deterministic: batches are fixed slices of the pair list, so a resumed run scores exactly the batches an
+uninterrupted run would, and writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rmrouter.behaviour.records import BehaviourRecord, drop_torn_tail, read_behaviour
+from rmrouter.behaviour.table import format_table
+from rmrouter.data.records import PreferenceRecord
+from rmrouter.data.sources import PreferenceSource
+from rmrouter.reward_models.pool import RewardModelPool
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs(data: list[PreferenceSource]) -> list[PreferenceRecord]:
+    """Every source's pairs in order; ids must be unique because resume keys on them."""
+    pairs = [pair for source in data for pair in source.load()]
+    seen: set[str] = set()
+    for pair in pairs:
+        if pair.id in seen:
+            raise ValueError(f"pair id '{pair.id}' occurs twice across the data sources: ids must be unique")
+        seen.add(pair.id)
+    return pairs
+
+
+def collect_behaviour(
+    pool: RewardModelPool,
+    data: list[PreferenceSource],
+    output: Path = Path("checkpoints/behaviour/behaviour.jsonl"),
+    table: Path | None = Path("docs/behaviour_table.md"),
+    batch_size: int = 16,
+    device: str = "cpu",
+    max_batches: int | None = None,
+) -> list[BehaviourRecord]:
+    """Scores every pair with every RM of the pool, appends behaviour records to `output`, writes the table.
+
+    Args:
+        pool: The reward models (a `RewardModelPool`, e.g. `configs/pool/default.yaml`).
+        data: Labelled preference-pair sources, read in order.
+        output: The behaviour file (JSON lines). An existing file is resumed: its pairs are not scored again.
+        table: Where to write the RM x domain accuracy table (markdown); None writes none.
+        batch_size: Pairs per batch; each RM scores `2 * batch_size` responses per call.
+        device: Where the RMs run (`cpu`, `cuda`, `cuda:1`, ...).
+        max_batches: Stop after scoring this many batches (the rest is picked up by the next run).
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pairs = load_pairs(data)
+    drop_torn_tail(output)
+    done = {record.pair.id for record in read_behaviour(output, pool.names)} if output.is_file() else set()
+    pool.to(device)
+    batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+    todo = [batch for batch in batches if any(pair.id not in done for pair in batch)]
+    if max_batches is not None:
+        todo = todo[:max_batches]
+    seconds = dict.fromkeys(pool.names, 0.0)
+    log.info("%d pairs, %d already in %s, %d batches to score", len(pairs), len(done), output, len(todo))
+    with open(output, "a", encoding="utf-8") as handle:
+        for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
+            margins = _score_batch(pool, batch, seconds)
+            lines = [
+                json.dumps(BehaviourRecord(pair, dict(zip(pool.names, row))).to_dict(), ensure_ascii=False) + "\n"
+                for pair, row in zip(batch, margins.tolist())
+                if pair.id not in done
+            ]
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())  # a crash loses at most the batch being scored
+    records = read_behaviour(output, pool.names)
+    if todo:
+        timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
+        log.info("scored %d batches; time per RM: %s", len(todo), timing)
+    if table is not None and records:
+        write_table(records, pool.names, Path(table), output)
+    return records
+
+
+def _score_batch(pool: RewardModelPool, batch: list[PreferenceRecord], seconds: dict[str, float]) -> torch.Tensor:
+    prompts = [pair.prompt for pair in batch]
+    chosen = [pair.chosen for pair in batch]
+    rejected = [pair.rejected for pair in batch]
+    references = [pair.reference for pair in batch]
+    columns = []
+    for rm in pool.reward_models:
+        start = time.perf_counter()
+        scores_chosen, scores_rejected = pool.score_pairs(rm, prompts, chosen, rejected, references)
+        seconds[rm.name] += time.perf_counter() - start
+        columns.append(scores_chosen - scores_rejected)
+    return torch.stack(columns, dim=1)
+
+
+def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path, source: Path) -> None:
+    markdown = format_table(records, rm_names)
+    print(markdown)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Reward-model pool: accuracy (%) by domain\n\n"
+        f"Share of labelled pairs each RM ranks as the label does, from `{source}`.\n"
+        "Written by `python cli.py collect` (see the config it ran with); do not edit by hand.\n"
+        "Majority vote gives half credit on a tied vote; abstentions count as wrong for the RM and cast no vote.\n\n"
+        f"{markdown}\n",
+        encoding="utf-8",
+    )
+    log.info("wrote %s", path)

@@ -1,0 +1,53 @@
+"""The command line: LightningCLI for training (`fit`, `validate`, `test`, `predict`) plus rmrouter's own jobs.
+
+    python cli.py fit --config configs/learned_rm/safety.yaml
+    python cli.py collect --config configs/behaviour.yaml
+    python cli.py pipeline --config configs/pipeline.yaml
+
+`rmrouter` (the console script) is the same entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class RMRouterCLI(LightningCLI):
+    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+
+def _project_commands() -> dict[str, Callable]:
+    from rmrouter.behaviour.collect import collect_behaviour
+    from rmrouter.pipeline import run_pipeline
+
+    return {"collect": collect_behaviour, "pipeline": run_pipeline}
+
+
+PROJECT_COMMANDS = ("collect", "pipeline")
+
+
+def main(args: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in PROJECT_COMMANDS:
+        from jsonargparse import auto_cli
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+        auto_cli(_project_commands()[args[0]], args=args[1:], as_positional=False)
+        return
+    RMRouterCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

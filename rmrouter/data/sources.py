@@ -1,0 +1,106 @@
+"""Base classes for configurable data sources, the vendored data kit, and deterministic splits.
+
+A source is a small object with typed `__init__` arguments (so a YAML `class_path` builds it) and a `load()`
+that returns records. Every source can restrict itself to one named split: a record's split is a pure function
+of its id and a seed, so splits never change when a file grows, shrinks or is read in another order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import datasets
+
+from rmrouter.data.jsonl import OnError
+from rmrouter.data.records import PreferenceRecord, PromptRecord
+
+R = TypeVar("R", PreferenceRecord, PromptRecord)
+
+
+def vendored_path(relative: str) -> Path:
+    """A file of the data kit shipped inside the package (`rmrouter/vendor/<relative>`)."""
+    return Path(str(resources.files("rmrouter") / "vendor" / relative))
+
+
+def assign_split(record_id: str, fractions: dict[str, float], seed: int) -> str:
+    """The split a record belongs to: a seeded hash of its id mapped onto the cumulative `fractions`."""
+    total = sum(fractions.values())
+    if not fractions or total <= 0 or any(value < 0 for value in fractions.values()):
+        raise ValueError(f"split fractions must be non-negative and sum to more than 0, got {fractions}")
+    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64 * total
+    cumulative = 0.0
+    for name, fraction in fractions.items():
+        cumulative += fraction
+        if position < cumulative:
+            return name
+    return name  # only reached through float rounding at the very top of the range
+
+
+class Source(ABC, Generic[R]):
+    """Loads records of one kind from one place, optionally one split of them.
+
+    Args:
+        path: The file to read; None reads the copy vendored with the package.
+        limit: Keep at most this many records (after the split is applied).
+        on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
+        split: Keep only this split (a key of `split_fractions`); None keeps every record.
+        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
+        split_seed: Seed of the split assignment.
+    """
+
+    default_path: str = ""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        limit: int | None = None,
+        on_error: OnError = "raise",
+        split: str | None = None,
+        split_fractions: dict[str, float] | None = None,
+        split_seed: int = 0,
+    ):
+        if split is not None and (not split_fractions or split not in split_fractions):
+            raise ValueError(f"split '{split}' is not one of split_fractions {sorted(split_fractions or {})}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        self.path = Path(path) if path is not None else vendored_path(self.default_path)
+        self.limit = limit
+        self.on_error = on_error
+        self.split = split
+        self.split_fractions = split_fractions
+        self.split_seed = split_seed
+
+    def load(self) -> list[R]:
+        records = self.read()
+        if self.split is not None:
+            records = [r for r in records if assign_split(r.id, self.split_fractions, self.split_seed) == self.split]
+        return records if self.limit is None else records[: self.limit]
+
+    @abstractmethod
+    def read(self) -> list[R]:
+        """Every record of the file, in file order, with bad rows handled by `self.on_error`."""
+
+    def load_dataset(self) -> datasets.Dataset:
+        """The loaded records as a `datasets.Dataset` (one column per record field)."""
+        return records_to_dataset(self.load())
+
+    def __repr__(self) -> str:
+        split = f", split={self.split!r}" if self.split else ""
+        return f"{type(self).__name__}(path={str(self.path)!r}{split}, limit={self.limit})"
+
+
+class PreferenceSource(Source[PreferenceRecord]):
+    """A source of labelled preference pairs."""
+
+
+class PromptSource(Source[PromptRecord]):
+    """A source of prompts for online training."""
+
+
+def records_to_dataset(records: list[PreferenceRecord] | list[PromptRecord]) -> datasets.Dataset:
+    return datasets.Dataset.from_list([record.to_dict() for record in records])

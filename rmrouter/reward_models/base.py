@@ -1,0 +1,76 @@
+"""The one interface every reward model (RM) in rmrouter implements.
+
+Routers and the online loop see only `score(prompts, responses, references) -> Tensor[batch]`: a float per
+response, higher is better, under `torch.no_grad`. An RM that cannot judge a row returns NaN for it (it
+abstains); in particular an RM with `needs_reference = True` abstains on every row whose reference is None,
+and its `_score` never sees those rows. Callers treat NaN as "this RM gave no preference" (never as a tie
+that favours either side).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from rmrouter.data.records import Message, Prompt, as_messages
+
+
+class RewardModel(nn.Module, ABC):
+    """Base class: subclasses implement `_score` on rows that are ready to be scored.
+
+    Args:
+        name: How this RM is called in pools, behaviour records, logs and tables.
+    """
+
+    needs_reference: bool = False
+
+    def __init__(self, name: str):
+        super().__init__()
+        if not name:
+            raise ValueError("a reward model needs a non-empty name")
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        responses: Sequence[str],
+        references: Sequence[str | None] | None = None,
+    ) -> torch.Tensor:
+        """Scores each (prompt, response) pair; returns float32 `[len(responses)]` on the CPU, NaN = abstain."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{self.name}: got {len(prompts)} prompts for {len(responses)} responses")
+        if references is None:
+            references = [None] * len(responses)
+        elif len(references) != len(responses):
+            raise ValueError(f"{self.name}: got {len(references)} references for {len(responses)} responses")
+        scores = torch.full((len(responses),), float("nan"))
+        rows = [i for i, reference in enumerate(references) if reference is not None or not self.needs_reference]
+        if rows:
+            was_training = self.training
+            self.eval()
+            try:
+                scored = self._score(
+                    [as_messages(prompts[i]) for i in rows], [responses[i] for i in rows], [references[i] for i in rows]
+                )
+            finally:
+                self.train(was_training)
+            scores[rows] = scored.detach().float().cpu()
+        return scores
+
+    @abstractmethod
+    def _score(self, prompts: list[list[Message]], responses: list[str], references: list[str | None]) -> torch.Tensor:
+        """Scores rows that this RM can judge (references are all set when `needs_reference`)."""
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"

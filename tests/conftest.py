@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random-init models saved as ordinary HF folders, built once per test session.
+
+They load through the same `rmrouter.models.store` path as real models (a local folder), so every RM and module is
+tested end to end on CPU in milliseconds. Real packaged models appear only in tests marked `real_models`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = $ % #",
+    "Human: how do I bake bread? Assistant: Mix flour, water, salt and yeast, then bake it.",
+    "Janet sells 16 - 3 - 4 = 9 duck eggs a day and makes 9 * 2 = 18 dollars. #### 18",
+]
+
+
+def build_tiny_tokenizer():
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    bpe.train_from_iterator(CORPUS * 4, vocab_size=320, min_frequency=1, special_tokens=specials, show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+def _save(model, tokenizer, folder):
+    torch.manual_seed(0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _llama_config(tokenizer, **overrides):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 16-wide Llama causal LM with a chat template."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(_llama_config(tiny_tokenizer))
+    return _save(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_causal_lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer Llama sequence classifier with one output: the shape of RewardBench RMs."""
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(_llama_config(tiny_tokenizer, num_labels=1))
+    return _save(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_classifier"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 16-wide BERT encoder: stands in for all-MiniLM-L6-v2."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    return _save(BertModel(config), tiny_tokenizer, tmp_path_factory.mktemp("tiny_encoder"))

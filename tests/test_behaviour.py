@@ -1,0 +1,163 @@
+"""Behaviour collection: records, resume, determinism, bad files, and the accuracy table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rmrouter.behaviour.collect import collect_behaviour
+from rmrouter.behaviour.records import BehaviourRecord, read_behaviour
+from rmrouter.behaviour.table import ANY_RIGHT, MAJORITY, OVERALL, accuracy_table, format_table, majority_credit
+from rmrouter.data.jsonl import DataError
+from rmrouter.data.records import PreferenceRecord, as_messages
+from rmrouter.data.sources import PreferenceSource
+from rmrouter.reward_models.base import RewardModel
+from rmrouter.reward_models.pool import RewardModelPool
+
+
+class ListSource(PreferenceSource):
+    def __init__(self, records: list[PreferenceRecord]):
+        super().__init__(path="unused")
+        self.records = records
+
+    def read(self) -> list[PreferenceRecord]:
+        return list(self.records)
+
+
+class LetterCount(RewardModel):
+    """Scores a response by how often it contains `letter`; counts the rows it scored."""
+
+    def __init__(self, name: str, letter: str):
+        super().__init__(name)
+        self.letter = letter
+        self.rows_scored = 0
+
+    def _score(self, prompts, responses, references):
+        self.rows_scored += len(responses)
+        return torch.tensor([float(r.count(self.letter)) for r in responses])
+
+
+class MatchesReference(RewardModel):
+    needs_reference = True
+
+    def _score(self, prompts, responses, references):
+        return torch.tensor([float(r == ref) for r, ref in zip(responses, references)])
+
+
+def pair(i: int, chosen: str, rejected: str, domain: str, reference: str | None = None) -> PreferenceRecord:
+    return PreferenceRecord(f"p{i}", as_messages(f"q{i}"), chosen, rejected, domain, "test", reference)
+
+
+PAIRS = [
+    pair(0, "aaa", "a", "x", reference="aaa"),  # a: right, b: tie, ref: right
+    pair(1, "b", "bb", "x"),  # a: tie, b: wrong, ref: abstains
+    pair(2, "ab", "b", "y", reference="zz"),  # a: right, b: tie, ref: tie
+    pair(3, "bbb", "aab", "y"),  # a: wrong, b: right
+    pair(4, "a", "b", "y"),  # a: right, b: wrong
+]
+
+
+def make_pool() -> RewardModelPool:
+    return RewardModelPool([LetterCount("a", "a"), LetterCount("b", "b"), MatchesReference("ref")])
+
+
+def test_records_hold_margins_agreement_and_abstention(tmp_path):
+    records = collect_behaviour(make_pool(), [ListSource(PAIRS)], tmp_path / "b.jsonl", table=None, batch_size=2)
+    assert [r.pair for r in records] == PAIRS
+    first, second = records[0], records[1]
+    assert first.margin == {"a": 2.0, "b": 0.0, "ref": 1.0}
+    assert first.agree == {"a": True, "b": False, "ref": True}
+    assert second.margin["b"] == -1.0 and math.isnan(second.margin["ref"]) and not second.agree["ref"]
+    assert [r.to_dict() for r in read_behaviour(tmp_path / "b.jsonl")] == [r.to_dict() for r in records]
+    row = (tmp_path / "b.jsonl").read_text().splitlines()[1]
+    assert '"ref": null' in row
+
+
+def test_collection_is_deterministic(tmp_path):
+    for name in ("one", "two"):
+        collect_behaviour(make_pool(), [ListSource(PAIRS)], tmp_path / f"{name}.jsonl", table=None, batch_size=2)
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+
+
+def test_resume_scores_only_missing_batches_and_matches_an_uninterrupted_run(tmp_path):
+    full = tmp_path / "full.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], full, table=None, batch_size=2)
+
+    resumed = tmp_path / "resumed.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], resumed, table=None, batch_size=2, max_batches=1)
+    assert len(resumed.read_text().splitlines()) == 2
+    pool = make_pool()
+    collect_behaviour(pool, [ListSource(PAIRS)], resumed, table=None, batch_size=2)
+    assert pool[0].rows_scored == 2 * 3  # the 3 remaining pairs (batches of 2 and 1), both sides
+    assert resumed.read_bytes() == full.read_bytes()
+
+    pool = make_pool()
+    collect_behaviour(pool, [ListSource(PAIRS)], resumed, table=None, batch_size=2)
+    assert pool[0].rows_scored == 0
+
+
+def test_resume_after_a_torn_last_line(tmp_path):
+    full = tmp_path / "full.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], full, table=None, batch_size=2)
+    torn = tmp_path / "torn.jsonl"
+    lines = full.read_text().splitlines(keepends=True)
+    torn.write_text("".join(lines[:3]) + lines[3][:20])  # a crash in the middle of the second batch
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], torn, table=None, batch_size=2)
+    assert torn.read_bytes() == full.read_bytes()
+
+
+def test_a_file_from_another_pool_is_refused(tmp_path):
+    output = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None, batch_size=2)
+    other = RewardModelPool([LetterCount("a", "a"), LetterCount("c", "c")])
+    with pytest.raises(DataError, match=r"b\.jsonl:1: written by RMs \['a', 'b', 'ref'\], expected \['a', 'c'\]"):
+        collect_behaviour(other, [ListSource(PAIRS)], output, table=None)
+
+
+def test_a_malformed_behaviour_line_names_file_and_line(tmp_path):
+    output = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None)
+    output.write_text(output.read_text() + '{"id": "x"}\n')
+    with pytest.raises(DataError, match=r"b\.jsonl:6: not a behaviour record"):
+        read_behaviour(output)
+
+
+def test_duplicate_pair_ids_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="'p0' occurs twice"):
+        collect_behaviour(make_pool(), [ListSource(PAIRS), ListSource(PAIRS[:1])], tmp_path / "b.jsonl", table=None)
+
+
+def test_duplicate_rm_names_are_refused():
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        RewardModelPool([LetterCount("a", "a"), LetterCount("a", "b")])
+
+
+@pytest.mark.parametrize(
+    ("margins", "credit"),
+    [([1.0, 2.0, -1.0], 1.0), ([1.0, -1.0], 0.5), ([-1.0, float("nan"), 0.0], 0.0), ([float("nan")], 0.5)],
+)
+def test_majority_credit(margins, credit):
+    assert majority_credit(margins) == credit
+
+
+def test_accuracy_table_by_hand(tmp_path):
+    records = collect_behaviour(make_pool(), [ListSource(PAIRS)], tmp_path / "b.jsonl", table=tmp_path / "t.md")
+    table = accuracy_table(records, ["a", "b", "ref"])
+    assert table["a"] == {"x": 0.5, "y": 2 / 3, OVERALL: 3 / 5}
+    assert table["b"] == {"x": 0.0, "y": 1 / 3, OVERALL: 1 / 5}
+    assert table["ref"] == {"x": 0.5, "y": 0.0, OVERALL: 1 / 5}
+    # votes per pair: (+1, 0, +1) -> 1; (0, -1, nan) -> 0; (+1, 0, 0) -> 1; (-1, +1, nan) -> 0.5; (+1, -1, nan) -> 0.5
+    assert table[MAJORITY] == {"x": 0.5, "y": 2 / 3, OVERALL: 3 / 5}
+    assert table[ANY_RIGHT] == {"x": 0.5, "y": 1.0, OVERALL: 4 / 5}
+    markdown = (tmp_path / "t.md").read_text()
+    assert format_table(records, ["a", "b", "ref"]) in markdown
+    assert "| a | **50.0** | **66.7** | **60.0** |" in markdown  # ties share the bold
+    assert "| any RM right | 50.0 | 100.0 | 80.0 |" in markdown
+
+
+def test_behaviour_record_round_trip():
+    record = BehaviourRecord(PAIRS[0], {"a": 1.5, "b": float("nan")})
+    again = BehaviourRecord.from_dict(record.to_dict())
+    assert again.pair == record.pair and again.margin["a"] == 1.5 and math.isnan(again.margin["b"])
