@@ -100,3 +100,13 @@ def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer):
         pad_token_id=tiny_tokenizer.pad_token_id,
     )
     return _save(BertModel(config), tiny_tokenizer, tmp_path_factory.mktemp("tiny_encoder"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available; everything else runs everywhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -43,7 +43,7 @@ class MatchesReference(RewardModel):
     needs_reference = True
 
     def _score(self, prompts, responses, references):
-        return torch.tensor([float(r == ref) for r, ref in zip(responses, references)])
+        return torch.tensor([float(r == ref) for r, ref in zip(responses, references, strict=True)])
 
 
 def pair(i: int, chosen: str, rejected: str, domain: str, reference: str | None = None) -> PreferenceRecord:

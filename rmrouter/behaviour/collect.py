@@ -72,8 +72,8 @@ def collect_behaviour(
         for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
             margins = _score_batch(pool, batch, seconds)
             lines = [
-                json.dumps(BehaviourRecord(pair, dict(zip(pool.names, row))).to_dict(), ensure_ascii=False) + "\n"
-                for pair, row in zip(batch, margins.tolist())
+                json.dumps(BehaviourRecord(pair, dict(zip(pool.names, row, strict=True))).to_dict(), ensure_ascii=False) + "\n"
+                for pair, row in zip(batch, margins.tolist(), strict=True)
                 if pair.id not in done
             ]
             handle.write("".join(lines))

@@ -27,7 +27,7 @@ def accuracy_table(records: Sequence[BehaviourRecord], rm_names: Sequence[str]) 
     credits: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         margins = [record.margin[name] for name in rm_names]
-        row_credits = {name: float(margin_agrees(m)) for name, m in zip(rm_names, margins)}
+        row_credits = {name: float(margin_agrees(m)) for name, m in zip(rm_names, margins, strict=True)}
         row_credits[MAJORITY] = majority_credit(margins)
         row_credits[ANY_RIGHT] = float(any(margin_agrees(m) for m in margins))
         for row, credit in row_credits.items():

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 
 def as_messages(prompt: Prompt) -> list[Message]:
@@ -57,7 +57,16 @@ class PreferenceRecord:
 
 @dataclass(frozen=True)
 class PromptRecord:
-    """One prompt for online training, with a reference answer when the source has one."""
+    """One prompt for online training.
+
+    Args:
+        id: Unique within its source, stable across runs.
+        prompt: The conversation so far, as chat messages.
+        domain: What kind of prompt this is (`math`, an AlpacaEval subset, an MT-Bench category, ...).
+        source: Where it came from.
+        reference: A reference answer, when the source has one.
+        metadata: Anything else the source knows (e.g. MT-Bench's question id).
+    """
 
     id: str
     prompt: list[Message]

