@@ -71,11 +71,12 @@ def collect_behaviour(
     with open(output, "a", encoding="utf-8") as handle:
         for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
             margins = _score_batch(pool, batch, seconds)
-            lines = [
-                json.dumps(BehaviourRecord(pair, dict(zip(pool.names, row, strict=True))).to_dict(), ensure_ascii=False) + "\n"
+            scored = [
+                BehaviourRecord(pair, dict(zip(pool.names, row, strict=True)))
                 for pair, row in zip(batch, margins.tolist(), strict=True)
                 if pair.id not in done
             ]
+            lines = [json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in scored]
             handle.write("".join(lines))
             handle.flush()
             os.fsync(handle.fileno())  # a crash loses at most the batch being scored
