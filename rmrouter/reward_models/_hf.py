@@ -1,0 +1,86 @@
+"""Helpers shared by the reward models built on Hugging Face models: text rendering, dtypes, padding, batching."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from rmrouter.data.records import Message
+
+
+def render(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
+    """The conversation as the model saw it in training: its chat template, else `plain_text`."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return plain_text(messages, add_generation_prompt)
+
+
+def plain_text(messages: list[Message], add_generation_prompt: bool) -> str:
+    """The format for tokenizers without a chat template: `User: ...\\n\\nAssistant: ...`, one turn per paragraph.
+
+    With `add_generation_prompt` it ends with `\\n\\nAssistant:` (no trailing space: BPE vocabularies attach the space
+    to the next word, so the response is written as `" " + response`).
+    """
+    text = "\n\n".join(f"{message['role'].capitalize()}: {message['content']}" for message in messages)
+    return text + "\n\nAssistant:" if add_generation_prompt else text
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` puts a BOS token in front by itself (Llama does, Qwen and GPT-2 do not)."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def ensure_pad_token(tokenizer, model_name: str) -> None:
+    """Pads with EOS when the tokenizer has no pad token (as TRL does); attention masks keep pads out of scores."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError(f"the tokenizer of '{model_name}' has neither a pad nor an eos token to pad batches with")
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def dtype_kwargs(dtype: str | None) -> dict:
+    """`from_pretrained` keyword for a dtype given by name (`"bfloat16"`, `"float16"`, `"float32"`, `"auto"`)."""
+    if dtype is None:
+        return {}
+    if dtype == "auto":
+        return {"dtype": "auto"}
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"dtype '{dtype}' is not a torch floating-point dtype; use e.g. 'bfloat16', 'float32', 'auto'")
+    return {"dtype": value}
+
+
+def check_sizes(name: str, batch_size: int, max_length: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"{name}: batch_size must be at least 1, got {batch_size}")
+    if max_length < 2:
+        raise ValueError(f"{name}: max_length must be at least 2, got {max_length}")
+
+
+def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Row indices in chunks of `batch_size`, similar lengths together so little compute goes to padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def pad_right(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)`, padded on the right.
+
+    Right padding keeps every real token at the position it has alone, and causal attention never looks ahead, so
+    a row's hidden states do not depend on what it is batched with (no position ids needed).
+    """
+    width = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids.to(device), mask.to(device)

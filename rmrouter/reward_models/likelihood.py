@@ -1,0 +1,127 @@
+"""LASER's reward model: how likely a causal LM finds the response, per token."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from rmrouter.data.records import Message
+from rmrouter.models.store import load_model, load_tokenizer
+from rmrouter.reward_models._hf import (
+    adds_bos,
+    check_sizes,
+    dtype_kwargs,
+    ensure_pad_token,
+    length_sorted_chunks,
+    pad_right,
+    render,
+)
+from rmrouter.reward_models.base import RewardModel
+
+
+class LikelihoodRewardModel(RewardModel):
+    """Mean token log-likelihood of the response given the prompt under a causal LM.
+
+    The prompt is written with the chat template and its generation prompt; the scored tokens are the response
+    followed by the end-of-turn token the template writes after it, up to and including the tokenizer's EOS
+    (`<|im_end|>` for SmolLM2): a model that would not have stopped there is charged for it, and whatever the
+    template puts after the EOS (a newline) is never generated, so it is not scored. Without a chat template the
+    prompt is `User: ...\\n\\nAssistant:` and the scored text is `" " + response + eos`. Prompt and response are
+    tokenized separately, as they are in generation, and prompt tokens are masked out. When a row exceeds
+    `max_length` tokens the prompt loses its beginning (a leading BOS is kept); a response that alone exceeds
+    `max_length - 1` tokens is cut at its end. A row with nothing to score (empty response, no EOS) abstains (NaN).
+
+    Args:
+        name: How this RM is called in pools, behaviour records, logs and tables.
+        model: A packaged model name, a local folder or a Hugging Face id of a causal LM with a chat template.
+        batch_size: Rows per forward pass; `score` takes any number of rows.
+        max_length: Most tokens per row (prompt + response).
+        dtype: Weights' dtype, e.g. `bfloat16` on GPUs; None keeps the checkpoint's default (float32 in transformers).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: str = "smollm2-135m-instruct",
+        batch_size: int = 8,
+        max_length: int = 1024,
+        dtype: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        check_sizes(name, batch_size, max_length)
+        from transformers import AutoModelForCausalLM
+
+        self.model_name = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer = load_tokenizer(model)
+        ensure_pad_token(self.tokenizer, model)
+        self._bos = self.tokenizer.bos_token_id if adds_bos(self.tokenizer) else None
+        self.model = load_model(AutoModelForCausalLM, model, **dtype_kwargs(dtype))
+        self.model.requires_grad_(False)
+        self.model.eval()
+        # Projecting only the response positions onto the vocabulary saves most of the logits' memory.
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def split_text(self, prompt: list[Message], response: str) -> tuple[str, str]:
+        """`(context, scored)`: the text the model is conditioned on and the text whose tokens are scored."""
+        eos = self.tokenizer.eos_token or ""
+        context = render(self.tokenizer, prompt, add_generation_prompt=True)
+        if not getattr(self.tokenizer, "chat_template", None):
+            return context, " " + response + eos
+        full = render(
+            self.tokenizer, [*prompt, {"role": "assistant", "content": response}], add_generation_prompt=False
+        )
+        suffix = full[len(context) :] if full.startswith(context) else ""
+        start = suffix.find(response)
+        if start < 0:  # the template rewrote earlier turns or the response itself: score what generation would emit
+            return context, response + eos
+        # Template text between the generation prompt and the response (e.g. an empty think block) is context.
+        context, suffix = context + suffix[:start], suffix[start:]
+        end = suffix.find(eos, len(response)) if eos else -1
+        return context, suffix[: end + len(eos)] if end >= 0 else suffix
+
+    def encode(self, prompt: list[Message], response: str) -> tuple[list[int], list[int]]:
+        """`(context_ids, scored_ids)` for one row, truncated to `max_length` tokens in all."""
+        context, scored = self.split_text(prompt, response)
+        context_ids = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        scored_ids = self.tokenizer(scored, add_special_tokens=False)["input_ids"][: self.max_length - 1]
+        if self._bos is not None and context_ids[:1] != [self._bos]:
+            context_ids = [self._bos, *context_ids]
+        room = self.max_length - len(scored_ids)
+        if len(context_ids) > room:
+            head = context_ids[:1] if self._bos is not None and room > 1 else []
+            context_ids = head + context_ids[len(context_ids) - room + len(head) :]
+        return context_ids, scored_ids
+
+    def _score(self, prompts: list[list[Message]], responses: list[str], references: list[str | None]) -> torch.Tensor:
+        rows = [self.encode(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
+        sequences = [context + scored for context, scored in rows]
+        starts = torch.tensor([len(context) for context, _ in rows])
+        ends = torch.tensor([len(sequence) for sequence in sequences])
+        scores = torch.empty(len(rows))
+        for chunk in length_sorted_chunks(ends.tolist(), self.batch_size):
+            input_ids, attention_mask = pad_right(
+                [sequences[i] for i in chunk], self.tokenizer.pad_token_id, self.device
+            )
+            # Position p predicts token p + 1: keep the positions that predict a scored token of some row.
+            first = max(int(starts[chunk].min()) - 1, 0)
+            predicting = torch.arange(first, input_ids.shape[1] - 1, device=self.device)
+            if self._keeps_logits:
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=predicting
+                ).logits
+            else:
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, predicting]
+            logits = logits.float()
+            targets = input_ids[:, predicting + 1]
+            token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            target_positions = (predicting + 1).cpu()
+            scored = (target_positions >= starts[chunk, None]) & (target_positions < ends[chunk, None])
+            token_logp = token_logp.cpu().masked_fill(~scored, 0.0)
+            scores[chunk] = token_logp.sum(-1) / scored.sum(-1)  # 0 / 0 = NaN: nothing to score, abstain
+        return scores
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, model={self.model_name!r}"
