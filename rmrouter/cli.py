@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -39,6 +40,9 @@ PROJECT_COMMANDS = ("collect", "pipeline")
 
 def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
+    # SmolLM2's activations produce denormal floats that make CPU matmuls about 3x slower; flushing them to zero
+    # changes no result that matters (they are below 1e-38) and has no effect on GPUs.
+    torch.set_flush_denormal(True)
     if args and args[0] in PROJECT_COMMANDS:
         from jsonargparse import auto_cli
 

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def run_pipeline(
     learned_rm_config: Path = Path("configs/learned_rm/safety.yaml"),
-    learned_rm_checkpoint: Path = Path("checkpoints/learned_rm/safety/last.ckpt"),
+    learned_rm_checkpoint: Path = Path("checkpoints/learned_rm/safety/best.ckpt"),
     behaviour_config: Path = Path("configs/behaviour.yaml"),
     behaviour_args: list[str] | None = None,
 ) -> None:

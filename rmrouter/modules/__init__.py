@@ -1,0 +1,1 @@
+"""LightningModules: the training loops of rmrouter (learned reward models, routers, online DPO)."""
