@@ -110,3 +110,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_learned_checkpoint(tmp_path_factory, tiny_encoder_dir):
+    """A `BradleyTerryRewardModule` checkpoint on the tiny encoder, after one optimizer step."""
+    from lightning.pytorch import Trainer
+
+    from rmrouter.data.preference_datamodule import PreferenceDataModule
+    from rmrouter.data.records import PreferenceRecord
+    from rmrouter.data.sources import PreferenceSource
+    from rmrouter.modules.learned_reward import BradleyTerryRewardModule
+
+    class Pairs(PreferenceSource):
+        def read(self):
+            return [
+                PreferenceRecord(f"t{i}", [{"role": "user", "content": f"q{i}"}], "kind answer", "rude", "toy", "mem")
+                for i in range(4)
+            ]
+
+    module = BradleyTerryRewardModule(
+        encoder=tiny_encoder_dir, pooling="mean", normalize_embeddings=True, max_length=32, freeze_encoder=True,
+        head_hidden=8, learning_rate=1e-2, weight_decay=0.0,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny_learned_rm")
+    trainer = Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=folder,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=PreferenceDataModule(train=[Pairs(path="unused")], batch_size=4))
+    trainer.save_checkpoint(folder / "best.ckpt")
+    return str(folder / "best.ckpt")

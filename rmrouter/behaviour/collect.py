@@ -110,7 +110,8 @@ def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path,
     path.write_text(
         "# Reward-model pool: accuracy (%) by domain\n\n"
         f"Share of labelled pairs each RM ranks as the label does, from `{source}`.\n"
-        "Written by `python cli.py collect` (see the config it ran with); do not edit by hand.\n"
+        "Written by `python cli.py collect` (the default: `python cli.py collect --config configs/behaviour.yaml`,\n"
+        "which `bash scripts/run.sh` runs); do not edit by hand: rerun it (it only rescores missing pairs).\n"
         "Majority vote gives half credit on a tied vote; abstentions count as wrong for the RM and cast no vote.\n\n"
         f"{markdown}\n",
         encoding="utf-8",

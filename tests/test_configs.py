@@ -1,0 +1,107 @@
+"""Every shipped YAML parses and builds; the pipeline runs its stages and skips what is done."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonargparse import ArgumentParser
+
+from rmrouter.behaviour.collect import collect_behaviour
+from rmrouter.behaviour.records import read_behaviour
+from rmrouter.pipeline import run_pipeline
+from rmrouter.reward_models import RewardModelPool
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture
+def tiny_models(tiny_causal_lm_dir, tiny_encoder_dir, tiny_classifier_dir, tiny_learned_checkpoint):
+    """Which tiny stand-in replaces the real model of each RM class in a shipped pool."""
+    return {
+        "LikelihoodRewardModel": {"model": tiny_causal_lm_dir},
+        "ReferenceSimilarityRewardModel": {"model": tiny_encoder_dir},
+        "SequenceClassifierRewardModel": {"model": tiny_classifier_dir},
+        "LearnedRewardModel": {"checkpoint": tiny_learned_checkpoint},
+    }
+
+
+def with_tiny_models(pool: dict, tiny_models: dict) -> dict:
+    pool = copy.deepcopy(pool)
+    for entry in pool["init_args"]["reward_models"]:
+        entry["init_args"].update(tiny_models.get(entry["class_path"].rsplit(".", 1)[-1], {}))
+    return pool
+
+
+def build_pool(spec: dict) -> RewardModelPool:
+    parser = ArgumentParser()
+    parser.add_argument("--pool", type=RewardModelPool)
+    return parser.instantiate_classes(parser.parse_object({"pool": spec})).pool
+
+
+def test_default_pool_builds_with_tiny_models_and_every_rm_scores(tiny_models):
+    spec = yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
+    pool = build_pool(with_tiny_models(spec, tiny_models))
+    assert pool.names == ["gsm8k-verifier", "length", "minilm-reference", "smollm2-likelihood", "minilm-bt-safety"]
+    margins = pool.margins(["What is 2 + 2?"] * 2, ["4. #### 4", "no idea"], ["5. #### 5", "four"], ["#### 4", None])
+    assert margins.shape == (2, 5)
+    assert margins[0].isfinite().all()  # with a reference every RM judges
+    assert margins[1].isnan().tolist() == [True, False, True, False, False]  # without one, two RMs abstain
+
+
+def test_behaviour_config_parses_and_its_sources_load():
+    parser = ArgumentParser()
+    parser.add_function_arguments(collect_behaviour, sub_configs=True)
+    config = parser.parse_path(str(CONFIGS / "behaviour.yaml"))  # parsing checks every key and type, builds nothing
+    assert build_pool_names(config.pool.as_dict()) == build_pool_names(
+        yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
+    )
+    raw = yaml.safe_load((CONFIGS / "behaviour.yaml").read_text())
+    raw.pop("pool")  # the real pool needs the real models; the sources are what is checked here
+    for source in raw["data"]:
+        source["init_args"]["limit"] = 3
+    data_parser = ArgumentParser()
+    data_parser.add_function_arguments(collect_behaviour, skip={"pool"})
+    data = data_parser.instantiate_classes(data_parser.parse_object(raw)).data
+    pairs = [pair for source in data for pair in source.load()]
+    assert len(pairs) == 12
+    assert [pair.domain for pair in pairs[:6]] == ["math"] * 3 + ["safety"] * 3
+
+
+def test_pipeline_trains_when_missing_then_collects_and_skips_training_when_done(tmp_path, monkeypatch, tiny_models):
+    monkeypatch.chdir(tmp_path)  # the shipped configs write under ./checkpoints and ./docs
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    learned = yaml.safe_load((CONFIGS / "learned_rm" / "safety.yaml").read_text())
+    learned["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
+    learned["trainer"]["max_epochs"] = 1
+    for side in ("train", "val"):
+        for source in learned["data"]["init_args"][side]:
+            source["init_args"]["limit"] = 8
+    (tmp_path / "learned.yaml").write_text(yaml.safe_dump(learned))
+
+    pool = yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
+    tiny = {**tiny_models, "LearnedRewardModel": {"checkpoint": "checkpoints/learned_rm/safety/best.ckpt"}}
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(with_tiny_models(pool, tiny)))
+    behaviour = yaml.safe_load((CONFIGS / "behaviour.yaml").read_text())
+    behaviour["pool"] = "pool.yaml"
+    for source in behaviour["data"]:
+        source["init_args"]["limit"] = 2
+    (tmp_path / "behaviour.yaml").write_text(yaml.safe_dump(behaviour))
+
+    checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
+    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"))
+    records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
+    assert len(records) == 8 and set(records[0].margin) == set(build_pool_names(pool))
+    assert (tmp_path / "docs" / "behaviour_table.md").is_file()
+
+    trained_at = checkpoint.stat().st_mtime_ns
+    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"))
+    assert checkpoint.stat().st_mtime_ns == trained_at
+
+
+def build_pool_names(spec: dict) -> list[str]:
+    return [entry["init_args"]["name"] for entry in spec["init_args"]["reward_models"]]
