@@ -13,6 +13,9 @@ denormals and run about 2.5x slower without the flush.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -151,7 +154,14 @@ def main() -> None:
     )
     print("\n" + table)
     if args.output is not None:
-        args.output.write_text(table + "\n")
+        command = " ".join(["python", *sys.argv])
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(
+            f"# Reward-model scoring throughput\n\nWritten by `{command}` ({machine}); do not edit by hand.\n"
+            "Model loading and one warm-up call are not timed; each pair is two scored responses.\n\n"
+            f"{table}\n"
+        )
 
 
 if __name__ == "__main__":
