@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from rmrouter.data.records import Message
+from rmrouter.models.store import load_model, load_tokenizer
 
 
 def render(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
@@ -41,6 +42,16 @@ def ensure_pad_token(tokenizer, model_name: str) -> None:
     if tokenizer.eos_token is None:
         raise ValueError(f"the tokenizer of '{model_name}' has neither a pad nor an eos token to pad batches with")
     tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_frozen(auto_class, model: str, dtype: str | None):
+    """`(tokenizer, model)` for scoring: a tokenizer that can pad, a model in eval mode with no gradients."""
+    tokenizer = load_tokenizer(model)
+    ensure_pad_token(tokenizer, model)
+    network = load_model(auto_class, model, **dtype_kwargs(dtype))
+    network.requires_grad_(False)
+    network.eval()
+    return tokenizer, network
 
 
 def dtype_kwargs(dtype: str | None) -> dict:

@@ -7,16 +7,7 @@ import inspect
 import torch
 
 from rmrouter.data.records import Message
-from rmrouter.models.store import load_model, load_tokenizer
-from rmrouter.reward_models._hf import (
-    adds_bos,
-    check_sizes,
-    dtype_kwargs,
-    ensure_pad_token,
-    length_sorted_chunks,
-    pad_right,
-    render,
-)
+from rmrouter.reward_models._hf import adds_bos, check_sizes, length_sorted_chunks, load_frozen, pad_right, render
 from rmrouter.reward_models.base import RewardModel
 
 
@@ -55,12 +46,8 @@ class LikelihoodRewardModel(RewardModel):
         self.model_name = model
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(model)
-        ensure_pad_token(self.tokenizer, model)
+        self.tokenizer, self.model = load_frozen(AutoModelForCausalLM, model, dtype)
         self._bos = self.tokenizer.bos_token_id if adds_bos(self.tokenizer) else None
-        self.model = load_model(AutoModelForCausalLM, model, **dtype_kwargs(dtype))
-        self.model.requires_grad_(False)
-        self.model.eval()
         # Projecting only the response positions onto the vocabulary saves most of the logits' memory.
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from rmrouter.data.records import Message
-from rmrouter.models.store import load_model, load_tokenizer
-from rmrouter.reward_models._hf import check_sizes, dtype_kwargs, ensure_pad_token, length_sorted_chunks, pad_right
+from rmrouter.reward_models._hf import check_sizes, length_sorted_chunks, load_frozen, pad_right
 from rmrouter.reward_models.base import RewardModel
 
 
@@ -43,12 +42,8 @@ class ReferenceSimilarityRewardModel(RewardModel):
         self.model_name = model
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(model)
-        ensure_pad_token(self.tokenizer, model)
+        self.tokenizer, self.model = load_frozen(AutoModel, model, dtype)
         self.tokenizer.truncation_side = "right"
-        self.model = load_model(AutoModel, model, **dtype_kwargs(dtype))
-        self.model.requires_grad_(False)
-        self.model.eval()
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:

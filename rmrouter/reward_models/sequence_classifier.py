@@ -5,16 +5,7 @@ from __future__ import annotations
 import torch
 
 from rmrouter.data.records import Message
-from rmrouter.models.store import load_model, load_tokenizer
-from rmrouter.reward_models._hf import (
-    adds_bos,
-    check_sizes,
-    dtype_kwargs,
-    ensure_pad_token,
-    length_sorted_chunks,
-    pad_right,
-    render,
-)
+from rmrouter.reward_models._hf import adds_bos, check_sizes, length_sorted_chunks, load_frozen, pad_right, render
 from rmrouter.reward_models.base import RewardModel
 
 
@@ -48,16 +39,12 @@ class SequenceClassifierRewardModel(RewardModel):
         self.model_name = model
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = load_tokenizer(model)
-        ensure_pad_token(self.tokenizer, model)
+        self.tokenizer, self.model = load_frozen(AutoModelForSequenceClassification, model, dtype)
         self.tokenizer.truncation_side = "left"
         self._strip_bos = adds_bos(self.tokenizer)
-        self.model = load_model(AutoModelForSequenceClassification, model, **dtype_kwargs(dtype))
         # The pooled token is the last one that is not `pad_token_id`: it must be the id the batches are padded with.
         self.model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.requires_grad_(False)
-        self.model.eval()
 
     def conversation_text(self, prompt: list[Message], response: str) -> str:
         """The text that is tokenized for one row (before the tokenizer adds its special tokens)."""
