@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -161,3 +162,22 @@ def test_behaviour_record_round_trip():
     record = BehaviourRecord(PAIRS[0], {"a": 1.5, "b": float("nan")})
     again = BehaviourRecord.from_dict(record.to_dict())
     assert again.pair == record.pair and again.margin["a"] == 1.5 and math.isnan(again.margin["b"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("agree", None, "field 'agree' missing"),
+        ("agree", {"a": True, "b": False}, "field 'agree': no true/false label for RM 'ref'"),
+        ("agree", {"a": False, "b": False, "ref": True}, "field 'agree': RM 'a' is labelled False but its margin 2.0"),
+        ("margin", {"a": "2.0", "b": 0.0, "ref": 1.0}, "field 'margin': RM 'a' has '2.0'"),
+    ],
+)
+def test_edited_labels_or_margins_are_refused(tmp_path, field, value, expected):
+    output = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None)
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    rows[0][field] = value
+    output.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=rf"b\.jsonl:1: not a behaviour record \({expected}"):
+        read_behaviour(output)

@@ -37,9 +37,30 @@ class BehaviourRecord:
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> BehaviourRecord:
+        """Parses one line; `agree` must be present and match the margins, so edited labels never pass silently."""
         pair_fields = {k: v for k, v in row.items() if k not in ("agree", "margin")}
-        margin = {name: float("nan") if m is None else float(m) for name, m in row["margin"].items()}
+        margin = {name: _margin_value(name, m) for name, m in row["margin"].items()}
+        agree = row.get("agree")
+        if not isinstance(agree, dict):
+            raise ValueError(f"field 'agree' missing: expected one true/false label per RM of {sorted(margin)}")
+        for name, value in margin.items():
+            label = agree.get(name)
+            if not isinstance(label, bool):
+                raise ValueError(f"field 'agree': no true/false label for RM '{name}' (got {label!r})")
+            if label != margin_agrees(value):
+                raise ValueError(
+                    f"field 'agree': RM '{name}' is labelled {label} but its margin {row['margin'][name]} says "
+                    f"{margin_agrees(value)}; the file was edited or written by another tool"
+                )
         return cls(PreferenceRecord.from_dict(pair_fields), margin)
+
+
+def _margin_value(name: str, value: Any) -> float:
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"field 'margin': RM '{name}' has {value!r}, expected a number or null")
+    return float(value)
 
 
 def margin_agrees(margin: float) -> bool:

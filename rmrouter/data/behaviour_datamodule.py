@@ -1,0 +1,202 @@
+"""The DataModule of the offline router: behaviour records (how each RM of a pool judged labelled pairs).
+
+Batches are dicts: `id`, `domain`, `source`, `prompt` (rendered with `as_text`), `chosen`, `rejected` as lists of
+strings, and `agree`, `margin` as float tensors `[B, N]` whose column `n` is `rm_names[n]`. `agree` is 1.0 where
+the RM ranks the pair as the label does; `margin` is `score(chosen) - score(rejected)`, NaN where the RM abstained.
+
+Splits are keyed by prompt (`assign_split(split_key(pair), ...)`), so no prompt is in two splits. Rows of the
+out-of-distribution domains or sources are held out whole as split `ood`, evaluated next to `test`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from rmrouter.behaviour.records import BehaviourRecord, read_behaviour
+from rmrouter.data.records import as_text
+from rmrouter.data.sources import assign_split, split_key
+
+log = logging.getLogger(__name__)
+
+IN_DISTRIBUTION_SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+
+class BehaviourPairs(Dataset):
+    """Behaviour records as rows: strings for the pair, `[N]` tensors for the RMs in `rm_names` order."""
+
+    def __init__(self, records: list[BehaviourRecord], rm_names: Sequence[str]):
+        self.records = records
+        shape = (len(records), len(rm_names))  # reshape keeps [0, N] for an empty split
+        margins = [[record.margin[name] for name in rm_names] for record in records]
+        agrees = [[agree[name] for name in rm_names] for agree in (record.agree for record in records)]
+        self.margin = torch.tensor(margins, dtype=torch.float32).reshape(shape)
+        self.agree = torch.tensor(agrees, dtype=torch.float32).reshape(shape)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        pair = self.records[index].pair
+        return {
+            "id": pair.id,
+            "domain": pair.domain,
+            "source": pair.source,
+            "prompt": as_text(pair.prompt),
+            "chosen": pair.chosen,
+            "rejected": pair.rejected,
+            "agree": self.agree[index],
+            "margin": self.margin[index],
+        }
+
+
+class BehaviourDataModule(LightningDataModule):
+    """Behaviour records of one RM pool, split by prompt into train/val/test, plus an optional held-out `ood` split.
+
+    Args:
+        path: The behaviour file (JSON lines, as written by behaviour collection).
+        rm_names: The pool's RM names in pool order; it fixes the columns of `agree` and `margin`, and the file
+            must carry exactly these RMs.
+        split_fractions: Relative sizes of `train` (required), `val` and `test`; None means
+            `{train: 0.8, val: 0.1, test: 0.1}`.
+        split_seed: Seed of the prompt-keyed split assignment.
+        ood_domains: Domains held out whole as split `ood` (never trained, validated or tested on).
+        ood_sources: Source prefixes held out whole as split `ood` (e.g. `hh-rlhf` or `alpaca_eval/gpt4`).
+        batch_size: Pairs per batch on each device.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the training order (reshuffled every epoch, reproducibly).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        rm_names: list[str],
+        split_fractions: dict[str, float] | None = None,
+        split_seed: int = 0,
+        ood_domains: list[str] | None = None,
+        ood_sources: list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not rm_names or len(set(rm_names)) != len(rm_names):
+            raise ValueError(f"rm_names must be a non-empty list of distinct RM names, got {rm_names}")
+        fractions = dict(DEFAULT_SPLIT_FRACTIONS if split_fractions is None else split_fractions)
+        unknown = sorted(set(fractions) - set(IN_DISTRIBUTION_SPLITS))
+        if "train" not in fractions or unknown:
+            raise ValueError(
+                f"split_fractions must name 'train' and may name 'val' and 'test' (ood rows are chosen by "
+                f"ood_domains/ood_sources), got {fractions}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.path = path
+        self.rm_names = list(rm_names)
+        self.split_fractions = fractions
+        self.split_seed = split_seed
+        self.ood_domains = list(ood_domains or [])
+        self.ood_sources = list(ood_sources or [])
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.splits: dict[str, BehaviourPairs] | None = None
+
+    @property
+    def has_ood(self) -> bool:
+        return bool(self.ood_domains or self.ood_sources)
+
+    def setup(self, stage: str | None = None) -> None:
+        # Idempotent: every split comes from one read of one small file, done on the first call whatever the stage.
+        if self.splits is not None:
+            return
+        records = read_behaviour(self.path, self.rm_names)
+        names = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if self.has_ood else [])]
+        grouped: dict[str, list[BehaviourRecord]] = {name: [] for name in names}
+        for record in records:
+            grouped[self._split_of(record)].append(record)
+        if not grouped["train"]:
+            sizes = {name: len(rows) for name, rows in grouped.items()}
+            raise ValueError(
+                f"{self.path}: the train split is empty ({len(records)} rows, split sizes {sizes}): raise "
+                "split_fractions['train'] or narrow ood_domains / ood_sources"
+            )
+        self._warn_unmatched_ood(records)
+        self.splits = {name: BehaviourPairs(rows, self.rm_names) for name, rows in grouped.items()}
+        log.info("%s: behaviour split sizes %s", self.path, self.split_sizes)
+
+    def _split_of(self, record: BehaviourRecord) -> str:
+        pair = record.pair
+        if pair.domain in self.ood_domains or any(pair.source.startswith(prefix) for prefix in self.ood_sources):
+            return "ood"
+        return assign_split(split_key(pair), self.split_fractions, self.split_seed)
+
+    def _warn_unmatched_ood(self, records: list[BehaviourRecord]) -> None:
+        # A misspelt domain or source would silently leave its rows in training; say which names matched nothing.
+        domains = {record.pair.domain for record in records}
+        sources = {record.pair.source for record in records}
+        unmatched = [d for d in self.ood_domains if d not in domains]
+        unmatched += [p for p in self.ood_sources if not any(s.startswith(p) for s in sources)]
+        if unmatched:
+            log.warning(
+                "%s: ood_domains/ood_sources %s match no row (domains %s, sources %s)",
+                self.path,
+                unmatched,
+                sorted(domains),
+                sorted(sources),
+            )
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Rows per split (`train`, `val`, `test`, and `ood` when it is configured)."""
+        return {name: len(dataset) for name, dataset in self._splits().items()}
+
+    @property
+    def test_split_names(self) -> list[str]:
+        """The split of each loader `test_dataloader` returns, in order (`test`, then `ood`; empty splits left out).
+
+        Use it to name test metrics: dataloader `i` is `test_split_names[i]`, e.g. `test/acc` and `ood/acc`.
+        """
+        splits = self._splits()
+        return [name for name in ("test", "ood") if name in splits and len(splits[name]) > 0]
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._splits()["train"], shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = self._loaders(["val"])
+        return loaders[0] if loaders else []  # Lightning runs no validation for an empty list
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per name of `test_split_names`, in that order."""
+        return self._loaders(["test", *(["ood"] if self.has_ood else [])])
+
+    def _loaders(self, names: list[str]) -> list[DataLoader]:
+        splits = self._splits()
+        for name in names:
+            if len(splits[name]) == 0:
+                log.warning("%s: the %s split is empty, so it is skipped (see split_fractions, ood_*)", self.path, name)
+        return [self._loader(splits[name], shuffle=False) for name in names if len(splits[name]) > 0]
+
+    def _splits(self) -> dict[str, BehaviourPairs]:
+        if self.splits is None:
+            raise RuntimeError("call setup() before asking BehaviourDataModule for its splits or dataloaders")
+        return self.splits
+
+    def _loader(self, dataset: BehaviourPairs, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,208 @@
+"""The offline router's artifact, consumed by the online router: per-RM Bradley-Terry embeddings and a pair encoder.
+
+Online, `bt_embeddings[n]` is the prior mean of RM `rm_names[n]`, and the pair encoder (a text encoder named for the
+model store plus a small MLP rebuilt from `mlp_config` and `mlp_state`) embeds each new pair next to them.
+
+One file, written with `torch.save` of plain dicts, lists, tensors and primitives only, so it loads with
+`torch.load(weights_only=True)`: reading a prior can never run code. Writes are atomic (temp file, then rename), so a
+crash mid-save leaves the previous prior, not half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+KIND = "rmrouter.RouterPrior"
+# Rows are L2-normalised by the BT head; float32 round-off stays far inside this.
+NORM_TOLERANCE = 1e-3
+PAYLOAD_FIELDS = (
+    "rm_names",
+    "bt_embeddings",
+    "encoder",
+    "pooling",
+    "max_length",
+    "mlp_config",
+    "mlp_state",
+    "metadata",
+)
+
+
+class RouterPriorError(ValueError):
+    """A router prior (file or object) cannot be used as it is; the message says where, what, and what to do."""
+
+
+@dataclass(frozen=True, eq=False)
+class RouterPrior:
+    """What the offline router learned, in the form the online router needs it.
+
+    Args:
+        rm_names: The pool's RM names, in the order of the rows of `bt_embeddings`.
+        bt_embeddings: `[N, d]` Bradley-Terry embedding per RM, rows L2-normalised as the BT head used them.
+        encoder: Name of the text encoder in the model store.
+        pooling: The encoder's pooling (`mean` or `last_token`).
+        max_length: Token limit of the encoder's inputs.
+        mlp_config: Everything the pair encoder needs to rebuild its MLP (sizes, activation, flags); primitives only.
+        mlp_state: The MLP's `state_dict`.
+        metadata: Provenance and scores (behaviour file, training steps, router accuracy, ...); primitives only.
+        version: Format version; always `FORMAT_VERSION` for a prior in memory.
+        source: Where the prior was loaded from, for error messages; set by `load`, never saved.
+    """
+
+    rm_names: list[str]
+    bt_embeddings: Tensor
+    encoder: str
+    pooling: str
+    max_length: int
+    mlp_config: dict[str, Any]
+    mlp_state: dict[str, Tensor]
+    metadata: dict[str, str | float | int] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.version != FORMAT_VERSION:
+            raise RouterPriorError(f"format version {self.version} given, this rmrouter writes {FORMAT_VERSION}")
+        object.__setattr__(self, "rm_names", list(self.rm_names))
+        names = self.rm_names
+        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise RouterPriorError(f"rm_names must be distinct non-empty names, got {names}")
+        embeddings = self.bt_embeddings
+        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or not embeddings.is_floating_point():
+            raise RouterPriorError(f"bt_embeddings must be a float tensor [N, d], got {_describe(embeddings)}")
+        if embeddings.shape[0] != len(names):
+            raise RouterPriorError(
+                f"bt_embeddings has {embeddings.shape[0]} rows (shape {list(embeddings.shape)}) but there are "
+                f"{len(names)} RMs {names}: one row per RM, in rm_names order"
+            )
+        norms = embeddings.detach().float().norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms), atol=NORM_TOLERANCE):
+            raise RouterPriorError(
+                f"bt_embeddings rows must be L2-normalised as the BT head used them, got norms {norms.tolist()}: "
+                "save torch.nn.functional.normalize(E_bt, dim=-1)"
+            )
+        if not isinstance(self.encoder, str) or not self.encoder or not isinstance(self.pooling, str):
+            raise RouterPriorError(f"encoder and pooling must be names, got {self.encoder!r}, {self.pooling!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise RouterPriorError(f"max_length must be a positive int, got {self.max_length!r}")
+        _check_primitives(self.mlp_config, "mlp_config")
+        _check_primitives(self.metadata, "metadata")
+        if not isinstance(self.mlp_state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in self.mlp_state.items()
+        ):
+            raise RouterPriorError(f"mlp_state must map parameter names to tensors, got {_describe(self.mlp_state)}")
+
+    @property
+    def dim(self) -> int:
+        """The pair embedding size `d`."""
+        return self.bt_embeddings.shape[1]
+
+    def check_pool(self, rm_names: Sequence[str]) -> None:
+        """Refuses a pool whose RMs differ from the prior's, in names or in order (the embeddings are per position)."""
+        pool = list(rm_names)
+        if pool == self.rm_names:
+            return
+        if sorted(pool) == sorted(self.rm_names):
+            fix = "same RMs in another order: list the pool's RMs in the prior's order"
+        else:
+            missing = [name for name in self.rm_names if name not in pool]
+            extra = [name for name in pool if name not in self.rm_names]
+            fix = f"the pool lacks {missing} and has no prior for {extra}: train a prior on this pool's behaviour"
+        where = f" {self.source}" if self.source else ""
+        raise RouterPriorError(
+            f"router prior{where} was trained for RMs {self.rm_names} (in this order), but the pool is {pool}: {fix}"
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The prior as plain dicts, lists, tensors and primitives (what `save` writes)."""
+        return {
+            "kind": KIND,
+            "version": self.version,
+            "rm_names": list(self.rm_names),
+            # Clones drop views into larger storages (torch.save would write those whole) and any autograd graph.
+            "bt_embeddings": self.bt_embeddings.detach().cpu().clone(),
+            "encoder": self.encoder,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "mlp_config": self.mlp_config,
+            "mlp_state": {name: tensor.detach().cpu().clone() for name, tensor in self.mlp_state.items()},
+            "metadata": dict(self.metadata),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the prior to `path` atomically: a failed write leaves whatever was there before."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = self.to_payload()
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(payload, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.chmod(temp, 0o644)  # mkstemp makes the file private; a prior is an ordinary shareable artifact
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RouterPrior:
+        """Reads a prior written by `save`, refusing other files, unknown format versions and inconsistent shapes."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no router prior here (train the offline router to write one)")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise RouterPriorError(f"{path}: not a router prior file ({type(error).__name__}: {error})") from None
+        if not isinstance(payload, dict) or payload.get("kind") != KIND:
+            keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+            raise RouterPriorError(f"{path}: not a router prior file (expected kind {KIND!r}, found {keys})")
+        version = payload.get("version")
+        if version != FORMAT_VERSION:
+            newer = isinstance(version, int) and version > FORMAT_VERSION
+            fix = "written by a newer rmrouter: upgrade rmrouter" if newer else "an unknown version"
+            raise RouterPriorError(
+                f"{path}: router prior format version {version!r}, this rmrouter reads version {FORMAT_VERSION} ({fix})"
+            )
+        missing = [name for name in PAYLOAD_FIELDS if name not in payload]
+        if missing:
+            raise RouterPriorError(f"{path}: router prior lacks {missing}; the file is damaged, write it again")
+        try:
+            return cls(**{name: payload[name] for name in PAYLOAD_FIELDS}, version=version, source=str(path))
+        except RouterPriorError as error:
+            raise RouterPriorError(f"{path}: {error}") from None
+
+
+def _check_primitives(value: Any, where: str) -> None:
+    """Refuses anything `torch.load(weights_only=True)` could not read back."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_primitives(item, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RouterPriorError(f"{where} has key {key!r}; keys must be strings")
+            _check_primitives(item, f"{where}.{key}")
+        return
+    raise RouterPriorError(f"{where} is a {type(value).__name__}; only str, int, float, bool, None, lists and dicts")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor of shape {list(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__

@@ -1,0 +1,235 @@
+"""The behaviour DataModule: prompt-keyed splits, held-out ood rows, batch layout, and refusals of bad files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from rmrouter.behaviour.records import BehaviourRecord
+from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.jsonl import DataError
+from rmrouter.data.records import PreferenceRecord, as_messages
+
+RM_NAMES = ["verifier", "length", "safety"]
+DOMAINS = {"math": "gsm8k/solutions", "safety": "hh-rlhf/harmless-base", "chat": "alpaca_eval/koala"}
+HALVES = {"train": 0.5, "test": 0.5}
+REAL_FILE = Path(__file__).resolve().parents[1] / "checkpoints" / "behaviour" / "default.jsonl"
+
+
+def margins_of(i: int) -> dict[str, float]:
+    """Known margins: the verifier is right on even rows, length on rows divisible by 3, safety abstains on odd."""
+    return {
+        "verifier": 1.0 if i % 2 == 0 else -1.0,
+        "length": float(i % 3 == 0) * 5.0 - (i % 3 == 1) * 2.0,  # 5, -2, 0 (a tie does not agree)
+        "safety": math.nan if i % 2 else 0.5 + i,
+    }
+
+
+def make_records(count: int = 30) -> list[BehaviourRecord]:
+    """Three pairs per prompt, so a prompt-keyed split must keep them together."""
+    records = []
+    for i in range(count):
+        domain = list(DOMAINS)[i % 3]
+        pair = PreferenceRecord(
+            id=f"p{i}",
+            prompt=as_messages(f"question {i // 3}"),
+            chosen=f"good {i}",
+            rejected=f"bad {i}",
+            domain=domain,
+            source=DOMAINS[domain] if i < 20 else "other/extra",
+        )
+        records.append(BehaviourRecord(pair, margins_of(i)))
+    return records
+
+
+def write_behaviour(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture
+def behaviour_file(tmp_path) -> str:
+    rows = []
+    for record in make_records():
+        row = record.to_dict()
+        # The file lists RMs in another order than the pool: columns must follow rm_names, not the JSON.
+        row["margin"] = dict(reversed(list(row["margin"].items())))
+        row["agree"] = dict(reversed(list(row["agree"].items())))
+        rows.append(row)
+    return write_behaviour(tmp_path / "behaviour.jsonl", rows)
+
+
+def make_module(path: str, **overrides) -> BehaviourDataModule:
+    module = BehaviourDataModule(**{"path": path, "rm_names": RM_NAMES, "batch_size": 4, **overrides})
+    module.setup("fit")
+    return module
+
+
+def split_ids(module: BehaviourDataModule) -> dict[str, list[str]]:
+    return {name: [r.pair.id for r in dataset.records] for name, dataset in module.splits.items()}
+
+
+def test_splits_are_disjoint_cover_every_row_and_keep_prompts_together(behaviour_file):
+    module = make_module(behaviour_file, split_fractions={"train": 0.5, "val": 0.25, "test": 0.25})
+    ids = split_ids(module)
+    assert sorted(ids) == ["test", "train", "val"]
+    assert sorted(sum(ids.values(), [])) == sorted(f"p{i}" for i in range(30))
+    assert all(ids.values()), ids  # 10 prompts over three splits: each gets some at this seed
+    assert module.split_sizes == {name: len(rows) for name, rows in ids.items()}
+    prompt_split = {}
+    for name, dataset in module.splits.items():
+        for record in dataset.records:
+            assert prompt_split.setdefault(record.pair.prompt[0]["content"], name) == name
+
+
+def test_splits_are_deterministic_and_depend_on_the_seed(behaviour_file):
+    fractions = {"train": 0.5, "val": 0.25, "test": 0.25}
+    first = split_ids(make_module(behaviour_file, split_fractions=fractions))
+    assert split_ids(make_module(behaviour_file, split_fractions=fractions)) == first
+    assert split_ids(make_module(behaviour_file, split_fractions=fractions, split_seed=1)) != first
+
+
+def test_setup_is_idempotent_and_loaders_need_it(behaviour_file):
+    module = BehaviourDataModule(behaviour_file, RM_NAMES)
+    module.prepare_data()
+    assert module.splits is None
+    with pytest.raises(RuntimeError, match="call setup"):
+        module.train_dataloader()
+    module.setup("fit")
+    splits = module.splits
+    module.setup("test")
+    assert module.splits is splits
+
+
+def test_ood_holds_out_exactly_the_named_domains_and_sources(behaviour_file):
+    module = make_module(behaviour_file, ood_domains=["safety"], ood_sources=["other"], split_fractions=HALVES)
+    expected = sorted(r.pair.id for r in make_records() if r.pair.domain == "safety" or r.pair.source == "other/extra")
+    ids = split_ids(module)
+    assert sorted(ids["ood"]) == expected
+    assert not set(expected) & set(ids["train"] + ids["val"] + ids["test"])
+    assert len(sum(ids.values(), [])) == 30
+    assert module.test_split_names == ["test", "ood"]
+    assert len(module.test_dataloader()) == len(module.test_split_names)
+    by_source = split_ids(make_module(behaviour_file, ood_sources=["hh-rlhf/"]))
+    assert sorted(by_source["ood"]) == sorted(r.pair.id for r in make_records() if r.pair.source.startswith("hh-rlhf"))
+
+
+def test_ood_names_that_match_nothing_are_warned_about(behaviour_file, caplog):
+    with caplog.at_level(logging.WARNING, logger="rmrouter.data.behaviour_datamodule"):
+        module = make_module(behaviour_file, ood_domains=["safty"], split_fractions=HALVES)
+    assert module.split_sizes["ood"] == 0 and module.test_split_names == ["test"]
+    assert "['safty'] match no row" in caplog.text
+
+
+def test_batches_have_the_documented_layout_in_rm_names_order(behaviour_file):
+    module = make_module(behaviour_file, split_fractions={"train": 1.0}, rm_names=["safety", "verifier", "length"])
+    batches = list(module.train_dataloader())
+    assert [len(b["id"]) for b in batches] == [4] * 7 + [2]
+    batch = batches[0]
+    assert set(batch) == {"id", "domain", "source", "prompt", "chosen", "rejected", "agree", "margin"}
+    assert all(isinstance(batch[k], list) and isinstance(batch[k][0], str) for k in ("id", "prompt", "chosen"))
+    assert batch["agree"].shape == batch["margin"].shape == (4, 3)
+    assert batch["agree"].dtype == batch["margin"].dtype == torch.float32
+    for row, pair_id in enumerate(batch["id"]):
+        i = int(pair_id[1:])
+        assert batch["prompt"][row] == f"question {i // 3}" and batch["chosen"][row] == f"good {i}"
+        expected = margins_of(i)
+        for column, name in enumerate(["safety", "verifier", "length"]):
+            margin = batch["margin"][row, column].item()
+            assert math.isnan(margin) if math.isnan(expected[name]) else margin == expected[name]
+            assert batch["agree"][row, column].item() == float(expected[name] > 0)
+
+
+def test_training_order_is_seeded(behaviour_file):
+    def order(seed: int) -> list[str]:
+        module = make_module(behaviour_file, split_fractions={"train": 1.0}, seed=seed)
+        return [i for batch in module.train_dataloader() for i in batch["id"]]
+
+    assert order(0) == order(0) != order(1)
+
+
+def test_empty_val_and_test_give_no_loaders_with_a_warning(behaviour_file, caplog):
+    module = make_module(behaviour_file, split_fractions={"train": 1.0})
+    with caplog.at_level(logging.WARNING, logger="rmrouter.data.behaviour_datamodule"):
+        assert module.val_dataloader() == [] and module.test_dataloader() == []
+    assert "the val split is empty" in caplog.text and "the test split is empty" in caplog.text
+    assert module.test_split_names == []
+
+
+def test_an_empty_train_split_is_refused_naming_the_keys_to_change(behaviour_file):
+    with pytest.raises(ValueError, match=r"train split is empty.*split_fractions\['train'\].*ood_domains"):
+        make_module(behaviour_file, ood_domains=list(DOMAINS))
+    with pytest.raises(ValueError, match="must name 'train'"):
+        BehaviourDataModule(behaviour_file, RM_NAMES, split_fractions={"val": 1.0})
+
+
+def test_a_file_of_another_pool_is_refused_naming_both_rm_lists(behaviour_file):
+    with pytest.raises(DataError) as error:
+        make_module(behaviour_file, rm_names=["verifier", "length", "judge"])
+    message = str(error.value)
+    assert f"{behaviour_file}:1:" in message
+    assert str(sorted(RM_NAMES)) in message and str(sorted(["verifier", "length", "judge"])) in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("margin", {"verifier": -1.0, "length": 2.0}, "written by RMs"),  # no margin for safety
+        ("agree", {"verifier": False, "length": True}, "no true/false label for RM 'safety'"),
+        ("agree", None, "field 'agree' missing"),
+        ("agree", {"verifier": True, "length": True, "safety": False}, "RM 'verifier' is labelled True"),
+    ],
+)
+def test_a_row_missing_a_label_or_margin_is_refused_naming_file_and_line(tmp_path, field, value, expected):
+    rows = [record.to_dict() for record in make_records(5)]
+    rows[3][field] = value  # row 3 is p3: verifier wrong, length right, safety abstains
+    path = write_behaviour(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=expected) as error:
+        make_module(path)
+    assert f"{path}:4:" in str(error.value)
+
+
+class RecordsTestBatches(LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[int, list[str]] = {}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.seen.setdefault(dataloader_idx, []).extend(batch["id"])
+
+
+def test_trainer_runs_test_then_ood_in_test_split_names_order(behaviour_file):
+    module = BehaviourDataModule(
+        behaviour_file, RM_NAMES, ood_domains=["safety"], split_fractions={"train": 0.5, "test": 0.5}
+    )
+    model = RecordsTestBatches()
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.test(model, datamodule=module, verbose=False)
+    assert module.test_split_names == ["test", "ood"]
+    for index, name in enumerate(module.test_split_names):
+        assert sorted(model.seen[index]) == sorted(r.pair.id for r in module.splits[name].records)
+
+
+@pytest.mark.skipif(
+    not REAL_FILE.is_file(), reason="the default pool's behaviour file is not collected in this checkout"
+)
+def test_real_behaviour_file_holds_out_safety():
+    rm_names = ["gsm8k-verifier", "length", "minilm-reference", "smollm2-likelihood", "minilm-bt-safety"]
+    module = make_module(str(REAL_FILE), rm_names=rm_names, ood_domains=["safety"])
+    sizes = module.split_sizes
+    assert sizes["ood"] == 120 and sum(sizes.values()) == 480
+    batch = next(iter(module.train_dataloader()))
+    in_distribution = {"math", "helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
+    assert batch["agree"].shape == (4, 5) and set(batch["domain"]) <= in_distribution
