@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,3 +33,50 @@ def pair_accuracy(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
     wins = (chosen_scores > rejected_scores).float()
     ties = (chosen_scores == rejected_scores).float()
     return (wins + 0.5 * ties).mean()
+
+
+def disagreement_pairs(agree: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """All `(i, n, n')` with `agree[i, n] == 1` and `agree[i, n'] == 0`: RM `n` right and RM `n'` wrong on row `i`.
+
+    Args:
+        agree: `[B, N]`, 1.0 where RM `n` ranks pair `i` as its label does, 0.0 where it does not.
+
+    Returns:
+        `(rows, better, worse)`, three long tensors of one length, in lexicographic order of `(i, n, n')`.
+    """
+    if agree.dim() != 2:
+        raise ValueError(f"agree must be [batch, rms], got shape {tuple(agree.shape)}")
+    right, wrong = agree == 1, agree == 0
+    return (right.unsqueeze(2) & wrong.unsqueeze(1)).nonzero(as_tuple=True)
+
+
+def router_bt_loss(scores: Tensor, agree: Tensor) -> Tensor:
+    """The router's Bradley-Terry loss `-mean log sigmoid(s[i, n] - s[i, n'])` over the disagreement pairs of `agree`.
+
+    A batch where every row's RMs all agree (all right or all wrong) has no pairs, and its loss is undefined; it
+    returns `scores.sum() * 0` then: a finite zero still connected to every parameter behind `scores`, so the step
+    contributes nothing, a mean over steps stays finite, and under DDP every rank still reduces a gradient (zeros)
+    for every parameter, as an empty loss without a graph would leave some ranks waiting.
+
+    Args:
+        scores: `[B, N]` router logits, one per row and RM.
+        agree: `[B, N]`, 1.0 where the RM is right on the row, 0.0 where it is wrong.
+    """
+    if scores.shape != agree.shape:
+        raise ValueError(f"scores and agree must have one shape, got {tuple(scores.shape)} and {tuple(agree.shape)}")
+    rows, better, worse = disagreement_pairs(agree)
+    if rows.numel() == 0:
+        return scores.sum() * 0
+    return -F.logsigmoid(scores[rows, better] - scores[rows, worse]).mean()
+
+
+def majority_vote_credit(margins: Tensor) -> Tensor:
+    """Per row: 1 if most voting RMs prefer `chosen`, 0 if most prefer `rejected`, 0.5 on a tie.
+
+    The tensor form of `rmrouter.behaviour.table.majority_credit`: abstentions (NaN) and zero margins cast no vote.
+
+    Args:
+        margins: `[B, N]` margins `score(chosen) - score(rejected)`, NaN where the RM abstained.
+    """
+    votes = torch.nan_to_num(torch.sign(margins), nan=0.0).sum(dim=1)
+    return (torch.sign(votes) + 1) / 2

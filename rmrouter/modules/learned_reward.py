@@ -22,10 +22,10 @@ from torchmetrics import MeanMetric
 from rmrouter.data.records import Prompt, as_text
 from rmrouter.losses import bradley_terry_loss, pair_accuracy
 from rmrouter.models.encoder import Pooling, TextEncoder
+from rmrouter.models.frozen import EmbeddingCache, drop_frozen_weights, restore_frozen_weights, weight_fingerprint
 
 RESPONSE_SEPARATOR = "\n\nAssistant: "
 ENCODER_PREFIX = "encoder."
-FINGERPRINT_KEY = "frozen_encoder_fingerprint"
 STAGES = ("train", "val")
 METRICS = ("loss", "pair_acc")
 
@@ -77,7 +77,7 @@ class BradleyTerryRewardModule(LightningModule):
         self.encoder.train(not freeze_encoder)
         # Frozen-encoder embeddings of the texts seen in this fit, keyed by text: a frozen encoder in eval mode is a
         # fixed function, so every epoch after the first trains the head without running the encoder again.
-        self._embedding_cache: dict[str, Tensor] = {}
+        self._embedding_cache = EmbeddingCache()
         # keyed `<stage>_<metric>`: a bare "train" key would shadow nn.Module.train
         self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in STAGES for name in METRICS})
 
@@ -96,10 +96,7 @@ class BradleyTerryRewardModule(LightningModule):
     def _embed_cached(self, texts: list[str]) -> Tensor:
         if not self.freeze_encoder:
             return self.embed(texts)
-        missing = list(dict.fromkeys(text for text in texts if text not in self._embedding_cache))
-        if missing:
-            self._embedding_cache.update(zip(missing, self.embed(missing), strict=True))
-        return torch.stack([self._embedding_cache[text] for text in texts])
+        return self._embedding_cache.lookup(texts, self.embed)
 
     def on_fit_end(self) -> None:
         self._embedding_cache.clear()
@@ -146,27 +143,13 @@ class BradleyTerryRewardModule(LightningModule):
 
     def encoder_fingerprint(self) -> float:
         """A cheap checksum of the encoder weights: the float64 sum of their absolute values."""
-        with torch.no_grad():
-            return float(sum(parameter.double().abs().sum() for parameter in self.encoder.parameters()))
+        return weight_fingerprint(self.encoder)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if not self.freeze_encoder:
-            return
-        state = checkpoint["state_dict"]
-        for key in [key for key in state if key.startswith(ENCODER_PREFIX)]:
-            del state[key]
-        checkpoint[FINGERPRINT_KEY] = self.encoder_fingerprint()
+        if self.freeze_encoder:
+            drop_frozen_weights(checkpoint, ENCODER_PREFIX, self.encoder)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        if not self.freeze_encoder or any(key.startswith(ENCODER_PREFIX) for key in state):
-            return
-        saved, current = checkpoint.get(FINGERPRINT_KEY), self.encoder_fingerprint()
-        if saved is None or abs(saved - current) > 1e-6 * max(abs(saved), 1.0):
-            raise RuntimeError(
-                f"the checkpoint's reward head was trained on encoder '{self.hparams.encoder}' with weight fingerprint "
-                f"{saved}, but that name now loads weights with fingerprint {current}: install the same encoder "
-                "version or retrain the head"
-            )
-        # the encoder was just rebuilt from its name; its weights complete the head-only state dict
-        state.update({ENCODER_PREFIX + key: value for key, value in self.encoder.state_dict().items()})
+        if self.freeze_encoder:
+            # the encoder was just rebuilt from its name; its weights complete the head-only state dict
+            restore_frozen_weights(checkpoint, ENCODER_PREFIX, self.encoder, self.hparams.encoder, "reward head")

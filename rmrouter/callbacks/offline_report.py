@@ -1,0 +1,71 @@
+"""Writes the offline router's results table (router vs baselines per evaluated split) after `test`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+log = logging.getLogger(__name__)
+
+ROWS = (
+    ("router (argmax BT)", "router_acc"),
+    ("random RM", "baseline/random"),
+    ("best single RM", "baseline/best_single"),
+    ("majority vote (all RMs)", "baseline/majority_vote"),
+)
+
+
+def results_table(metrics: dict[str, float], splits: list[str], rm_names: list[str]) -> str:
+    """Markdown: rows are the router and its baselines, columns the splits; accuracies over rows some RM gets right."""
+    lines = ["| method | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_percent(metrics, f"{s}/{key}") for s in splits) + " |")
+    for name in rm_names:
+        cells = " | ".join(_percent(metrics, f"{s}/baseline/single/{name}") for s in splits)
+        lines.append(f"| single: {name} | {cells} |")
+    lines.append(
+        "| any RM right (share of all rows) | " + " | ".join(_percent(metrics, f"{s}/any_right") for s in splits) + " |"
+    )
+    return "\n".join(lines)
+
+
+def _percent(metrics: dict[str, float], key: str) -> str:
+    return f"{100 * metrics[key]:.1f}" if key in metrics else "n/a"
+
+
+class OfflineRouterReport(Callback):
+    """After `test`, writes the router-vs-baselines table of every test split (`test`, `ood`) to a markdown file.
+
+    Args:
+        path: The markdown file, e.g. `docs/offline_router.md`.
+        command: The command that regenerates it, quoted in the file.
+    """
+
+    def __init__(self, path: str, command: str):
+        self.path = Path(path)
+        self.command = command
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        splits = list(getattr(trainer.datamodule, "test_split_names", ["test"]))
+        hparams = pl_module.hparams
+        mode = "frozen encoder, cached embeddings" if hparams.freeze_encoder else "fine-tuned encoder"
+        sizes = getattr(trainer.datamodule, "split_sizes", {})
+        table = results_table(metrics, splits, list(hparams.rm_names))
+        print(table)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(
+            "# Offline router: accuracy (%) against its baselines\n\n"
+            f"Written by `{self.command}`; do not edit by hand.\n"
+            f"Encoder `{hparams.encoder}` ({hparams.pooling} pooling, {mode}); checkpoint `{trainer.ckpt_path}`; "
+            f"split sizes {sizes}.\n"
+            "Router, random, single and majority-vote accuracies are over the rows where at least one RM is right "
+            "(the oracle scores 100 there); the last row is the share of all rows where some RM is right.\n\n"
+            f"{table}\n",
+            encoding="utf-8",
+        )
+        log.info("wrote %s", self.path)

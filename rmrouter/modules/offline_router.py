@@ -1,0 +1,253 @@
+"""The offline stage: learn which RM to trust for which pair from behaviour data (METHOD.md, "Offline stage").
+
+A pair encoder maps each pair to a unit vector `h`; each RM `n` has a Bradley-Terry embedding `E_bt[n]`, and the
+router's score is the cosine `s[i, n] = <h_i, normalize(E_bt[n])>`. Only the direction of `E_bt[n]` matters: the
+online stage's prior mean is the normalised `E_bt[n]`, and scoring with the same unit vectors here keeps the offline
+ranking exactly the one the online prior starts from. Two unit vectors give scores in [-1, 1], so BT logit gaps of at
+most 2 (sigmoid <= 0.88): the loss would keep pushing even fully separated pairs and could never express confidence.
+The BT logits are therefore `scale * s` with one learnable `scale` (CLIP's temperature), shared by all RMs so it
+never changes a ranking; see `BT_SCALE_INIT` for the toy-problem measurement behind its start value.
+
+A classification head `Linear(h) -> [N]` predicts `agree` with BCE over all rows; `L = L_bt + cls_weight * L_cls`.
+With a frozen encoder, its embeddings are cached by text during a fit and its weights are left out of checkpoints
+(rebuilt from the encoder name on load, checked against a saved fingerprint), as in `learned_reward.py`.
+
+Metrics (`RoutingMetrics`) are logged at each epoch's end as `<stage>/<name>`: stage `train`, `val`, and for test
+loader `i` the name `datamodule.test_split_names[i]` (`test`, `ood`); `<stage>/bt_pairs` is logged per step too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor, nn
+
+from rmrouter.data.records import Prompt
+from rmrouter.losses import disagreement_pairs, router_bt_loss
+from rmrouter.models.encoder import Pooling
+from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
+from rmrouter.models.pair_encoder import PairEncoder
+from rmrouter.modules.routing_metrics import RoutingMetrics
+
+# Measured on the toy routing problem of tests/test_offline_router.py (tiny frozen encoder, 48 rows, batch 8, 8 epochs,
+# 3 seeds): a learnable scale starting at 1 learned the routing in 2 of 3 seeds (train BT loss down to 0.13, and to
+# 0.001 with scale 3.6 after 20 epochs; 5 of 5 seeds at batch 4), a fixed scale of 1 in 2 of 3 but with its loss
+# floored at log(1 + e^-2) = 0.127, and a learnable scale starting at 3 or 10 in 0 of 6: large logits at the start,
+# when every `h` is nearly the same, keep the router on the constant choice longer. So it starts as the plain cosine.
+BT_SCALE_INIT = 1.0
+BT_SCALE_MAX = 100.0  # as CLIP: a cap keeps a runaway scale from making the loss a hard margin
+ENCODER_PREFIX = "pair_encoder.encoder."
+STAGES = ("train", "val", "test", "ood")
+
+
+def _metrics_key(stage: str) -> str:
+    return f"{stage}_metrics"  # a bare "train" key would shadow nn.Module.train
+
+
+class OfflineRouterModule(LightningModule):
+    """Trains the router's pair encoder, per-RM BT embeddings and classification head on behaviour data.
+
+    Batches are those of `BehaviourDataModule`: lists `prompt`, `chosen`, `rejected` and float tensors
+    `agree`, `margin` of shape `[B, N]` whose column `n` is `rm_names[n]`.
+
+    Args:
+        rm_names: The pool's RM names in the column order of `agree` and `margin`.
+        encoder: The text encoder's model name (`all-minilm-l6-v2`, a folder, ...), resolved by the model store.
+        pooling: How token states become one vector: `mean` or `last_token`.
+        max_length: Tokens per prompt+response text; longer texts lose the start of the prompt.
+        hidden_size: Width of the pair MLP's hidden layer.
+        embedding_size: Size of `h` and of each RM's BT embedding.
+        freeze_encoder: Train everything but the encoder, which runs in eval mode without gradients, is cached by
+            text and left out of checkpoints; otherwise it is fine-tuned too (a job for a GPU).
+        cls_weight: lambda, the weight of the classification loss (the authors use 0, 0.2 and 0.9).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to the BT logit scale).
+    """
+
+    def __init__(
+        self,
+        rm_names: list[str],
+        encoder: str,
+        pooling: Pooling,
+        max_length: int,
+        hidden_size: int,
+        embedding_size: int,
+        freeze_encoder: bool,
+        cls_weight: float,
+        learning_rate: float,
+        weight_decay: float,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if len(rm_names) < 2 or len(set(rm_names)) != len(rm_names):
+            raise ValueError(f"rm_names must list at least two distinct RMs to route between, got {rm_names}")
+        if cls_weight < 0:
+            raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
+        self.rm_names = list(rm_names)
+        self.freeze_encoder = freeze_encoder
+        self.pair_encoder = PairEncoder(encoder, pooling, max_length, hidden_size, embedding_size, freeze_encoder)
+        self.bt_embeddings = nn.Parameter(F.normalize(torch.randn(len(rm_names), embedding_size), dim=-1))
+        self.bt_log_scale = nn.Parameter(torch.tensor(math.log(BT_SCALE_INIT)))
+        self.cls_head = nn.Linear(embedding_size, len(rm_names))
+        self.stage_metrics = nn.ModuleDict({_metrics_key(stage): RoutingMetrics(rm_names) for stage in STAGES})
+        self._stages_to_log: list[str] = []
+
+    # ---- scores ---------------------------------------------------------------------------------------------------
+
+    def normalized_bt_embeddings(self) -> Tensor:
+        """`[N, embedding_size]` unit rows: the directions the scores use and the online prior starts from."""
+        return F.normalize(self.bt_embeddings, dim=-1)
+
+    def bt_scale(self) -> Tensor:
+        return self.bt_log_scale.exp().clamp(max=BT_SCALE_MAX)
+
+    def _route(
+        self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str], use_cache: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Cosine router scores `[B, N]` and classification logits `[B, N]`."""
+        h = self.pair_encoder(prompts, first, second, use_cache=use_cache)
+        return h @ self.normalized_bt_embeddings().T, self.cls_head(h)
+
+    def forward(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> Tensor:
+        """`[B, N]` router scores `<h, normalize(E_bt[n])>` in [-1, 1]; the argmax is the routed RM."""
+        return self._route(prompts, first, second, use_cache=False)[0]
+
+    @torch.no_grad()
+    def router_scores(self, prompts: Sequence[Prompt], first: Sequence[str], second: Sequence[str]) -> Tensor:
+        """`forward` without gradients, for inference; call `eval()` first to disable dropout."""
+        return self(prompts, first, second)
+
+    def prior_state(self) -> dict[str, Any]:
+        """The fields of a `RouterPrior`: the normalised `E_bt` and everything to rebuild `h` for a new pair.
+
+        `h = pair_representation(build_mlp(mlp_config) with mlp_state, e, e')` where `e`, `e'` are
+        `build_text_encoder(encoder, pooling, max_length).encode([pair_text(prompt, response)])` for each side.
+
+        Raises:
+            RuntimeError: The encoder was fine-tuned: its weights are not the ones its name loads, and the prior
+                format has no place for them, so the online stage could not rebuild `h`.
+        """
+        if not self.freeze_encoder:
+            raise RuntimeError(
+                f"the router fine-tuned its encoder '{self.hparams.encoder}', but a router prior names its encoder and "
+                "stores no encoder weights, so the online stage would embed pairs with other weights: train with "
+                "freeze_encoder: true, or extend RouterPrior with the encoder's state dict"
+            )
+        encoder = self.pair_encoder.encoder
+        return {
+            "rm_names": list(self.rm_names),
+            "bt_embeddings": self.normalized_bt_embeddings().detach().cpu().clone(),
+            "encoder": encoder.name,
+            "pooling": encoder.pooling,
+            "max_length": encoder.max_length,
+            "mlp_config": self.pair_encoder.mlp_config(),
+            "mlp_state": {
+                key: value.detach().cpu().clone() for key, value in self.pair_encoder.mlp.state_dict().items()
+            },
+        }
+
+    # ---- steps ----------------------------------------------------------------------------------------------------
+
+    def _common_step(self, batch: dict[str, Any], stage: str) -> Tensor:
+        agree, margin = batch["agree"], batch["margin"]
+        if agree.dim() != 2 or agree.shape[1] != len(self.rm_names) or margin.shape != agree.shape:
+            raise ValueError(
+                f"batch 'agree' {tuple(agree.shape)} and 'margin' {tuple(margin.shape)} must both be [batch, "
+                f"{len(self.rm_names)}], one column per RM of rm_names={self.rm_names}: build the data with these RMs"
+            )
+        # cache frozen embeddings while fitting, where the same train and val texts come back every epoch
+        use_cache = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        scores, cls_logits = self._route(batch["prompt"], batch["chosen"], batch["rejected"], use_cache)
+        bt_loss = router_bt_loss(self.bt_scale() * scores, agree)
+        cls_loss = F.binary_cross_entropy_with_logits(cls_logits, agree)
+        # a cls_weight of 0 still multiplies: the head stays in the graph (zero gradients), as DDP needs
+        loss = bt_loss + self.hparams.cls_weight * cls_loss
+        self._metrics(stage).update(
+            {"loss": loss, "bt_loss": bt_loss, "cls_loss": cls_loss},
+            scores.detach(),
+            cls_logits.detach(),
+            agree,
+            margin,
+        )
+        # per step, so steps without pairs show up; batch_size 1 makes the epoch value the mean count per step
+        pairs = disagreement_pairs(agree)[0].numel()
+        self.log(
+            f"{stage}/bt_pairs", float(pairs), on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=1,
+            add_dataloader_idx=False,
+        )  # fmt: skip
+        return loss
+
+    def _metrics(self, stage: str) -> RoutingMetrics:
+        key = _metrics_key(stage)
+        if key not in self.stage_metrics:
+            self.stage_metrics[key] = RoutingMetrics(self.rm_names).to(self.device)
+        if stage not in self._stages_to_log:
+            self._stages_to_log.append(stage)
+        return self.stage_metrics[key]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._common_step(batch, self._test_stage(dataloader_idx))
+
+    def _test_stage(self, dataloader_idx: int) -> str:
+        """A test dataloader's split: `datamodule.test_split_names[i]`, else `test` (`test_<i>` after the first)."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "test_split_names", None)
+        if names is None:
+            return "test" if dataloader_idx == 0 else f"test_{dataloader_idx}"
+        if dataloader_idx >= len(names):
+            raise ValueError(f"test dataloader {dataloader_idx} has no name in datamodule.test_split_names={names}")
+        return names[dataloader_idx]
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(["train"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(["val"])
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch([stage for stage in self._stages_to_log if stage not in ("train", "val")])
+
+    def _log_epoch(self, stages: list[str]) -> None:
+        # stages in first-seen order, the same on every rank, as each compute is a collective under DDP
+        for stage in [stage for stage in self._stages_to_log if stage in stages]:
+            metrics = self.stage_metrics[_metrics_key(stage)]
+            values = {f"{stage}/{name}": value for name, value in metrics.compute().items()}
+            shown = {name: values.pop(name) for name in (f"{stage}/loss", f"{stage}/router_acc")}
+            # already reduced across processes by torchmetrics: sync_dist averages identical values
+            self.log_dict(shown, prog_bar=True, sync_dist=True)
+            self.log_dict(values, sync_dist=True)
+            metrics.reset()
+            self._stages_to_log.remove(stage)
+
+    def on_fit_end(self) -> None:
+        self.pair_encoder.cache.clear()
+
+    # ---- optimizer and checkpoints --------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        parameters = [parameter for parameter in self.trainer.model.parameters() if parameter.requires_grad]
+        # decay would pull the log scale towards 0, i.e. the scale towards 1, undoing what the BT loss learns
+        decayed = [parameter for parameter in parameters if parameter is not self.bt_log_scale]
+        groups = [{"params": decayed}, {"params": [self.bt_log_scale], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.freeze_encoder:
+            drop_frozen_weights(checkpoint, ENCODER_PREFIX, self.pair_encoder.encoder)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.freeze_encoder:
+            restore_frozen_weights(
+                checkpoint, ENCODER_PREFIX, self.pair_encoder.encoder, self.hparams.encoder, "router head"
+            )

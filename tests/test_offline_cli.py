@@ -1,0 +1,80 @@
+"""The shipped offline-router config through the CLI: fit, test (results table), resume, and the prior artifact."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rmrouter.behaviour.records import BehaviourRecord
+from rmrouter.cli import main
+from rmrouter.data.records import PreferenceRecord
+from rmrouter.routers.prior import RouterPrior, RouterPriorError
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline_router.yaml"
+RM_NAMES = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["rm_names"]
+DOMAINS = ["math", "safety", "koala", "oasst"]
+
+
+def write_behaviour(path: Path, rows: int = 48) -> None:
+    """Pairs whose right RM depends on the domain: RM k is right on domain k % 4 (koala is the OOD domain)."""
+    lines = []
+    for i in range(rows):
+        domain = DOMAINS[i % len(DOMAINS)]
+        pair = PreferenceRecord(
+            f"r{i}", [{"role": "user", "content": f"{domain} question {i}"}], f"good {i}", f"bad {i}", domain, "test"
+        )
+        margin = {name: (1.0 if k == i % len(DOMAINS) else -1.0) for k, name in enumerate(RM_NAMES)}
+        lines.append(json.dumps(BehaviourRecord(pair, margin).to_dict()) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, tiny_encoder_dir):
+    monkeypatch.chdir(tmp_path)  # the config writes under ./checkpoints and ./docs
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    write_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
+    return tmp_path
+
+
+def cli(*args: str, encoder: str, epochs: int = 2) -> None:
+    main([*args, "--config", str(CONFIG), "--model.init_args.encoder", encoder, "--trainer.max_epochs", str(epochs),
+          "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+
+
+def test_fit_writes_checkpoints_and_a_prior_the_pool_must_match(workdir, tiny_encoder_dir):
+    cli("fit", encoder=tiny_encoder_dir)
+    for name in ("best.ckpt", "last.ckpt", "prior.pt"):
+        assert (workdir / "checkpoints" / "offline_router" / name).is_file()
+    assert (workdir / "checkpoints" / "offline_router" / "tensorboard").is_dir()
+    prior = RouterPrior.load(workdir / "checkpoints" / "offline_router" / "prior.pt")
+    assert prior.rm_names == RM_NAMES and prior.encoder == tiny_encoder_dir
+    torch.testing.assert_close(prior.bt_embeddings.norm(dim=-1), torch.ones(len(RM_NAMES)))
+    prior.check_pool(RM_NAMES)
+    with pytest.raises(RouterPriorError):
+        prior.check_pool(list(reversed(RM_NAMES)))
+
+
+def test_test_writes_the_results_table_with_ood(workdir, tiny_encoder_dir, capsys):
+    cli("fit", encoder=tiny_encoder_dir)
+    cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
+    report = (workdir / "docs" / "offline_router.md").read_text()
+    assert "| method | test | ood |" in report and "| router (argmax BT) |" in report
+    # koala rows are held out: there RM 2 is always right, so its single-RM accuracy on ood is exactly 100
+    assert re.search(rf"\| single: {RM_NAMES[2]} \| [0-9.]+ \| 100\.0 \|", report)
+
+
+def test_resume_from_last_continues_where_it_stopped(workdir, tiny_encoder_dir):
+    cli("fit", encoder=tiny_encoder_dir, epochs=1)
+    last = workdir / "checkpoints" / "offline_router" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    cli("fit", "--ckpt_path", "last", encoder=tiny_encoder_dir, epochs=2)
+    second = torch.load(last, weights_only=False)
+    assert second["epoch"] > first["epoch"]
+    assert second["global_step"] == 2 * first["global_step"]
