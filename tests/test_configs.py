@@ -72,7 +72,7 @@ def test_behaviour_config_parses_and_its_sources_load():
     assert [pair.domain for pair in pairs[:6]] == ["math"] * 3 + ["safety"] * 3
 
 
-def test_pipeline_trains_when_missing_then_collects_and_skips_training_when_done(tmp_path, monkeypatch, tiny_models):
+def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch, tiny_models):
     monkeypatch.chdir(tmp_path)  # the shipped configs write under ./checkpoints and ./docs
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     learned = yaml.safe_load((CONFIGS / "learned_rm" / "safety.yaml").read_text())
@@ -89,18 +89,26 @@ def test_pipeline_trains_when_missing_then_collects_and_skips_training_when_done
     behaviour = yaml.safe_load((CONFIGS / "behaviour.yaml").read_text())
     behaviour["pool"] = "pool.yaml"
     for source in behaviour["data"]:
-        source["init_args"]["limit"] = 2
+        source["init_args"]["limit"] = 4
     (tmp_path / "behaviour.yaml").write_text(yaml.safe_dump(behaviour))
+    offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())
+    offline["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
+    offline["trainer"]["max_epochs"] = 1
+    offline["data"]["init_args"]["ood_domains"] = []  # too few rows here for a held-out domain
+    (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
+    stages = {"offline_router_config": Path("offline.yaml")}
 
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
-    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"))
+    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
     records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
-    assert len(records) == 8 and set(records[0].margin) == set(build_pool_names(pool))
+    assert len(records) == 16 and set(records[0].margin) == set(build_pool_names(pool))
     assert (tmp_path / "docs" / "behaviour_table.md").is_file()
+    prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
+    assert prior.is_file() and (tmp_path / "docs" / "offline_router.md").is_file()
 
-    trained_at = checkpoint.stat().st_mtime_ns
-    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"))
-    assert checkpoint.stat().st_mtime_ns == trained_at
+    trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns
+    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
+    assert (checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns) == trained_at
 
 
 def build_pool_names(spec: dict) -> list[str]:
