@@ -61,8 +61,11 @@ def test_fit_writes_checkpoints_and_a_prior_the_pool_must_match(workdir, tiny_en
         prior.check_pool(list(reversed(RM_NAMES)))
 
 
-def test_test_writes_the_results_table_with_ood(workdir, tiny_encoder_dir, capsys):
+def test_validate_and_test_from_a_checkpoint_write_metrics_and_the_results_table(workdir, tiny_encoder_dir, capsys):
     cli("fit", encoder=tiny_encoder_dir)
+    capsys.readouterr()
+    cli("validate", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
+    assert "val/router_acc" in capsys.readouterr().out
     cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
     report = (workdir / "docs" / "offline_router.md").read_text()
     assert "| method | test | ood |" in report and "| router (argmax BT) |" in report

@@ -379,5 +379,22 @@ def test_resume_restores_heads_embeddings_and_optimizer(tiny_encoder_dir, tmp_pa
     if freeze_encoder:
         assert_same_state(first.prior_state(), second.prior_state())
     else:
-        with pytest.raises(RuntimeError, match="fine-tuned its encoder"):
-            first.prior_state()  # a prior names its encoder: fine-tuned weights would be lost
+        with pytest.raises(ValueError, match="fine-tuned its encoder"):
+            first.prior_state()  # its name alone would load the weights from before fine-tuning
+
+
+def test_prior_of_a_fine_tuned_encoder_names_a_folder_with_its_weights(tiny_encoder_dir, tmp_path):
+    module = make_module(tiny_encoder_dir, freeze_encoder=False).eval()
+    with torch.no_grad():
+        for parameter in module.pair_encoder.encoder.parameters():
+            parameter.add_(0.01)  # stands in for fine-tuning: the weights now differ from the folder's
+    state = module.prior_state(encoder_dir=tmp_path / "prior-encoder")
+    assert state["encoder"] == str(tmp_path / "prior-encoder")
+    text_encoder = build_text_encoder(state["encoder"], state["pooling"], state["max_length"])
+    mlp = build_mlp(state["mlp_config"])
+    mlp.load_state_dict(state["mlp_state"])
+    with torch.no_grad():
+        first = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, FIRST, strict=True)])
+        second = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, SECOND, strict=True)])
+        rebuilt = pair_representation(mlp, first, second) @ state["bt_embeddings"].T
+    torch.testing.assert_close(rebuilt, module.router_scores(PROMPTS, FIRST, SECOND))

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 class RouterPriorWriter(Callback):
     """At the end of `fit`, saves `pl_module.prior_state()` as a `RouterPrior` file for the online router.
 
-    The prior holds the weights the module ends the fit with (those of `last.ckpt`). Only rank zero writes.
+    The prior holds the weights the module ends the fit with (those of `last.ckpt`). A fine-tuned encoder is saved
+    beside it (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
 
     Args:
         path: Where the prior goes, e.g. `checkpoints/offline_router/prior.pt`.
@@ -35,6 +36,7 @@ class RouterPriorWriter(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "path"):
             metadata["behaviour_file"] = str(datamodule.path)
-        prior = RouterPrior(**pl_module.prior_state(), metadata=metadata)
+        encoder_dir = self.path.parent / f"{self.path.stem}-encoder"
+        prior = RouterPrior(**pl_module.prior_state(encoder_dir=encoder_dir), metadata=metadata)
         prior.save(self.path)
         log.info("wrote the router prior to %s", self.path)

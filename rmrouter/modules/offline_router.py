@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -123,27 +124,35 @@ class OfflineRouterModule(LightningModule):
         """`forward` without gradients, for inference; call `eval()` first to disable dropout."""
         return self(prompts, first, second)
 
-    def prior_state(self) -> dict[str, Any]:
+    def prior_state(self, encoder_dir: str | Path | None = None) -> dict[str, Any]:
         """The fields of a `RouterPrior`: the normalised `E_bt` and everything to rebuild `h` for a new pair.
 
         `h = pair_representation(build_mlp(mlp_config) with mlp_state, e, e')` where `e`, `e'` are
         `build_text_encoder(encoder, pooling, max_length).encode([pair_text(prompt, response)])` for each side.
 
+        Args:
+            encoder_dir: Where a fine-tuned encoder is saved (`save_pretrained`, with its tokenizer); the prior then
+                names that folder as its encoder. Unused, and nothing is written, when the encoder is frozen.
+
         Raises:
-            RuntimeError: The encoder was fine-tuned: its weights are not the ones its name loads, and the prior
-                format has no place for them, so the online stage could not rebuild `h`.
+            ValueError: The encoder was fine-tuned and no `encoder_dir` was given: its name alone would load other
+                weights online.
         """
-        if not self.freeze_encoder:
-            raise RuntimeError(
-                f"the router fine-tuned its encoder '{self.hparams.encoder}', but a router prior names its encoder and "
-                "stores no encoder weights, so the online stage would embed pairs with other weights: train with "
-                "freeze_encoder: true, or extend RouterPrior with the encoder's state dict"
-            )
         encoder = self.pair_encoder.encoder
+        encoder_name = encoder.name
+        if not self.freeze_encoder:
+            if encoder_dir is None:
+                raise ValueError(
+                    f"the router fine-tuned its encoder '{encoder_name}': pass encoder_dir so the prior can name a "
+                    "folder holding the fine-tuned weights"
+                )
+            encoder.model.save_pretrained(encoder_dir)
+            encoder.tokenizer.save_pretrained(encoder_dir)
+            encoder_name = str(encoder_dir)
         return {
             "rm_names": list(self.rm_names),
             "bt_embeddings": self.normalized_bt_embeddings().detach().cpu().clone(),
-            "encoder": encoder.name,
+            "encoder": encoder_name,
             "pooling": encoder.pooling,
             "max_length": encoder.max_length,
             "mlp_config": self.pair_encoder.mlp_config(),
