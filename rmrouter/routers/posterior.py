@@ -1,0 +1,215 @@
+"""Per-RM Bayesian linear regression in information form: the online router's posteriors, with no Trainer.
+
+RM `n` models the reward of a pair with embedding `h` as `r = w_n^T h + eps`, `eps ~ N(0, sigma2)`. Its Gaussian
+posterior `N(mu_n, Sigma_n)` is kept as precision `Lambda_n = Sigma_n^-1` and vector `b_n = Lambda_n mu_n`, so an
+update is a plain sum and `mu_n = Lambda_n^-1 b_n` is one Cholesky solve. State is two tensors and a float, exposed
+through `state_dict()` for a callback to checkpoint; every draw takes an explicit `torch.Generator`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Relative jitter ladder for a precision that round-off left not quite positive definite (it is lambda0 I plus a sum
+# of outer products, so exact arithmetic never needs it).
+_JITTERS = (1e-10, 1e-8, 1e-6)
+
+
+class GaussianPosteriors:
+    """`N` Gaussian posteriors over `d`-dimensional weights, one per RM, in information form.
+
+    Tensors live on the device and dtype of `precision`; inputs are moved there, outputs are returned there. float64
+    is the intended dtype: the precision sums thousands of rank-one terms on top of a small prior.
+
+    Args:
+        precision: `[N, d, d]` symmetric positive definite precisions `Lambda_n`.
+        vector: `[N, d]` information vectors `b_n = Lambda_n mu_n`.
+        sigma2: Observation noise variance of the rewards; each update is scaled by `1 / sigma2`.
+    """
+
+    def __init__(self, precision: Tensor, vector: Tensor, sigma2: float) -> None:
+        if precision.ndim != 3 or precision.shape[1] != precision.shape[2] or not precision.is_floating_point():
+            raise ValueError(f"precision must be a float tensor [N, d, d], got shape {list(precision.shape)}")
+        if vector.shape != precision.shape[:2]:
+            raise ValueError(f"vector must be [N, d] = {list(precision.shape[:2])}, got {list(vector.shape)}")
+        if not (isinstance(sigma2, (int, float)) and math.isfinite(sigma2) and sigma2 > 0):
+            raise ValueError(f"sigma2 must be a positive finite noise variance, got {sigma2!r}")
+        if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
+            raise ValueError("precision and vector must be finite")
+        self.precision = precision
+        self.vector = vector.to(precision)
+        self.sigma2 = float(sigma2)
+        self._cholesky: Tensor | None = None
+
+    @classmethod
+    def prior(
+        cls, means: Tensor, lambda0: float, sigma2: float, dtype: torch.dtype = torch.float64
+    ) -> GaussianPosteriors:
+        """The prior `N(means[n], I / lambda0)` per RM: `Lambda = lambda0 I`, `b = lambda0 * means`.
+
+        Args:
+            means: `[N, d]` prior means, e.g. the offline prior's `bt_embeddings` (zeros for the no-prior ablation).
+            lambda0: Prior precision; larger trusts the prior means for longer.
+            sigma2: Observation noise variance of the rewards.
+            dtype: Floating dtype of the state.
+        """
+        if means.ndim != 2:
+            raise ValueError(f"means must be [N, d], got shape {list(means.shape)}")
+        if not (isinstance(lambda0, (int, float)) and math.isfinite(lambda0) and lambda0 > 0):
+            raise ValueError(f"lambda0 must be a positive finite precision, got {lambda0!r}")
+        means = means.detach().to(dtype)
+        n, d = means.shape
+        eye = torch.eye(d, dtype=dtype, device=means.device)
+        return cls(lambda0 * eye.expand(n, d, d).clone(), lambda0 * means, sigma2)
+
+    @property
+    def num_rms(self) -> int:
+        return self.precision.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.precision.shape[1]
+
+    def means(self) -> Tensor:
+        """`[N, d]` posterior means `mu_n = Lambda_n^-1 b_n`, by Cholesky solves (no explicit inverse)."""
+        return torch.cholesky_solve(self.vector.unsqueeze(-1), self._factor()).squeeze(-1)
+
+    def score_moments(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the scalar score `h_i^T w_n` under each posterior.
+
+        Args:
+            h: `[B, d]` pair embeddings.
+
+        Returns:
+            `(mean, var)`, both `[B, N]`: `h^T mu_n` and `h^T Sigma_n h = ||L_n^-1 h||^2` with `Lambda_n = L_n L_n^T`.
+        """
+        h = self._check_h(h, "h")
+        mean = h @ self.means().T
+        whitened = torch.linalg.solve_triangular(self._factor(), h.T.expand(self.num_rms, -1, -1), upper=False)
+        return mean, whitened.square().sum(dim=1).T
+
+    def sample_scores(self, h: Tensor, generator: torch.Generator) -> Tensor:
+        """`[B, N]` Thompson scores: per pair and RM an independent draw of `h^T w_n ~ N(h^T mu_n, h^T Sigma_n h)`.
+
+        Exact for each pair on its own (only this scalar enters its argmax), and needs no factorisation per draw.
+        """
+        mean, var = self.score_moments(h)
+        return mean + var.sqrt() * _standard_normal(mean.shape, generator, mean)
+
+    def thompson_select(self, h: Tensor, generator: torch.Generator) -> Tensor:
+        """`LongTensor[B]`: the RM with the highest Thompson score for each pair (see `sample_scores`)."""
+        return self.sample_scores(h, generator).argmax(dim=1)
+
+    def sample_weights(self, num_draws: int, generator: torch.Generator) -> Tensor:
+        """`[num_draws, N, d]` whole weight vectors `w_n = mu_n + L_n^-T z`, `z ~ N(0, I)`, so `Cov = Lambda_n^-1`."""
+        if num_draws < 0:
+            raise ValueError(f"num_draws must be non-negative, got {num_draws}")
+        noise = _standard_normal((self.num_rms, self.dim, num_draws), generator, self.vector)
+        offsets = torch.linalg.solve_triangular(self._factor().mT, noise, upper=True)
+        return self.means().unsqueeze(0) + offsets.permute(2, 0, 1)
+
+    def full_vector_sample(self, h: Tensor, generator: torch.Generator) -> Tensor:
+        """`[B, N]` scores `h_i^T w_{i,n}` with a whole `w_{i,n} ~ N(mu_n, Sigma_n)` drawn per pair: the reference
+        that `sample_scores` must match in distribution, at the cost of a `d`-dimensional draw per pair and RM."""
+        h = self._check_h(h, "h")
+        return torch.einsum("bd,bnd->bn", h, self.sample_weights(h.shape[0], generator))
+
+    def update(self, rm_index: Tensor, h: Tensor, reward: Tensor) -> None:
+        """Adds the rows routed to each RM: `Lambda_n += sum h h^T / sigma2`, `b_n += sum r h / sigma2` over `n`'s rows.
+
+        All or nothing: non-finite inputs, an unknown RM index or an overflow raise `ValueError` before the state is
+        touched, so a bad batch can never leave a corrupted posterior behind.
+
+        Args:
+            rm_index: `LongTensor[M]`, the RM each row was routed to.
+            h: `[M, d]` the rows' pair embeddings.
+            reward: `[M]` the rows' (normalised) rewards.
+        """
+        h = self._check_h(h, "h")
+        reward = reward.detach().to(self.precision)
+        rm_index = rm_index.detach().to(self.precision.device)
+        m = h.shape[0]
+        if rm_index.shape != (m,) or reward.shape != (m,):
+            raise ValueError(
+                f"rm_index and reward must be [M] for h of shape {list(h.shape)}, got {list(rm_index.shape)} and "
+                f"{list(reward.shape)}"
+            )
+        if rm_index.dtype not in (torch.int64, torch.int32):  # a bool tensor would index as a mask
+            raise ValueError(f"rm_index must be an integer (int64 or int32) tensor, got dtype {rm_index.dtype}")
+        if m and (rm_index.min() < 0 or rm_index.max() >= self.num_rms):
+            raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
+        if not torch.isfinite(reward).all():
+            raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
+        # A one-hot mask and one batched matmul give each RM's sum of outer products without an [M, d, d] temporary.
+        routed = torch.zeros(self.num_rms, m, dtype=h.dtype, device=h.device)
+        routed[rm_index, torch.arange(m, device=h.device)] = 1.0
+        delta_precision = (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
+        delta_vector = torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
+        precision, vector = self.precision + delta_precision, self.vector + delta_vector
+        if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
+            raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
+        self.precision, self.vector, self._cholesky = precision, vector, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: `precision`, `vector` (tensors) and `sigma2` (a float)."""
+        return {"precision": self.precision.clone(), "vector": self.vector.clone(), "sigma2": self.sigma2}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a `state_dict()` of posteriors with the same `N`, `d` and `sigma2`, checked before any change."""
+        missing = {"precision", "vector", "sigma2"} - set(state)
+        if missing:
+            raise ValueError(f"posterior state lacks {sorted(missing)}; expected a GaussianPosteriors.state_dict()")
+        precision, vector = state["precision"], state["vector"]
+        if tuple(precision.shape) != tuple(self.precision.shape) or tuple(vector.shape) != tuple(self.vector.shape):
+            raise ValueError(
+                f"posterior state has precision {list(precision.shape)} and vector {list(vector.shape)}, but this "
+                f"router has {self.num_rms} RMs of dimension {self.dim} (precision {list(self.precision.shape)}): "
+                "resume with the same RM pool and pair encoder"
+            )
+        if not math.isclose(float(state["sigma2"]), self.sigma2, rel_tol=1e-9):
+            raise ValueError(
+                f"posterior state was built with sigma2={state['sigma2']}, this router has sigma2={self.sigma2}: "
+                "resume with the same sigma2 (the precision's scale depends on it)"
+            )
+        loaded = GaussianPosteriors(
+            precision.detach().to(self.precision, copy=True), vector.detach().to(self.vector, copy=True), self.sigma2
+        )
+        loaded._factor()  # refuses a precision that is not positive definite before it replaces ours
+        self.precision, self.vector, self._cholesky = loaded.precision, loaded.vector, loaded._cholesky
+
+    def _check_h(self, h: Tensor, name: str) -> Tensor:
+        if h.ndim != 2 or h.shape[1] != self.dim:
+            raise ValueError(f"{name} must be [B, {self.dim}], got shape {list(h.shape)}")
+        h = h.detach().to(self.precision)
+        if not torch.isfinite(h).all():
+            raise ValueError(f"{name} has non-finite entries (NaN or inf); nothing was computed or changed")
+        return h
+
+    def _factor(self) -> Tensor:
+        """Lower Cholesky factors `[N, d, d]` of the precisions, cached until the next update or load."""
+        if self._cholesky is None:
+            symmetric = (self.precision + self.precision.mT) / 2  # matmul round-off can break exact symmetry
+            factor, info = torch.linalg.cholesky_ex(symmetric)
+            scale = symmetric.diagonal(dim1=1, dim2=2).mean(dim=1).abs().clamp_min(1e-30)
+            eye = torch.eye(self.dim, dtype=symmetric.dtype, device=symmetric.device)
+            for jitter in _JITTERS:
+                if not info.any():
+                    break
+                retry, info_retry = torch.linalg.cholesky_ex(symmetric + (jitter * scale)[:, None, None] * eye)
+                factor = torch.where((info > 0)[:, None, None], retry, factor)
+                info = torch.where(info > 0, info_retry, info)
+            if info.any():
+                bad = torch.nonzero(info).flatten().tolist()
+                raise ValueError(f"precision of RMs {bad} is not positive definite; the posterior state is invalid")
+            self._cholesky = factor
+        return self._cholesky
+
+
+def _standard_normal(shape: tuple[int, ...] | torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
+    """Draws on the generator's own device, then moves: a CPU generator shared by every rank works for any device."""
+    draws = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=like.dtype)
+    return draws.to(like.device)
