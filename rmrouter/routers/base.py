@@ -24,21 +24,26 @@ from rmrouter.data.records import Message
 
 @dataclass(frozen=True)
 class PairBatch:
-    """Unordered candidate pairs: `first[i]` and `second[i]` answer `prompts[i]`."""
+    """Unordered candidate pairs: `first[i]` and `second[i]` answer `prompts[i]`.
+
+    `rows` is None for a batch the module built, and for a `subset` the positions of its pairs in that batch, so a
+    judge holding per-batch data (`RecordedJudge`) can answer for any subset a router sends it.
+    """
 
     prompts: list[list[Message]]
     first: list[str]
     second: list[str]
     references: list[str | None]
     domains: list[str]
+    rows: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.first)
 
     def subset(self, rows: list[int]) -> PairBatch:
-        return PairBatch(
-            *([getattr(self, f)[i] for i in rows] for f in ("prompts", "first", "second", "references", "domains"))
-        )
+        fields = ("prompts", "first", "second", "references", "domains")
+        origin = rows if self.rows is None else [self.rows[i] for i in rows]
+        return PairBatch(*([getattr(self, f)[i] for i in rows] for f in fields), rows=list(origin))
 
 
 class PairJudge(Protocol):

@@ -1,0 +1,177 @@
+"""The paper's online router: per-pair Thompson sampling over per-RM Bayesian linear rewards, with an offline prior.
+
+See docs METHOD.md, "Online stage". The pair embedding `h` comes from the offline prior's pair encoder (or, without
+a prior, from the mean of the two sides' text embeddings); the posteriors, reward normaliser and RNG are the state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from rmrouter.models.encoder import Pooling
+from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
+from rmrouter.routers.embedding import LazyEmbedder
+from rmrouter.routers.judges import ask_by_rm, preference
+from rmrouter.routers.normalizer import QuantileNormalizer, batch_baseline
+from rmrouter.routers.posterior import GaussianPosteriors
+from rmrouter.routers.prior import RouterPrior
+
+log = logging.getLogger(__name__)
+
+
+class BayesianRouter(Router):
+    """Routes each pair to the RM with the highest Thompson score `h^T w_n`, then learns from the pairs' DPO losses.
+
+    `observe` rewards the pairs trained on (finite losses) with `QuantileNormalizer(batch_baseline(losses))` and adds
+    them to their RMs' posteriors; non-finite losses of labelled pairs are skipped, counted
+    (`router/nonfinite_losses`) and warned about, and never reach the posterior.
+
+    Ablations: `use_prior: false` starts the posteriors at mean 0 (no offline prior); `online_updates: false` routes
+    by the offline BT scores `argmax_n h^T E_bt[n]` alone and never changes its state; `integration: weighted_score`
+    scores `offline_weight * h^T E_bt[n] + (1 - offline_weight) * online_sample` with the online posteriors started
+    at mean 0, instead of injecting `E_bt` as their prior mean.
+
+    Args:
+        rm_names: The pool's RM names, in pool (and prior) order.
+        prior_path: The offline router's `RouterPrior` file, or None for the no-prior ablation (then `encoder` is
+            required and `h` is the mean of the two sides' text embeddings).
+        sigma2: Observation noise variance of the normalised rewards.
+        lambda0: Prior precision of every posterior.
+        warmup: Raw rewards seen before the quantile normaliser starts (0.5 before that; the paper: 20).
+        use_prior: Start the posteriors at the prior's BT embeddings (false: at 0).
+        online_updates: Update the posteriors from the losses (false: route by the offline BT scores alone).
+        integration: `prior_injection` (the paper's method) or `weighted_score` (the ablation).
+        offline_weight: `alpha`, the offline score's weight under `weighted_score` (unused otherwise).
+        seed: Seed of the router's own generator (Thompson draws).
+        encoder: Text encoder for `h` when no prior is given (a prior brings its own); None with a prior.
+        pooling: That encoder's pooling (`mean` or `last_token`); None with a prior.
+        max_length: That encoder's token limit per text; None with a prior.
+    """
+
+    def __init__(
+        self,
+        rm_names: list[str],
+        prior_path: str | None,
+        sigma2: float,
+        lambda0: float,
+        warmup: int,
+        use_prior: bool,
+        online_updates: bool,
+        integration: Literal["prior_injection", "weighted_score"],
+        offline_weight: float,
+        seed: int,
+        encoder: str | None = None,
+        pooling: Pooling | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(rm_names)
+        if integration not in ("prior_injection", "weighted_score"):
+            raise ValueError(f"integration must be 'prior_injection' or 'weighted_score', got {integration!r}")
+        if not 0.0 <= offline_weight <= 1.0:
+            raise ValueError(f"offline_weight (alpha) must lie in [0, 1], got {offline_weight}")
+        self.sigma2, self.lambda0 = float(sigma2), float(lambda0)
+        self.online_updates, self.integration, self.offline_weight = online_updates, integration, float(offline_weight)
+        self.offline_scores: Tensor | None = None  # [N, d] float64 E_bt, when a prior is given
+        if prior_path is None:
+            if use_prior or not online_updates or integration != "prior_injection":
+                raise ValueError(
+                    "BayesianRouter without prior_path: use_prior, online_updates: false and integration: "
+                    "weighted_score all need the offline prior; give prior_path, or set use_prior: false, "
+                    "online_updates: true, integration: prior_injection"
+                )
+            if encoder is None or pooling is None or max_length is None:
+                raise ValueError(
+                    "BayesianRouter without prior_path needs encoder, pooling and max_length to embed pairs"
+                )
+            self.embedder = LazyEmbedder(encoder, pooling, max_length, None, None)
+            self.posteriors: GaussianPosteriors | None = None  # built once `h`'s size is known
+        else:
+            if encoder is not None:
+                raise ValueError(f"encoder={encoder!r} given with prior_path: the prior's own encoder is used")
+            if not use_prior and (integration == "weighted_score" or not online_updates):
+                raise ValueError("use_prior: false is the prior-injection ablation; it needs online_updates: true")
+            prior = RouterPrior.load(prior_path)
+            prior.check_pool(self.rm_names)
+            self.embedder = LazyEmbedder(
+                prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state
+            )  # type: ignore[arg-type]
+            self.offline_scores = prior.bt_embeddings.detach().double().cpu()
+            inject = use_prior and integration == "prior_injection"
+            means = self.offline_scores if inject else torch.zeros_like(self.offline_scores)
+            self.posteriors = GaussianPosteriors.prior(means, self.lambda0, self.sigma2)
+        self.normalizer = QuantileNormalizer(warmup=warmup)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.nonfinite_losses = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.embedder.to(pl_module.device)  # where the encoder runs; no state is touched
+
+    def _posteriors(self, dim: int) -> GaussianPosteriors:
+        if self.posteriors is None:
+            zeros = torch.zeros(len(self.rm_names), dim, dtype=torch.float64)
+            self.posteriors = GaussianPosteriors.prior(zeros, self.lambda0, self.sigma2)
+        return self.posteriors
+
+    def scores(self, h: Tensor) -> Tensor:
+        """`[P, N]` routing scores of pairs `h [P, d]`: Thompson draws, offline scores, or their weighted sum."""
+        if not self.online_updates:
+            return h @ self.offline_scores.T
+        sampled = self._posteriors(h.shape[1]).sample_scores(h, self.generator)
+        if self.integration == "weighted_score":
+            return self.offline_weight * (h @ self.offline_scores.T) + (1 - self.offline_weight) * sampled
+        return sampled
+
+    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+        h = self.embedder.pairs(pairs)
+        chosen = self.scores(h).argmax(dim=1)
+        margins = ask_by_rm(judge, pairs, chosen)
+        return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=h))
+
+    def observe(self, routing: Routing, losses: Tensor) -> None:
+        if not self.online_updates:
+            return
+        losses = losses.detach().to("cpu", torch.float64)
+        labelled = routing.preference.cpu() != 0
+        finite = torch.isfinite(losses)
+        bad = int((labelled & ~finite).sum())
+        if bad:
+            self.nonfinite_losses += bad
+            log.warning("BayesianRouter: skipped %d non-finite DPO losses of labelled pairs (not learned from)", bad)
+        keep = finite & labelled & (routing.rm_index.cpu() >= 0)
+        if not keep.any():
+            return
+        reward = self.normalizer(batch_baseline(losses[keep]))
+        h = routing.context[keep]
+        self._posteriors(h.shape[1]).update(routing.rm_index.cpu()[keep], h, reward)
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "router/nonfinite_losses": float(self.nonfinite_losses)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            **super().state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "nonfinite_losses": self.nonfinite_losses,
+        }
+        if self.posteriors is not None:
+            state["posteriors"] = self.posteriors.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "posteriors" in state_dict:
+            dim = state_dict["posteriors"]["vector"].shape[1]
+            if self.posteriors is not None and self.posteriors.dim != dim:
+                raise ValueError(
+                    f"checkpointed posteriors have dimension {dim}, this router's h has {self.posteriors.dim}"
+                )
+            self._posteriors(dim).load_state_dict(state_dict["posteriors"])
+        self.normalizer.load_state_dict(state_dict["normalizer"])
+        self.generator.set_state(state_dict["generator"])
+        self.nonfinite_losses = int(state_dict["nonfinite_losses"])
+        super().load_state_dict(state_dict)
