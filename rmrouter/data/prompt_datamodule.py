@@ -1,0 +1,83 @@
+"""The DataModule of online training: prompts from any `PromptSource`s, batched as lists of `PromptRecord`s.
+
+Online DPO samples its own responses, so a batch is just the prompts. Records are kept whole (chat messages, domain,
+reference answer, metadata) instead of being collated into tensors: the policy renders them with its chat template
+and the RMs may read the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from rmrouter.data.records import PromptRecord
+from rmrouter.data.sources import PromptSource
+
+
+class Prompts(Dataset):
+    """Prompt records, one per row."""
+
+    def __init__(self, records: list[PromptRecord]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        return self.records[index]
+
+
+def collate_records(rows: list[PromptRecord]) -> list[PromptRecord]:
+    """Keeps a batch as the list of its records (the default collate would try to stack their fields)."""
+    return list(rows)
+
+
+class PromptDataModule(LightningDataModule):
+    """Training prompts, read from a list of sources and concatenated, reshuffled every epoch with a seed.
+
+    Args:
+        train: Sources of training prompts (in YAML, a list of `class_path` objects).
+        batch_size: Prompts per batch on each device.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the training order.
+    """
+
+    def __init__(self, train: list[PromptSource], batch_size: int, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if not train:
+            raise ValueError("PromptDataModule needs at least one prompt source in `train`")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters(ignore=["train"])
+        self.train_sources = list(train)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Prompts | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        # Idempotent: the trainer calls setup once per stage, and sources re-read their files on every load().
+        if self.train_set is not None:
+            return
+        records = [record for source in self.train_sources for record in source.load()]
+        if not records:
+            raise ValueError(f"the prompt sources {self.train_sources} gave no prompts: check paths, splits and limits")
+        self.train_set = Prompts(records)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        # Records hold no tensors; Lightning's default walk refuses frozen dataclasses, so the batch stays as it is.
+        return batch
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before train_dataloader()")
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_records,
+        )

@@ -1,0 +1,133 @@
+"""Token-level plumbing of online DPO: prompts to ids, sampling `k` completions, and right-padded DPO batches.
+
+Completions keep the token ids the policy generated, so the DPO forward pass scores exactly the sampled tokens
+(decoding and re-tokenizing can change them). Text is only for the RMs, the router and pairing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rmrouter.data.records import Message
+from rmrouter.reward_models._hf import render
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response: its text (special tokens dropped), its token ids (EOS included) and whether it ended."""
+
+    text: str
+    token_ids: list[int]
+    has_eos: bool
+
+
+def eos_ids(policy, tokenizer) -> set[int]:
+    """Every token that ends a response: the tokenizer's EOS and the generation config's (chat models add theirs)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else ({configured} if configured is not None else set())
+    if not ids:
+        raise ValueError("the policy has no EOS token: neither its tokenizer nor its generation config names one")
+    return ids
+
+
+def prompt_ids(tokenizer, prompts: list[list[Message]], max_prompt_length: int) -> list[list[int]]:
+    """Each prompt rendered with the chat template's generation prompt, cut from the left to `max_prompt_length`.
+
+    Cutting from the left keeps the generation prompt and the latest turn, which the response answers. A chat template
+    writes its own special tokens (BOS included), so the tokenizer adds none; without a template it adds them.
+    """
+    texts = [render(tokenizer, prompt, add_generation_prompt=True) for prompt in prompts]
+    special = not getattr(tokenizer, "chat_template", None)
+    rows = tokenizer(texts, add_special_tokens=special)["input_ids"]
+    return [list(row)[-max_prompt_length:] for row in rows]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """`(input_ids, attention_mask)` padded on the left: a decoder-only model continues from the last position."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+    return ids, mask
+
+
+@torch.no_grad()
+def sample_completions(
+    policy,
+    tokenizer,
+    prompts: list[list[int]],
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> list[list[Completion]]:
+    """`num_samples` sampled completions per prompt, `[len(prompts)][num_samples]`.
+
+    Generation runs in eval mode (no dropout: the samples are the policy's own distribution) and the policy is put
+    back in the mode it was in. A completion is cut after its first EOS; one that never ends has `has_eos` false.
+
+    Args:
+        policy: A causal LM (or a peft model around one).
+        tokenizer: Its tokenizer; without a pad token EOS pads (masked out by the attention mask).
+        prompts: Prompt token ids, e.g. from `prompt_ids`.
+        num_samples: Completions per prompt (`k`).
+        max_new_tokens: Longest completion, in tokens.
+        temperature: Sampling temperature, > 0.
+        top_p: Nucleus sampling mass, in (0, 1].
+    """
+    stops = eos_ids(policy, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    device = next(policy.parameters()).device
+    input_ids, attention_mask = left_pad(prompts, pad_id)
+    was_training = policy.training
+    policy.eval()
+    try:
+        output = policy.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,  # the policy's own distribution, only nucleus-trimmed: a config's default top_k would cut it
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(stops),
+        )
+    finally:
+        policy.train(was_training)
+    completions = []
+    for row in output[:, input_ids.shape[1] :].tolist():
+        end = next((t for t, token in enumerate(row) if token in stops), None)
+        ids = row if end is None else row[: end + 1]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        completions.append(Completion(text=text, token_ids=ids, has_eos=end is not None))
+    return [completions[i : i + num_samples] for i in range(0, len(completions), num_samples)]
+
+
+def text_ids(tokenizer, text: str, eos_id: int, max_new_tokens: int) -> list[int]:
+    """A given response's ids as if the policy had written it: its tokens then EOS, at most `max_new_tokens`."""
+    return (tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_id])[:max_new_tokens]
+
+
+def right_pad_sequences(
+    prompts: list[list[int]], responses: list[list[int]], pad_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`(input_ids, attention_mask, response_mask)` of prompt + response rows, padded on the right.
+
+    Right padding gives every row the same positions as unpadded (no position-id bookkeeping in the forward pass);
+    `response_mask` marks the response tokens only, so the prompt and the padding never enter the log-probs.
+    """
+    rows = [p + r for p, r in zip(prompts, responses, strict=True)]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    response = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, answer) in enumerate(zip(prompts, responses, strict=True)):
+        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer, dtype=torch.long)
+        attention[i, : len(prompt) + len(answer)] = 1
+        response[i, len(prompt) : len(prompt) + len(answer)] = True
+    return ids, attention, response

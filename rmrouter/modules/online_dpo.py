@@ -1,0 +1,256 @@
+"""Online DPO with a routed reward model: sample, pair, route, train (METHOD.md "Online stage").
+
+Each step: sample `k` completions per prompt (live) or take labelled pairs (simulated), build unordered candidate
+pairs, let the trainer's `Router` label them, train DPO on the labelled ones, and hand the per-pair losses back to
+the router before the optimizer step, so its reward `-L_DPO` is measured on the policy that was routed for.
+
+Without LoRA the frozen reference copy sits in eval mode on purpose (no dropout in its log-probs), so Lightning warns
+at the start of the fit that modules are in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from rmrouter.dpo import LossType, dpo_loss, implicit_kl, response_logprobs
+from rmrouter.modules import generation as gen
+from rmrouter.modules.online_pairs import (
+    Candidates,
+    LiveJudge,
+    best_vs_worst_rows,
+    live_candidates,
+    simulated_candidates,
+)
+from rmrouter.reward_models.pool import RewardModelPool
+from rmrouter.routers.base import PairJudge, Router
+
+
+class OnlineDPOModule(LightningModule):
+    """Online (or simulated online) DPO of a causal LM against its frozen initial self, labelled by a routed RM.
+
+    Args:
+        policy: The policy's model name (a folder, a packaged name or a HF id), resolved by the model store.
+        pool: The RMs the router chooses from; kept out of the checkpoint and the optimizer. None in simulated mode.
+        num_samples: Completions sampled per prompt (`k`).
+        pairing: `random` (`pairs_per_prompt` random pairs), `all` (every pair) or `best_vs_worst` (every pair is
+            routed, one per prompt is trained: see `online_pairs.best_vs_worst_rows`).
+        pairs_per_prompt: Pairs drawn per prompt by `random` pairing.
+        min_score_gap: Largest RM margin still counted as a tie (no label).
+        beta: DPO's KL strength.
+        loss_type: `sigmoid` (DPO) or `ipo`.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        max_new_tokens: Longest completion, in tokens (also the cut of simulated responses).
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass.
+        max_prompt_length: Prompt tokens kept, from the end.
+        missing_eos_penalty: Score subtracted from completions cut at `max_new_tokens`, before pairing.
+        lora: peft `LoraConfig` keyword arguments; the reference is then the base with the adapter disabled. None
+            trains every weight against a frozen copy.
+        simulated: Train on `BehaviourDataModule` batches with recorded margins instead of generating.
+        seed: Seed of pair drawing and of the simulated side order (combined with the global step).
+        log_text_every_n_steps: How often sample completions go to TensorBoard as text; 0 never.
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        pool: RewardModelPool | None,
+        num_samples: int,
+        pairing: Literal["random", "all", "best_vs_worst"],
+        pairs_per_prompt: int,
+        min_score_gap: float,
+        beta: float,
+        loss_type: LossType,
+        learning_rate: float,
+        weight_decay: float,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        max_prompt_length: int,
+        missing_eos_penalty: float,
+        lora: dict[str, Any] | None,
+        simulated: bool,
+        seed: int,
+        log_text_every_n_steps: int,
+    ):
+        super().__init__()
+        if pool is None and not simulated:
+            raise ValueError("live online DPO needs a reward-model `pool`; only `simulated: true` runs without one")
+        if num_samples < 2 and not simulated:
+            raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
+        self.save_hyperparameters(ignore=["pool"])
+        # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
+        self._pool: list[RewardModelPool] = [pool] if pool is not None else []
+        self.policy = None
+        self.reference = None
+        self.tokenizer = None
+
+    @property
+    def pool(self) -> RewardModelPool | None:
+        return self._pool[0] if self._pool else None
+
+    def setup(self, stage: str) -> None:
+        if self.pool is not None:
+            self.pool.to(self.trainer.strategy.root_device)
+
+    def configure_model(self) -> None:
+        # Idempotent: Lightning may call it again (e.g. after loading a checkpoint into an existing module).
+        if self.policy is not None:
+            return
+        from transformers import AutoModelForCausalLM
+
+        from rmrouter.models.store import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(self.hparams.policy)
+        policy = load_model(AutoModelForCausalLM, self.hparams.policy)
+        if self.hparams.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            policy = get_peft_model(policy, LoraConfig(**self.hparams.lora))
+        else:
+            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
+        self.policy = policy.train()  # transformers 5 returns models in eval mode
+
+    def configure_optimizers(self):
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+
+    def live_judge(self) -> PairJudge:
+        """The pool's judge; imported here so tests can replace this method without the routers package."""
+        from rmrouter.routers.judges import PoolJudge
+
+        return PoolJudge(self.pool)
+
+    def recorded_judge(self, margins: Tensor) -> PairJudge:
+        from rmrouter.routers.judges import RecordedJudge
+
+        return RecordedJudge(margins)
+
+    def _router(self) -> Router:
+        router = next((cb for cb in self.trainer.callbacks if isinstance(cb, Router)), None)
+        if router is None:
+            raise RuntimeError("OnlineDPOModule needs a Router among the trainer's callbacks (trainer.callbacks)")
+        return router
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+
+    def _candidates(self, batch) -> tuple[Candidates, list | None]:
+        hp, tokenizer = self.hparams, self.tokenizer
+        if hp.simulated:
+            eos = min(gen.eos_ids(self.policy, tokenizer))
+            candidates = simulated_candidates(
+                batch,
+                self._generator(),
+                lambda prompt: gen.prompt_ids(tokenizer, [prompt], hp.max_prompt_length)[0],
+                lambda text: gen.text_ids(tokenizer, text, eos, hp.max_new_tokens),
+                self.recorded_judge,
+            )
+            return candidates, None
+        prompts = gen.prompt_ids(tokenizer, [record.prompt for record in batch], hp.max_prompt_length)
+        completions = gen.sample_completions(
+            self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p
+        )
+        truncated = {c.text for row in completions for c in row if not c.has_eos}
+        judge = LiveJudge(self.live_judge(), truncated, hp.missing_eos_penalty, hp.min_score_gap)
+        candidates = live_candidates(
+            batch, prompts, completions, hp.pairing, hp.pairs_per_prompt, self._generator(), judge
+        )
+        return candidates, completions
+
+    def _logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> tuple[Tensor, Tensor]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, attention, mask = (t.to(self.device) for t in gen.right_pad_sequences(prompts, responses, pad))
+        average = self.hparams.loss_type == "ipo"
+        policy = response_logprobs(self.policy(input_ids=ids, attention_mask=attention).logits, ids, mask, average)
+        with torch.no_grad():
+            if self.reference is None:
+                context, model = self.policy.disable_adapter(), self.policy
+            else:
+                context, model = nullcontext(), self.reference
+            with context:
+                logits = model(input_ids=ids, attention_mask=attention).logits
+            reference = response_logprobs(logits, ids, mask, average)
+        return policy, reference
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        candidates, completions = self._candidates(batch)
+        router = self._router()
+        routing = router.route(candidates.pairs, candidates.judge)
+        preference = routing.preference.detach().float().cpu()
+        if self.hparams.pairing == "best_vs_worst" and not self.hparams.simulated:
+            rows = best_vs_worst_rows(candidates.groups, candidates.indices, preference)
+        else:
+            rows = preference.nonzero().flatten().tolist()
+        losses = torch.full((len(preference),), float("nan"))
+        loss, pairs = None, 0
+        if rows:
+            chosen, rejected = [], []
+            for row in rows:
+                first, second = candidates.first_ids[row], candidates.second_ids[row]
+                chosen.append(first if preference[row] > 0 else second)
+                rejected.append(second if preference[row] > 0 else first)
+            prompts = [candidates.prompt_ids[row] for row in rows]
+            policy, reference = self._logprobs(prompts + prompts, chosen + rejected)
+            n = len(rows)
+            out = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.hparams.beta,
+                           self.hparams.loss_type)  # fmt: skip
+            losses[rows] = out.losses.detach().float().cpu()
+            finite = out.losses.isfinite()
+            pairs = int(finite.sum())
+            if pairs:
+                loss = out.losses[finite].mean()
+                self._log_dpo(out, finite, policy, reference, chosen + rejected)
+        router.observe(routing, losses)
+        if loss is None:
+            # A zero with a grad path to every trainable weight: a step with no usable pair changes nothing (with no
+            # weight decay), and the loss is 0, never the NaN of a mean over nothing.
+            loss = sum(p.sum() for p in self.policy.parameters() if p.requires_grad) * 0.0
+        self._log("train/pairs", float(pairs))
+        self._log("train/candidate_pairs", float(len(preference)))
+        if completions is not None:
+            flat = [c for row in completions for c in row]
+            self._log("train/eos_rate", sum(c.has_eos for c in flat) / len(flat))
+            self._log_text(batch, completions)
+        if candidates.truth is not None:
+            self._log_labelling(candidates, preference)
+        for name, value in router.metrics().items():
+            self._log(name, float(value))
+        return loss
+
+    def _log(self, name: str, value: float | Tensor) -> None:
+        self.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+
+    def _log_dpo(self, out, finite: Tensor, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
+        self._log("train/dpo_loss", out.losses[finite].detach().mean())
+        self._log("train/reward_margin", out.reward_margins[finite].mean())
+        self._log("train/reward_acc", out.reward_accuracies[finite].mean())
+        self._log("train/implicit_kl", implicit_kl(policy.detach(), reference))
+        self._log("train/response_length", sum(len(r) for r in responses) / len(responses))
+
+    def _log_labelling(self, candidates: Candidates, preference: Tensor) -> None:
+        # An abstention or tie (preference 0) is not a correct label: the share is over every routed pair.
+        correct = (preference == candidates.truth).float()
+        self._log("train/labelling_acc", correct.mean())
+        domains = candidates.pairs.domains
+        for domain in sorted(set(domains)):
+            rows = [i for i, d in enumerate(domains) if d == domain]
+            self._log(f"train/labelling_acc/{domain}", correct[rows].mean())
+
+    def _log_text(self, batch, completions) -> None:
+        every = self.hparams.log_text_every_n_steps
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if every <= 0 or self.global_step % every or not hasattr(experiment, "add_text"):
+            return
+        lines = []
+        for record, samples in list(zip(batch, completions, strict=True))[:2]:
+            lines.append(f"**{record.domain}** `{record.prompt[-1]['content'][:500]}`")
+            lines += [f"- {'' if c.has_eos else '(cut) '}{c.text[:1000]}" for c in samples]
+        experiment.add_text("train/samples", "\n\n".join(lines), self.global_step)
