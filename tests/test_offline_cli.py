@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from behaviour_helpers import RM_NAMES, write_behaviour
 
-from rmrouter.behaviour.records import BehaviourRecord
 from rmrouter.cli import main
-from rmrouter.data.records import PreferenceRecord
 from rmrouter.routers.prior import RouterPrior, RouterPriorError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline_router.yaml"
-RM_NAMES = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["rm_names"]
-DOMAINS = ["math", "safety", "koala", "oasst"]
-
-
-def write_behaviour(path: Path, rows: int = 48) -> None:
-    """Pairs whose right RM depends on the domain: RM k is right on domain k % 4 (koala is the OOD domain)."""
-    lines = []
-    for i in range(rows):
-        domain = DOMAINS[i % len(DOMAINS)]
-        pair = PreferenceRecord(
-            f"r{i}", [{"role": "user", "content": f"{domain} question {i}"}], f"good {i}", f"bad {i}", domain, "test"
-        )
-        margin = {name: (1.0 if k == i % len(DOMAINS) else -1.0) for k, name in enumerate(RM_NAMES)}
-        lines.append(json.dumps(BehaviourRecord(pair, margin).to_dict()) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines))
 
 
 @pytest.fixture
