@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from rmrouter.behaviour.records import BehaviourRecord, read_behaviour
+from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import as_text
 from rmrouter.data.sources import assign_split, split_key
 
@@ -191,12 +192,4 @@ class BehaviourDataModule(LightningDataModule):
         return self.splits
 
     def _loader(self, dataset: BehaviourPairs, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(dataset, self.batch_size, shuffle, self.seed, self.num_workers)

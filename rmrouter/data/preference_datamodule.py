@@ -8,10 +8,10 @@ Consumers that need chat messages back can look records up by `id`.
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import PreferenceRecord, as_text
 from rmrouter.data.sources import PreferenceSource
 
@@ -100,12 +100,4 @@ class PreferenceDataModule(LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def _loader(self, dataset: PreferencePairs, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return seeded_loader(dataset, self.batch_size, shuffle, self.seed, self.num_workers)

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import PromptRecord
 from rmrouter.data.sources import PromptSource
 
@@ -72,12 +73,4 @@ class PromptDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             raise RuntimeError("call setup('fit') before train_dataloader()")
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_records,
-        )
+        return seeded_loader(self.train_set, self.batch_size, True, self.seed, self.num_workers, collate_records)
