@@ -11,7 +11,7 @@ Each step is what a training step does to the pair encoder: `h = encoder(prompts
 `h.sum()`, `backward()`, and `zero_grad()` (no optimiser step). In the frozen modes the backward pass reaches the MLP
 only. A step takes `--batch-size` pairs, that is twice as many texts, which the text encoder runs in passes of its own
 batch size (16 texts). Pairs come round-robin from the vendored GSM8K solution pairs, HH-RLHF harmless pairs and
-AlpacaEval pairs (a fixed synthetic set when the data layer is unavailable). Model loading and one warm-up batch per
+AlpacaEval pairs. Model loading and one warm-up batch per
 model are not timed; each mode times `--repeats` epochs over the same pairs and reports the fastest (the cold
 mode empties the cache before each). On CPU, denormal floats are flushed to zero unless `--keep-denormals` is
 given, as in `benchmarks/rm_throughput.py`.
@@ -29,40 +29,17 @@ import time
 from pathlib import Path
 
 import torch
+from common import PAIRS_ORIGIN, real_pairs
 
-from rmrouter.data.records import Message, as_messages
+from rmrouter.data.records import Message
 from rmrouter.models.pair_encoder import PairEncoder
 
 Pair = tuple[list[Message], str, str]  # prompt, chosen, rejected
 
 
 def load_pairs(count: int) -> tuple[list[Pair], str]:
-    """`count` pairs and a description of where they came from."""
-    try:
-        from rmrouter.data import AlpacaEvalPairs, GSM8KSolutionPairs, HHRLHFHarmlessPairs
-
-        sources = [GSM8KSolutionPairs(limit=count), HHRLHFHarmlessPairs(limit=count), AlpacaEvalPairs(limit=count)]
-        columns = [source.load() for source in sources]
-    except (ImportError, FileNotFoundError) as error:
-        print(f"data layer unavailable ({error}); using synthetic pairs")
-        return synthetic_pairs(count), "synthetic"
-    pairs = []
-    for index in range(count):
-        for column in columns:
-            if index < len(column) and len(pairs) < count:
-                record = column[index]
-                pairs.append((record.prompt, record.chosen, record.rejected))
-    return pairs, "GSM8K solutions + HH-RLHF harmless + AlpacaEval, round-robin"
-
-
-def synthetic_pairs(count: int) -> list[Pair]:
-    words = "the quick brown fox jumps over the lazy dog and sells 9 eggs for 18 dollars".split()
-    pairs = []
-    for index in range(count):
-        text = " ".join(words[(index + k) % len(words)] for k in range(20 + 7 * (index % 20)))
-        prompt = as_messages(f"Question {index}: what does the fox do with {index} eggs?")
-        pairs.append((prompt, text + f" #### {index}", text[::-1]))
-    return pairs
+    """`count` real pairs as tuples, and a description of where they came from."""
+    return [(record.prompt, record.chosen, record.rejected) for record in real_pairs(count)], PAIRS_ORIGIN
 
 
 def batches(pairs: list[Pair], size: int) -> list[list[Pair]]:
@@ -82,24 +59,30 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_epoch(encoder: PairEncoder, steps: list[list[Pair]], use_cache: bool, device: str, cold: bool) -> float:
-    """Seconds for one pass of training steps over `steps`; `cold` empties the cache first (not timed)."""
+def time_epoch(
+    encoder: PairEncoder, steps: list[list[Pair]], use_cache: bool, device: str, cold: bool
+) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) for one pass of training steps over `steps`.
+
+    `cold` empties the cache first (not timed). CPU seconds well under wall seconds times the torch threads mean that
+    other work on the machine took cores from the benchmark.
+    """
     if cold:
         encoder.cache.clear()
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for batch in steps:
         training_step(encoder, batch, use_cache)
     synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def fastest_epoch(
     repeats: int, encoder: PairEncoder, steps: list[list[Pair]], use_cache: bool, device: str, cold: bool
-) -> float:
-    """The fastest of `repeats` timed epochs: the one least disturbed by other work on the machine."""
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of the fastest of `repeats` timed epochs: the one least disturbed by other work."""
     times = [time_epoch(encoder, steps, use_cache, device, cold) for _ in range(repeats)]
-    print("  epochs (s):", " ".join(f"{seconds:.3f}" for seconds in times), flush=True)
+    print("  epochs (wall s):", " ".join(f"{wall:.3f}" for wall, _ in times), flush=True)
     return min(times)
 
 
@@ -132,9 +115,10 @@ def main() -> None:
 
     rows = []
 
-    def report(mode: str, seconds: float, encoded: str) -> None:
-        rate = len(pairs) / seconds
-        rows.append(f"| {mode} | {len(pairs)} | {len(steps)} | {encoded} | {seconds:.3f} | {rate:.1f} |")
+    def report(mode: str, seconds: tuple[float, float], encoded: str) -> None:
+        wall, cpu = seconds
+        rate = len(pairs) / wall
+        rows.append(f"| {mode} | {len(pairs)} | {len(steps)} | {encoded} | {wall:.3f} | {cpu:.3f} | {rate:.1f} |")
         print(rows[-1], flush=True)
 
     frozen = build(freeze_encoder=True)
@@ -163,8 +147,8 @@ def main() -> None:
             f"{threads} torch threads, denormals {'kept' if args.keep_denormals else 'flushed'}; fastest of "
             f"{args.repeats} timed epochs per mode.",
             "",
-            "| mode | pairs | steps | texts encoded per epoch | seconds | pairs/s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| mode | pairs | steps | texts encoded per epoch | seconds | CPU seconds | pairs/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
             *rows,
         ]
     )
@@ -179,7 +163,9 @@ def main() -> None:
             "epochs (the cold mode empties the cache before each). Each step is a training step of the pair "
             "encoder alone: forward, a dummy loss `h.sum()`, backward, zero_grad (no optimiser step); in the frozen "
             "modes the backward pass reaches the MLP only. *Texts encoded per epoch* counts the texts the encoder ran "
-            "on in a timed epoch (two per pair, fewer when texts repeat).\n\n"
+            "on in a timed epoch (two per pair, fewer when texts repeat). *CPU seconds* is the process's CPU time in "
+            "that epoch: when it is well under *seconds* times the torch threads, other work on the machine took cores "
+            "from the benchmark.\n\n"
             f"{table}\n"
         )
 

@@ -1,11 +1,10 @@
 """Reward-model throughput: seconds to score N real preference pairs with each kind of RM.
 
-Pairs come round-robin from the vendored GSM8K solution pairs, HH-RLHF harmless pairs and AlpacaEval pairs (a
-fixed synthetic set when the data layer is unavailable). Each RM scores both sides of every pair in one `score`
-call, as `RewardModelPool.score_pairs` does. Rows without a reference get the chosen answer as their reference so
-that reference-based RMs do the full work (timing only). Model loading and one warm-up call are not timed.
-On CPU, denormal floats are flushed to zero unless `--keep-denormals` is given: SmolLM2's activations produce
-denormals and run about 2.5x slower without the flush.
+Pairs come round-robin from the vendored GSM8K solution pairs, HH-RLHF harmless pairs and AlpacaEval pairs. Each RM
+scores both sides of every pair in one `score` call, as `RewardModelPool.score_pairs` does. Rows without a reference
+get the chosen answer as their reference so that reference-based RMs do the full work (timing only). Model loading
+and one warm-up call are not timed. On CPU, denormal floats are flushed to zero unless `--keep-denormals` is given:
+SmolLM2's activations produce denormals and run about 2.5x slower without the flush.
 
     .venv/bin/python benchmarks/rm_throughput.py --pairs 64 --batch-size 8 --device cpu --output rm_throughput.md
 """
@@ -23,8 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from common import PAIRS_ORIGIN, real_pairs
 
-from rmrouter.data.records import Message, as_messages
+from rmrouter.data.records import Message
 from rmrouter.reward_models import (
     GSM8KVerifierRewardModel,
     LengthRewardModel,
@@ -38,32 +38,11 @@ Pair = tuple[list[Message], str, str, str]  # prompt, chosen, rejected, referenc
 
 
 def load_pairs(count: int) -> tuple[list[Pair], str]:
-    """`count` pairs and a description of where they came from."""
-    try:
-        from rmrouter.data import AlpacaEvalPairs, GSM8KSolutionPairs, HHRLHFHarmlessPairs
-
-        sources = [GSM8KSolutionPairs(limit=count), HHRLHFHarmlessPairs(limit=count), AlpacaEvalPairs(limit=count)]
-        columns = [source.load() for source in sources]
-    except (ImportError, FileNotFoundError) as error:
-        print(f"data layer unavailable ({error}); using synthetic pairs")
-        return synthetic_pairs(count), "synthetic"
-    pairs = []
-    for index in range(count):
-        for column in columns:
-            if index < len(column) and len(pairs) < count:
-                record = column[index]
-                pairs.append((record.prompt, record.chosen, record.rejected, record.reference or record.chosen))
-    return pairs, "GSM8K solutions + HH-RLHF harmless + AlpacaEval, round-robin"
-
-
-def synthetic_pairs(count: int) -> list[Pair]:
-    words = "the quick brown fox jumps over the lazy dog and sells 9 eggs for 18 dollars".split()
-    pairs = []
-    for index in range(count):
-        text = " ".join(words[(index + k) % len(words)] for k in range(20 + 7 * (index % 20)))
-        prompt = as_messages(f"Question {index}: what does the fox do with {index} eggs?")
-        pairs.append((prompt, text + f" #### {index}", text[::-1], f"#### {index}"))
-    return pairs
+    """`count` real pairs as tuples, and a description of where they came from."""
+    return [
+        (record.prompt, record.chosen, record.rejected, record.reference or record.chosen)
+        for record in real_pairs(count)
+    ], PAIRS_ORIGIN
 
 
 @contextmanager
