@@ -1,4 +1,4 @@
-"""The shipped online configs run through the CLI on tiny models: a simulated BayesianRouter fit and its resume."""
+"""Every shipped online and router config runs through the CLI on tiny models; the router state survives a resume."""
 
 from __future__ import annotations
 
@@ -12,43 +12,70 @@ from behaviour_helpers import RM_NAMES, write_behaviour
 
 from rmrouter.cli import main
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "online" / "simulated_bayesian.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SIMULATED = CONFIGS / "online" / "simulated.yaml"
+ROUTERS = sorted(path.stem for path in (CONFIGS / "routers").glob("*.yaml"))
 
 
 @pytest.fixture
-def tiny_config(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path:
-    """The shipped config with the tiny policy, and a router without the offline prior (on the tiny encoder)."""
+def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path:
+    """A behaviour file, an offline prior on the tiny encoder, and the simulated config on the tiny policy."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cli.py"])
-    write_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl", rows=16)
-    config = yaml.safe_load(CONFIG.read_text())
+    write_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl", rows=24)
+    main(["fit", "--config", str(CONFIGS / "offline_router.yaml"), "--model.init_args.encoder", tiny_encoder_dir,
+          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    config = yaml.safe_load(SIMULATED.read_text())
     assert config["data"]["init_args"]["rm_names"] == RM_NAMES
     config["model"]["init_args"]["policy"] = tiny_causal_lm_dir
-    router = config["trainer"]["callbacks"][0]["init_args"]
-    router.update(prior_path=None, use_prior=False, encoder=tiny_encoder_dir, pooling="mean", max_length=32)
-    config["trainer"]["max_steps"] = 2
-    config["trainer"]["enable_progress_bar"] = False
-    path = tmp_path / "simulated.yaml"
+    config["trainer"].update(max_steps=2, enable_progress_bar=False)
+    config["data"]["init_args"]["batch_size"] = 4
+    (tmp_path / "simulated.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def router_config(name: str, workdir: Path, tiny_encoder_dir: str) -> Path:
+    config = yaml.safe_load((CONFIGS / "routers" / f"{name}.yaml").read_text())
+    router = config["model"]["init_args"]["router"]["init_args"]
+    assert router["rm_names"] == RM_NAMES
+    if "encoder" in router:
+        router["encoder"] = tiny_encoder_dir
+    path = workdir / f"router_{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def test_simulated_bayesian_config_trains_and_checkpoints_the_router(tiny_config, tmp_path):
-    main(["fit", "--config", str(tiny_config)])
-    checkpoint = torch.load(
-        tmp_path / "checkpoints" / "online" / "simulated_bayesian" / "last.ckpt", weights_only=False
-    )
-    assert checkpoint["global_step"] == 2
-    (router_state,) = [state for key, state in checkpoint["callbacks"].items() if key.startswith("BayesianRouter")]
-    assert router_state["pairs_routed"] == 16  # two batches of 8 pairs, each routed once
-    assert not any(key.startswith("pool") for key in checkpoint["state_dict"])
+def router_state(workdir: Path) -> dict:
+    checkpoint = torch.load(workdir / "checkpoints" / "online" / "simulated" / "last.ckpt", weights_only=False)
+    (state,) = [state for key, state in checkpoint["callbacks"].items() if "Router[" in key]
+    return {"global_step": checkpoint["global_step"], **state}
 
 
-def test_simulated_fit_resumes_with_the_router_state(tiny_config, tmp_path):
-    main(["fit", "--config", str(tiny_config), "--trainer.max_steps", "1"])
-    main(["fit", "--config", str(tiny_config), "--trainer.max_steps", "2", "--ckpt_path", "last"])
-    checkpoint = torch.load(
-        tmp_path / "checkpoints" / "online" / "simulated_bayesian" / "last.ckpt", weights_only=False
+@pytest.mark.parametrize("name", ROUTERS)
+def test_every_router_config_trains_in_the_simulated_mode(workdir, tiny_encoder_dir, name):
+    main(
+        [
+            "fit",
+            "--config",
+            str(workdir / "simulated.yaml"),
+            "--config",
+            str(router_config(name, workdir, tiny_encoder_dir)),
+        ]
     )
-    (router_state,) = [state for key, state in checkpoint["callbacks"].items() if key.startswith("BayesianRouter")]
-    assert checkpoint["global_step"] == 2 and router_state["pairs_routed"] == 16  # not reset by the restart
+    state = router_state(workdir)
+    assert state["global_step"] == 2 and state["pairs_routed"] == 8  # two batches of 4 pairs, each routed once
+    calls_per_pair = len(RM_NAMES) if name in ("majority", "uwo") else 1
+    assert state["rm_calls"] == 8 * calls_per_pair
+
+
+def test_simulated_fit_resumes_with_the_router_state(workdir, tiny_encoder_dir):
+    configs = [
+        "--config",
+        str(workdir / "simulated.yaml"),
+        "--config",
+        str(router_config("bayesian", workdir, tiny_encoder_dir)),
+    ]
+    main(["fit", *configs, "--trainer.max_steps", "1"])
+    main(["fit", *configs, "--trainer.max_steps", "2", "--ckpt_path", "last"])
+    state = router_state(workdir)
+    assert state["global_step"] == 2 and state["pairs_routed"] == 8  # not reset by the restart

@@ -56,6 +56,9 @@ class OnlineDPOModule(LightningModule):
         simulated: Train on `BehaviourDataModule` batches with recorded margins instead of generating.
         seed: Seed of pair drawing and of the simulated side order (combined with the global step).
         log_text_every_n_steps: How often sample completions go to TensorBoard as text; 0 never.
+        router: The embedded router (e.g. `rmrouter.routers.bayesian.BayesianRouter`), added to the trainer's
+            callbacks by `configure_callbacks`, so a method is one `model.init_args.router` entry; None uses the
+            Router already among `trainer.callbacks`.
     """
 
     def __init__(
@@ -79,13 +82,15 @@ class OnlineDPOModule(LightningModule):
         simulated: bool,
         seed: int,
         log_text_every_n_steps: int,
+        router: Router | None = None,
     ):
         super().__init__()
         if pool is None and not simulated:
             raise ValueError("live online DPO needs a reward-model `pool`; only `simulated: true` runs without one")
         if num_samples < 2 and not simulated:
             raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
-        self.save_hyperparameters(ignore=["pool"])
+        self.save_hyperparameters(ignore=["pool", "router"])
+        self.router = router
         # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
         self._pool: list[RewardModelPool] = [pool] if pool is not None else []
         self.policy = None
@@ -96,9 +101,20 @@ class OnlineDPOModule(LightningModule):
     def pool(self) -> RewardModelPool | None:
         return self._pool[0] if self._pool else None
 
+    def configure_callbacks(self) -> list[Router]:
+        return [self.router] if self.router is not None else []
+
     def setup(self, stage: str) -> None:
         if self.pool is not None:
             self.pool.to(self.trainer.strategy.root_device)
+        router = self._router()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        pool_names = self.pool.names if self.pool is not None else getattr(datamodule, "rm_names", None)
+        if pool_names is not None and list(pool_names) != router.rm_names:
+            raise ValueError(
+                f"the router's rm_names {router.rm_names} differ from the pool's {list(pool_names)}: "
+                "list the RMs in the same order in both"
+            )
 
     def configure_model(self) -> None:
         # Idempotent: Lightning may call it again (e.g. after loading a checkpoint into an existing module).
