@@ -7,6 +7,13 @@ RM. The router calls RMs only through `judge`, so the same router runs live (the
 pass, and before the optimizer step, the module hands the per-pair losses back with `observe`, which is where
 learning routers update. Routers are Lightning callbacks: their state (posteriors, normaliser history, counters, RNG)
 is checkpointed through `state_dict` and restored by `--ckpt_path`.
+
+Under DDP/FSDP every rank holds its own copy of the router and must keep it IDENTICAL to the others (each rank saves
+and restores it). So a router works on the GLOBAL batch: `all_gather_rows` collects a per-pair tensor from every rank
+(in rank order), every draw from the router's generator is made over the gathered rows, identically on every rank,
+and each rank keeps its own slice (`global_rows`); `observe` gathers what it learns from and every rank applies the
+same update; the counters count every rank's pairs. Judge calls stay local: each rank scores its own pairs. With one
+process all of this is a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from lightning.pytorch import Callback
+import torch.distributed as dist
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from rmrouter.data.records import Message
@@ -86,6 +94,73 @@ class Router(Callback, ABC):
         self.pairs_routed = 0
         self.rm_calls = 0
         self.selections = torch.zeros(len(rm_names), dtype=torch.long)
+        self._strategy: Any = None  # the trainer's strategy, from `setup`: how to reach the other ranks
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Keeps the trainer's strategy for `all_gather_rows`; subclasses that override this call it too."""
+        self._strategy = trainer.strategy
+
+    def world_size(self) -> int:
+        """Processes sharing this router: the strategy's world size, else torch.distributed's, else 1."""
+        strategy = getattr(self, "_strategy", None)
+        if strategy is not None:
+            return int(getattr(strategy, "world_size", 1))
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return 1
+
+    def _rank(self) -> int:
+        strategy = getattr(self, "_strategy", None)
+        if strategy is not None and hasattr(strategy, "global_rank"):
+            return int(strategy.global_rank)
+        return dist.get_rank()
+
+    def _gather_device(self) -> torch.device:
+        """Where collectives run: the strategy's device (NCCL needs CUDA tensors), else CUDA only under NCCL."""
+        strategy = getattr(self, "_strategy", None)
+        if strategy is not None and hasattr(strategy, "root_device"):
+            return torch.device(strategy.root_device)
+        if dist.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _gather_sizes(self, size: int) -> list[int]:
+        local = torch.tensor([size], dtype=torch.long, device=self._gather_device())
+        sizes = [torch.zeros_like(local) for _ in range(self.world_size())]
+        dist.all_gather(sizes, local)
+        return [int(s) for s in sizes]
+
+    def global_rows(self, size: int) -> tuple[int, slice]:
+        """`(total, mine)`: the number of pairs over all ranks, and this rank's `size` pairs' slice of them (rows are
+        in rank order). With one process: `(size, slice(0, size))`."""
+        if self.world_size() == 1:
+            return size, slice(0, size)
+        sizes = self._gather_sizes(size)
+        start = sum(sizes[: self._rank()])
+        return sum(sizes), slice(start, start + size)
+
+    def all_gather_rows(self, rows: Tensor) -> tuple[Tensor, slice]:
+        """`(gathered, mine)`: every rank's `rows` (`[P_rank, ...]`, any `P_rank`, same trailing shape and dtype on
+        every rank) concatenated in rank order, on `rows`' device, and this rank's slice of them.
+
+        A collective: every rank must call it, in the same order. With one process it returns `rows` itself.
+        """
+        if self.world_size() == 1:
+            return rows, slice(0, rows.shape[0])
+        sizes = self._gather_sizes(rows.shape[0])
+        start = sum(sizes[: self._rank()])
+        mine = slice(start, start + rows.shape[0])
+        longest = max(sizes)
+        if longest == 0:
+            return rows, mine
+        is_bool = rows.dtype == torch.bool  # not every backend gathers bool
+        local = rows.detach().to(self._gather_device(), torch.uint8 if is_bool else rows.dtype)
+        padded = local.new_zeros((longest, *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        gathered = torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+        return gathered.to(rows.device, torch.bool if is_bool else rows.dtype), mine
 
     @property
     def state_key(self) -> str:
@@ -99,10 +174,13 @@ class Router(Callback, ABC):
         """Learns from the per-pair DPO losses (`[P]`, NaN for pairs not trained on); the default learns nothing."""
 
     def count(self, routing: Routing) -> Routing:
-        chosen = routing.rm_index[routing.rm_index >= 0]
-        self.selections += torch.bincount(chosen.cpu(), minlength=len(self.rm_names))
-        self.pairs_routed += len(routing.preference)
-        self.rm_calls += routing.rm_calls
+        """Adds the batch to the counters; under several processes, every rank's batch (a collective)."""
+        rm_index, _ = self.all_gather_rows(routing.rm_index.detach().long().cpu())
+        calls, _ = self.all_gather_rows(torch.tensor([routing.rm_calls], dtype=torch.long))
+        chosen = rm_index[rm_index >= 0]
+        self.selections += torch.bincount(chosen, minlength=len(self.rm_names))
+        self.pairs_routed += len(rm_index)
+        self.rm_calls += int(calls.sum())
         return routing
 
     def metrics(self) -> dict[str, float]:

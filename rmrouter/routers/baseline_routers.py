@@ -66,7 +66,8 @@ class RandomRouter(SeededRouter):
     """
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        chosen = torch.randint(0, len(self.rm_names), (len(pairs),), generator=self.generator)
+        total, mine = self.global_rows(len(pairs))  # one draw per pair of every rank; this rank keeps its own
+        chosen = torch.randint(0, len(self.rm_names), (total,), generator=self.generator)[mine]
         return self.count(Routing(preference(ask_by_rm(judge, pairs, chosen)), chosen, rm_calls=len(pairs)))
 
 
@@ -79,7 +80,9 @@ class MajorityVoteRouter(SeededRouter):
     """
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        labels = majority_vote(ask_all(judge, pairs, len(self.rm_names)), self.generator).float()
+        # The coins are drawn over every rank's pairs (one per pair), so the generators stay in lockstep.
+        margins, mine = self.all_gather_rows(ask_all(judge, pairs, len(self.rm_names)))
+        labels = majority_vote(margins, self.generator)[mine].float()
         unattributed = torch.full((len(pairs),), -1, dtype=torch.long)
         return self.count(Routing(labels, unattributed, rm_calls=len(self.rm_names) * len(pairs)))
 
@@ -133,7 +136,8 @@ class UWORouter(Router):
 
 class LASERRouter(SeededRouter):
     """LASER: ONE RM per batch, chosen by LinUCB on the batch's mean prompt embedding; reward `-mean loss` of the
-    batch's trained pairs, quantile-normalised. Exact UCB ties are broken at random by the router's generator.
+    batch's trained pairs, quantile-normalised. Exact UCB ties are broken at random by the router's generator. Under
+    several processes the batch is the global one (every rank's pairs), so every rank picks the same arm.
 
     Args:
         rm_names: The pool's RM names, in pool order.
@@ -155,6 +159,7 @@ class LASERRouter(SeededRouter):
         self.linucb: LinUCB | None = None  # built once the context size is known
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self.embedder.to(pl_module.device)
 
     def _linucb(self, dim: int) -> LinUCB:
@@ -163,7 +168,8 @@ class LASERRouter(SeededRouter):
         return self.linucb
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        context = self.embedder.prompts(pairs).mean(dim=0)
+        # One arm per GLOBAL batch: the context is the mean prompt embedding over every rank's prompts.
+        context = self.all_gather_rows(self.embedder.prompts(pairs))[0].mean(dim=0)
         ucb = self._linucb(context.shape[0]).ucb(context)
         best = torch.nonzero(ucb == ucb.max()).flatten()
         arm = int(best[torch.randint(0, len(best), (1,), generator=self.generator)])
@@ -172,7 +178,7 @@ class LASERRouter(SeededRouter):
         return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=(arm, context)))
 
     def observe(self, routing: Routing, losses: Tensor) -> None:
-        losses = losses.detach().to("cpu", torch.float64)
+        losses, _ = self.all_gather_rows(losses.detach().to("cpu", torch.float64))  # the global batch's losses
         trained = losses[torch.isfinite(losses)]
         if trained.numel() == 0:
             return

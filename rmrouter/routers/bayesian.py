@@ -109,6 +109,7 @@ class BayesianRouter(Router):
         self.nonfinite_losses = 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self.embedder.to(pl_module.device)  # where the encoder runs; no state is touched
 
     def _posteriors(self, dim: int) -> GaussianPosteriors:
@@ -128,26 +129,32 @@ class BayesianRouter(Router):
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         h = self.embedder.pairs(pairs)
-        chosen = self.scores(h).argmax(dim=1)
+        # Thompson draws over every rank's pairs, so the generator advances alike everywhere; each keeps its slice.
+        every_h, mine = self.all_gather_rows(h)
+        chosen = self.scores(every_h).argmax(dim=1)[mine]
         margins = ask_by_rm(judge, pairs, chosen)
         return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=h))
 
     def observe(self, routing: Routing, losses: Tensor) -> None:
         if not self.online_updates:
             return
-        losses = losses.detach().to("cpu", torch.float64)
-        labelled = routing.preference.cpu() != 0
+        # Every rank learns from every rank's pairs (in rank order), so all apply the same update.
+        losses, _ = self.all_gather_rows(losses.detach().to("cpu", torch.float64))
+        preference, _ = self.all_gather_rows(routing.preference.detach().cpu())
+        rm_index, _ = self.all_gather_rows(routing.rm_index.detach().cpu())
+        h, _ = self.all_gather_rows(routing.context)
+        labelled = preference != 0
         finite = torch.isfinite(losses)
         bad = int((labelled & ~finite).sum())
         if bad:
             self.nonfinite_losses += bad
             log.warning("BayesianRouter: skipped %d non-finite DPO losses of labelled pairs (not learned from)", bad)
-        keep = finite & labelled & (routing.rm_index.cpu() >= 0)
+        keep = finite & labelled & (rm_index >= 0)
         if not keep.any():
             return
         reward = self.normalizer(batch_baseline(losses[keep]))
-        h = routing.context[keep]
-        self._posteriors(h.shape[1]).update(routing.rm_index.cpu()[keep], h, reward)
+        h = h[keep]
+        self._posteriors(h.shape[1]).update(rm_index[keep], h, reward)
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "router/nonfinite_losses": float(self.nonfinite_losses)}
