@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,8 +76,41 @@ def test_simulated_fit_resumes_with_the_router_state(workdir, tiny_encoder_dir):
         str(workdir / "simulated.yaml"),
         "--config",
         str(router_config("bayesian", workdir, tiny_encoder_dir)),
+        "--config",
+        str(CONFIGS / "trainer" / "cpu.yaml"),
     ]
     main(["fit", *configs, "--trainer.max_steps", "1"])
     main(["fit", *configs, "--trainer.max_steps", "2", "--ckpt_path", "last"])
     state = router_state(workdir)
     assert state["global_step"] == 2 and state["pairs_routed"] == 8  # not reset by the restart
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_leaves_identical_router_state_on_both_ranks(workdir, tiny_encoder_dir):
+    """`python cli.py fit` with configs/trainer/ddp_cpu.yaml: 2 gloo processes, as a user would run it."""
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable, str(root / "cli.py"), "fit", "--config", str(workdir / "simulated.yaml"),
+        "--config", str(router_config("bayesian", workdir, tiny_encoder_dir)),
+        "--config", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
+        "--trainer.callbacks+=router_state_dump.DumpRouterState", f"--trainer.callbacks.folder={workdir / 'states'}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True, timeout=300)
+    first, second = (torch.load(workdir / "states" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert first["pairs_routed"] == 2 * 2 * 4  # both ranks' pairs: 2 steps of 4 pairs on each of 2 ranks
+    assert_identical(first, second)
+    assert "posteriors" in first and first["normalizer"]["history"].numel() > 0  # the router did learn
+
+
+def assert_identical(first, second, where: str = "state") -> None:
+    """Equal values, with tensors compared element by element (bit for bit)."""
+    assert type(first) is type(second), where
+    if isinstance(first, dict):
+        assert first.keys() == second.keys(), where
+        for key in first:
+            assert_identical(first[key], second[key], f"{where}.{key}")
+    elif isinstance(first, torch.Tensor):
+        assert torch.equal(first, second), where
+    else:
+        assert first == second, where
