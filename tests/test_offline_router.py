@@ -195,20 +195,24 @@ def test_fine_tuned_pair_encoder_trains_its_encoder_and_caches_nothing(tiny_enco
     assert "model.embeddings.word_embeddings.weight" in changed and len(changed) > len(before) // 2
 
 
-def test_prior_state_rebuilds_the_router_scores_from_primitives(tiny_encoder_dir):
-    module = make_module(tiny_encoder_dir).eval()
-    state = module.prior_state()
-    assert set(state) == {"rm_names", "bt_embeddings", "encoder", "pooling", "max_length", "mlp_config", "mlp_state"}
-    assert state["rm_names"] == RM_NAMES and state["encoder"] == tiny_encoder_dir
-    torch.testing.assert_close(state["bt_embeddings"].norm(dim=-1), torch.ones(2))
+def scores_from_prior_state(state: dict) -> torch.Tensor:
+    """Router scores of (PROMPTS, FIRST, SECOND) rebuilt from a prior's primitives alone, as the online stage does."""
     text_encoder = build_text_encoder(state["encoder"], state["pooling"], state["max_length"])
     mlp = build_mlp(state["mlp_config"])
     mlp.load_state_dict(state["mlp_state"])
     with torch.no_grad():
         first = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, FIRST, strict=True)])
         second = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, SECOND, strict=True)])
-        rebuilt = pair_representation(mlp, first, second) @ state["bt_embeddings"].T
-    torch.testing.assert_close(rebuilt, module.router_scores(PROMPTS, FIRST, SECOND))
+        return pair_representation(mlp, first, second) @ state["bt_embeddings"].T
+
+
+def test_prior_state_rebuilds_the_router_scores_from_primitives(tiny_encoder_dir):
+    module = make_module(tiny_encoder_dir).eval()
+    state = module.prior_state()
+    assert set(state) == {"rm_names", "bt_embeddings", "encoder", "pooling", "max_length", "mlp_config", "mlp_state"}
+    assert state["rm_names"] == RM_NAMES and state["encoder"] == tiny_encoder_dir
+    torch.testing.assert_close(state["bt_embeddings"].norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(scores_from_prior_state(state), module.router_scores(PROMPTS, FIRST, SECOND))
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
@@ -390,11 +394,4 @@ def test_prior_of_a_fine_tuned_encoder_names_a_folder_with_its_weights(tiny_enco
             parameter.add_(0.01)  # stands in for fine-tuning: the weights now differ from the folder's
     state = module.prior_state(encoder_dir=tmp_path / "prior-encoder")
     assert state["encoder"] == str(tmp_path / "prior-encoder")
-    text_encoder = build_text_encoder(state["encoder"], state["pooling"], state["max_length"])
-    mlp = build_mlp(state["mlp_config"])
-    mlp.load_state_dict(state["mlp_state"])
-    with torch.no_grad():
-        first = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, FIRST, strict=True)])
-        second = text_encoder.encode([pair_text(p, r) for p, r in zip(PROMPTS, SECOND, strict=True)])
-        rebuilt = pair_representation(mlp, first, second) @ state["bt_embeddings"].T
-    torch.testing.assert_close(rebuilt, module.router_scores(PROMPTS, FIRST, SECOND))
+    torch.testing.assert_close(scores_from_prior_state(state), module.router_scores(PROMPTS, FIRST, SECOND))
