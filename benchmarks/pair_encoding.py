@@ -22,14 +22,11 @@ given, as in `benchmarks/rm_throughput.py`.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
-from common import PAIRS_ORIGIN, real_pairs
+from common import PAIRS_ORIGIN, real_pairs, write_report
 
 from rmrouter.data.records import Message
 from rmrouter.models.pair_encoder import PairEncoder
@@ -154,19 +151,17 @@ def main() -> None:
     )
     print("\n" + table)
     if args.output is not None:
-        command = " ".join(["python", *sys.argv])
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            f"# Offline router: pair-encoding throughput\n\nWritten by `{command}` ({machine}); do not edit by hand.\n"
+        write_report(
+            args.output,
+            "Offline router: pair-encoding throughput",
             "Model loading and one warm-up batch per model are not timed; each mode reports the fastest of its timed "
             "epochs (the cold mode empties the cache before each). Each step is a training step of the pair "
             "encoder alone: forward, a dummy loss `h.sum()`, backward, zero_grad (no optimiser step); in the frozen "
             "modes the backward pass reaches the MLP only. *Texts encoded per epoch* counts the texts the encoder ran "
             "on in a timed epoch (two per pair, fewer when texts repeat). *CPU seconds* is the process's CPU time in "
             "that epoch: when it is well under *seconds* times the torch threads, other work on the machine took cores "
-            "from the benchmark.\n\n"
-            f"{table}\n"
+            "from the benchmark.",
+            table,
         )
 
 

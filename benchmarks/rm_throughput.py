@@ -12,9 +12,6 @@ SmolLM2's activations produce denormals and run about 2.5x slower without the fl
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from common import PAIRS_ORIGIN, real_pairs
+from common import PAIRS_ORIGIN, real_pairs, write_report
 
 from rmrouter.data.records import Message
 from rmrouter.reward_models import (
@@ -133,13 +130,11 @@ def main() -> None:
     )
     print("\n" + table)
     if args.output is not None:
-        command = " ".join(["python", *sys.argv])
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            f"# Reward-model scoring throughput\n\nWritten by `{command}` ({machine}); do not edit by hand.\n"
-            "Model loading and one warm-up call are not timed; each pair is two scored responses.\n\n"
-            f"{table}\n"
+        write_report(
+            args.output,
+            "Reward-model scoring throughput",
+            "Model loading and one warm-up call are not timed; each pair is two scored responses.",
+            table,
         )
 
 
