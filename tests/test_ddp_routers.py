@@ -15,28 +15,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from router_helpers import RMS, make_pairs
 
 from rmrouter.routers.base import PairBatch
 from rmrouter.routers.baseline_routers import LASERRouter, MajorityVoteRouter, RandomRouter, SingleRMRouter, UWORouter
 from rmrouter.routers.bayesian import BayesianRouter
 
-RMS = ["math_rm", "chat_rm"]
-WORDS = "sea bread dog river song cake tree blue quick lazy brown".split()
 STEPS = 4
 WORLD = 2
-
-
-def make_pairs(rng: random.Random, size: int) -> PairBatch:
-    prompts, first, second = [], [], []
-    for _ in range(size):
-        if rng.random() < 0.5:
-            prompts.append(f"math: compute {rng.randint(1, 99)} + {rng.randint(1, 99)}")
-        else:
-            prompts.append(f"tell me about the {' '.join(rng.sample(WORDS, 3))}")
-        first.append(" ".join(rng.sample(WORDS, 4)))
-        second.append(" ".join(rng.sample(WORDS, 4)))
-    messages = [[{"role": "user", "content": p}] for p in prompts]
-    return PairBatch(messages, first, second, [None] * size, ["toy"] * size)
 
 
 def concat(a: PairBatch, b: PairBatch) -> PairBatch:
