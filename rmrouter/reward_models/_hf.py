@@ -8,6 +8,7 @@ import torch
 
 from rmrouter.data.records import Message
 from rmrouter.models.store import load_model, load_tokenizer
+from rmrouter.reward_models.base import RewardModel
 
 
 def render(tokenizer, messages: list[Message], add_generation_prompt: bool) -> str:
@@ -95,3 +96,21 @@ def pad_right(
         ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         mask[row, : len(sequence)] = 1
     return ids.to(device), mask.to(device)
+
+
+class HFRewardModel(RewardModel):
+    """Base of the RMs built on one Hugging Face model: checks sizes, loads tokenizer and frozen model, batches.
+
+    Subclasses keep their own typed `__init__` (LightningCLI reads it) and pass their transformers auto class here.
+    """
+
+    def __init__(self, name: str, model: str, batch_size: int, max_length: int, dtype: str | None, auto_class) -> None:
+        super().__init__(name)
+        check_sizes(name, batch_size, max_length)
+        self.model_name = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer, self.model = load_frozen(auto_class, model, dtype)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, model={self.model_name!r}"

@@ -7,11 +7,16 @@ import inspect
 import torch
 
 from rmrouter.data.records import Message
-from rmrouter.reward_models._hf import adds_bos, check_sizes, length_sorted_chunks, load_frozen, pad_right, render
-from rmrouter.reward_models.base import RewardModel
+from rmrouter.reward_models._hf import (
+    HFRewardModel,
+    adds_bos,
+    length_sorted_chunks,
+    pad_right,
+    render,
+)
 
 
-class LikelihoodRewardModel(RewardModel):
+class LikelihoodRewardModel(HFRewardModel):
     """Mean token log-likelihood of the response given the prompt under a causal LM.
 
     The prompt is written with the chat template and its generation prompt; the scored tokens are the response
@@ -39,14 +44,9 @@ class LikelihoodRewardModel(RewardModel):
         max_length: int = 1024,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(name)
-        check_sizes(name, batch_size, max_length)
         from transformers import AutoModelForCausalLM
 
-        self.model_name = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.tokenizer, self.model = load_frozen(AutoModelForCausalLM, model, dtype)
+        super().__init__(name, model, batch_size, max_length, dtype, AutoModelForCausalLM)
         self._bos = self.tokenizer.bos_token_id if adds_bos(self.tokenizer) else None
         # Projecting only the response positions onto the vocabulary saves most of the logits' memory.
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
@@ -109,6 +109,3 @@ class LikelihoodRewardModel(RewardModel):
             token_logp = token_logp.cpu().masked_fill(~scored, 0.0)
             scores[chunk] = token_logp.sum(-1) / scored.sum(-1)  # 0 / 0 = NaN: nothing to score, abstain
         return scores
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, model={self.model_name!r}"

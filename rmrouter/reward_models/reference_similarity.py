@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from rmrouter.data.records import Message
-from rmrouter.reward_models._hf import check_sizes, length_sorted_chunks, load_frozen, pad_right
-from rmrouter.reward_models.base import RewardModel
+from rmrouter.reward_models._hf import HFRewardModel, length_sorted_chunks, pad_right
 
 
-class ReferenceSimilarityRewardModel(RewardModel):
+class ReferenceSimilarityRewardModel(HFRewardModel):
     """Cosine similarity of sentence embeddings of the response and the reference; abstains without a reference.
 
     Embeddings follow sentence-transformers' all-MiniLM-L6-v2 recipe: the encoder's last hidden states averaged over
@@ -35,14 +34,9 @@ class ReferenceSimilarityRewardModel(RewardModel):
         max_length: int = 256,
         dtype: str | None = None,
     ) -> None:
-        super().__init__(name)
-        check_sizes(name, batch_size, max_length)
         from transformers import AutoModel
 
-        self.model_name = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.tokenizer, self.model = load_frozen(AutoModel, model, dtype)
+        super().__init__(name, model, batch_size, max_length, dtype, AutoModel)
         self.tokenizer.truncation_side = "right"
 
     @torch.no_grad()
@@ -67,6 +61,3 @@ class ReferenceSimilarityRewardModel(RewardModel):
         response_vectors = embeddings[[index[text] for text in responses]]
         reference_vectors = embeddings[[index[text] for text in references]]
         return (response_vectors * reference_vectors).sum(-1)
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, model={self.model_name!r}"

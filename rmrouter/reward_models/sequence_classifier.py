@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 
 from rmrouter.data.records import Message
-from rmrouter.reward_models._hf import adds_bos, check_sizes, length_sorted_chunks, load_frozen, pad_right, render
-from rmrouter.reward_models.base import RewardModel
+from rmrouter.reward_models._hf import (
+    HFRewardModel,
+    adds_bos,
+    length_sorted_chunks,
+    pad_right,
+    render,
+)
 
 
-class SequenceClassifierRewardModel(RewardModel):
+class SequenceClassifierRewardModel(HFRewardModel):
     """A classifier with one output read as the reward: score = `logits[:, 0]` on the whole conversation.
 
     The conversation (prompt turns, then the response as an assistant turn) is written with the model's own chat
@@ -32,14 +37,9 @@ class SequenceClassifierRewardModel(RewardModel):
     def __init__(
         self, name: str, model: str, batch_size: int = 8, max_length: int = 1024, dtype: str | None = None
     ) -> None:
-        super().__init__(name)
-        check_sizes(name, batch_size, max_length)
         from transformers import AutoModelForSequenceClassification
 
-        self.model_name = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.tokenizer, self.model = load_frozen(AutoModelForSequenceClassification, model, dtype)
+        super().__init__(name, model, batch_size, max_length, dtype, AutoModelForSequenceClassification)
         self.tokenizer.truncation_side = "left"
         self._strip_bos = adds_bos(self.tokenizer)
         # The pooled token is the last one that is not `pad_token_id`: it must be the id the batches are padded with.
@@ -65,6 +65,3 @@ class SequenceClassifierRewardModel(RewardModel):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             scores[rows] = logits[:, 0].float().cpu()
         return scores
-
-    def extra_repr(self) -> str:
-        return f"name={self.name!r}, model={self.model_name!r}"
