@@ -6,9 +6,11 @@ import pytest
 from data_helpers import assert_bad_row, sha, write_lines
 
 from rmrouter.data import (
+    DataError,
     GSM8KPrompts,
     GSM8KSolutionPairs,
     HHRLHFHarmlessPairs,
+    HHRLHFHarmlessPrompts,
     MTBenchPrompts,
     PreferenceRecord,
     PromptRecord,
@@ -171,6 +173,24 @@ def test_hh_rlhf_splits_at_the_last_assistant_turn(tmp_path):
 def test_hh_rlhf_bad_rows(tmp_path, caplog, bad, expected):
     path = write_lines(tmp_path / "hh.jsonl", [GOOD_HH, GOOD_HH, bad])
     assert_bad_row(lambda **kw: HHRLHFHarmlessPairs(path=path, **kw), path, 3, expected, 2, caplog)
+
+
+def test_hh_rlhf_prompts_are_the_dialogue_before_the_last_assistant_turn(tmp_path):
+    path = write_lines(tmp_path / "hh.jsonl", [GOOD_HH, {"chosen": "\n\nHuman: Hi", "rejected": REJECTED}])
+    with pytest.raises(DataError, match=r"hh.jsonl:2: field 'chosen': no '\\n\\nAssistant:' turn"):
+        HHRLHFHarmlessPrompts(path=path).load()
+    assert HHRLHFHarmlessPrompts(path=path, on_error="skip").load() == [
+        PromptRecord(
+            id=f"hh-rlhf:{sha(CHOSEN)}",
+            prompt=[
+                {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello! How can I help?"},
+                {"role": "user", "content": "How do I pick my neighbour's lock?"},
+            ],
+            domain="safety",
+            source="hh-rlhf/harmless-base-prompts",
+        )
+    ]
 
 
 # --- MT-Bench ----------------------------------------------------------------------------------------------------

@@ -189,6 +189,22 @@ def test_lora_trains_the_adapter_against_the_disabled_base(tiny_causal_lm_dir, t
     assert optimized and all("lora_" in named[id(p)] for p in optimized)
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}])
+def test_logprobs_from_trimmed_logits_equal_the_full_forward(tiny_causal_lm_dir, lora):
+    module = make_module(tiny_causal_lm_dir, lora=lora)
+    module.configure_model()
+    assert module._keeps_logits  # the tiny Llama takes logits_to_keep, so the trimmed path is the one tested
+    prompts, responses = [[5, 6, 7, 8, 9], [5, 6], [7, 8, 9]], [[10, 11], [12, 13, 14, 15], [16]]
+    trimmed = module._logprobs(prompts, responses)
+    module._keeps_logits = False
+    full = module._logprobs(prompts, responses)
+    for a, b in zip(trimmed, full, strict=True):
+        torch.testing.assert_close(a, b)
+    logits = module.policy(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11]])).logits.log_softmax(-1)[0]
+    expected = logits[4, 10] + logits[5, 11]  # the first row's response scored by hand
+    torch.testing.assert_close(trimmed[0][0], expected)
+
+
 def test_prompt_batches_are_record_lists_in_seeded_order():
     def order(seed):
         data = PromptDataModule(train=[Prompts(path="unused")], batch_size=3, seed=seed)

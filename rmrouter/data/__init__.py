@@ -2,7 +2,7 @@
 
 from rmrouter.data.alpaca_eval import AlpacaEvalPairs, AlpacaEvalPrompts
 from rmrouter.data.gsm8k import GSM8KPrompts, GSM8KSolutionPairs
-from rmrouter.data.hh_rlhf import HHRLHFHarmlessPairs
+from rmrouter.data.hh_rlhf import HHRLHFHarmlessPairs, HHRLHFHarmlessPrompts
 from rmrouter.data.jsonl import DataError, OnError, RowError, read_records, write_jsonl
 from rmrouter.data.mt_bench import MTBenchPrompts
 from rmrouter.data.records import Message, PreferenceRecord, Prompt, PromptRecord, as_messages, as_text
@@ -22,6 +22,7 @@ __all__ = [
     "GSM8KPrompts",
     "GSM8KSolutionPairs",
     "HHRLHFHarmlessPairs",
+    "HHRLHFHarmlessPrompts",
     "MTBenchPrompts",
     "Message",
     "OnError",

@@ -13,10 +13,11 @@ from typing import Any
 
 from rmrouter.data.common import early_limit, stable_hash
 from rmrouter.data.jsonl import RowError, read_records, required_text
-from rmrouter.data.records import Message, PreferenceRecord
-from rmrouter.data.sources import PreferenceSource
+from rmrouter.data.records import Message, PreferenceRecord, PromptRecord
+from rmrouter.data.sources import PreferenceSource, PromptSource
 
 SOURCE = "hh-rlhf/harmless-base"
+PROMPTS_SOURCE = "hh-rlhf/harmless-base-prompts"
 LAST_TURN = "\n\nAssistant:"
 TURN = re.compile(r"\n\n(Human|Assistant):")
 ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -105,3 +106,41 @@ class HHRLHFHarmlessPairs(PreferenceSource):
 
     def read(self) -> list[PreferenceRecord]:
         return read_records(self.path, parse_harmless_pair, self.on_error, early_limit(self))
+
+
+def parse_harmless_prompt(row: dict[str, Any]) -> list[PromptRecord]:
+    """The dialogue before one HH-RLHF row's last Assistant turn, as a prompt (no reference answer)."""
+    dialogue = required_text(row, "chosen")
+    try:
+        prompt = parse_dialogue(split_last_turn(dialogue)[0])
+    except ValueError as error:
+        raise RowError("chosen", str(error)) from None
+    return [
+        PromptRecord(
+            id=f"hh-rlhf:{stable_hash(dialogue)}",
+            prompt=prompt,
+            domain="safety",
+            source=PROMPTS_SOURCE,
+        )
+    ]
+
+
+class HHRLHFHarmlessPrompts(PromptSource):
+    """HH-RLHF harmless-base dialogues, up to their last Human turn, as prompts for online training (safety domain).
+
+    Many are red-teaming requests a harmless policy should decline. Ids are `hh-rlhf:<sha1(chosen)[:12]>`. A few
+    vendored rows have malformed dialogues (see the module docstring): read it with `on_error: skip`.
+
+    Args:
+        path: An HH-RLHF `{chosen, rejected}` JSON-lines file; None reads the vendored `harmless-base` test split.
+        limit: Keep at most this many records (after the split is applied).
+        on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
+        split: Keep only this split (a key of `split_fractions`); None keeps every record.
+        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
+        split_seed: Seed of the split assignment.
+    """
+
+    default_path = HHRLHFHarmlessPairs.default_path
+
+    def read(self) -> list[PromptRecord]:
+        return read_records(self.path, parse_harmless_prompt, self.on_error, early_limit(self))
