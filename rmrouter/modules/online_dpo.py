@@ -93,10 +93,12 @@ class OnlineDPOModule(LightningModule):
         self.router = router
         # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
         self._pool: list[RewardModelPool] = [pool] if pool is not None else []
+        self._pool_judge: PairJudge | None = None  # built once (`live_judge`): it counts RM errors over the run
         self.policy = None
         self.reference = None
         self.tokenizer = None
         self._keeps_logits = False
+        self.step_values: dict[str, float] = {}
 
     @property
     def pool(self) -> RewardModelPool | None:
@@ -142,10 +144,19 @@ class OnlineDPOModule(LightningModule):
         return torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
 
     def live_judge(self) -> PairJudge:
-        """The pool's judge; imported here so tests can replace this method without the routers package."""
-        from rmrouter.routers.judges import PoolJudge
+        """The pool's judge, built once and kept so its per-RM error counts (`train/rm_errors/<rm>`) cover the whole
+        run; imported here so tests can replace this method without the routers package."""
+        if self._pool_judge is None:
+            from rmrouter.routers.judges import PoolJudge
 
-        return PoolJudge(self.pool)
+            self._pool_judge = PoolJudge(self.pool)
+        return self._pool_judge
+
+    def _log_rm_errors(self) -> None:
+        # Every RM at every step, so a healthy RM shows a flat 0 rather than no curve; a judge that keeps no error
+        # counts (a test's stand-in) logs nothing.
+        for name, count in getattr(self.live_judge(), "errors", {}).items():
+            self._log(f"train/rm_errors/{name}", float(count))
 
     def recorded_judge(self, margins: Tensor) -> PairJudge:
         from rmrouter.routers.judges import RecordedJudge
@@ -207,6 +218,7 @@ class OnlineDPOModule(LightningModule):
         return policy, reference
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
+        self.step_values = {}
         candidates, completions = self._candidates(batch)
         router = self._router()
         routing = router.route(candidates.pairs, candidates.judge)
@@ -226,18 +238,25 @@ class OnlineDPOModule(LightningModule):
             prompts = [candidates.prompt_ids[row] for row in rows]
             policy, reference = self._logprobs(prompts + prompts, chosen + rejected)
             n = len(rows)
-            out = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.hparams.beta,
-                           self.hparams.loss_type)  # fmt: skip
-            losses[rows] = out.losses.detach().float().cpu()
+            # A pair with a non-finite log-prob is selected away before the loss, not masked after it: its NaN would
+            # otherwise reach the gradient as 0 * NaN. (NaN inside the network still can: see on_before_optimizer_step.)
+            kept = torch.stack([policy[:n], policy[n:], reference[:n], reference[n:]]).isfinite().all(0)
+            kept = kept.nonzero().flatten()
+            out = dpo_loss(policy[:n][kept], policy[n:][kept], reference[:n][kept], reference[n:][kept],
+                           self.hparams.beta, self.hparams.loss_type)  # fmt: skip
             finite = out.losses.isfinite()
-            pairs = int(finite.sum())
+            trained = kept[finite]
+            losses[[rows[i] for i in trained.tolist()]] = out.losses[finite].detach().float().cpu()
+            pairs = len(trained)
             if pairs:
                 loss = out.losses[finite].mean()
-                self._log_dpo(out, finite, policy, reference, chosen + rejected)
+                both = torch.cat([trained, trained + n])
+                responses = [(chosen + rejected)[i] for i in both.tolist()]
+                self._log_dpo(out, finite, policy[both], reference[both], responses)
         router.observe(routing, losses)
         if loss is None:
-            # A zero with a grad path to every trainable weight: a step with no usable pair changes nothing (with no
-            # weight decay), and the loss is 0, never the NaN of a mean over nothing.
+            # A zero with a grad path to every trainable weight (every rank runs the same backward), never the NaN of a
+            # mean over nothing; on_before_optimizer_step then keeps the optimizer from moving the weights.
             loss = sum(p.sum() for p in self.policy.parameters() if p.requires_grad) * 0.0
         self._log("train/pairs", float(pairs))
         self._log("train/candidate_pairs", float(len(preference)))
@@ -245,14 +264,33 @@ class OnlineDPOModule(LightningModule):
             flat = [c for row in completions for c in row]
             self._log("train/eos_rate", sum(c.has_eos for c in flat) / len(flat))
             self._log_text(batch, completions)
+            self._log_rm_errors()
         if candidates.truth is not None:
             self._log_labelling(candidates, preference)
         for name, value in router.metrics().items():
             self._log(name, float(value))
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # No trained pair on any rank, or a non-finite gradient on any rank (NaN inside the network reaches every
+        # weight's gradient), and the step leaves the weights as they are: gradients of None make AdamW skip every
+        # parameter, so neither its momentum nor its weight decay moves them. Decided over all ranks, so they agree.
+        grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
+        nonfinite = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        idle = self.step_values.get("train/pairs", 0.0) == 0
+        strategy = self.trainer.strategy
+        skip = strategy.reduce_boolean_decision(nonfinite, all=False) or strategy.reduce_boolean_decision(
+            idle, all=True
+        )
+        if skip:
+            optimizer.zero_grad(set_to_none=True)
+        self._log("train/skipped_step", float(skip))
+
     def _log(self, name: str, value: float | Tensor) -> None:
         self.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        # This step's values only (the trainer's metric dicts keep earlier steps' keys), for callbacks such as the
+        # closing summary.
+        self.step_values[name] = float(value)
 
     def _log_dpo(self, out, finite: Tensor, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
         self._log("train/dpo_loss", out.losses[finite].detach().mean())
@@ -266,6 +304,9 @@ class OnlineDPOModule(LightningModule):
         correct = (preference == candidates.truth).float()
         self._log("train/labelling_acc", correct.mean())
         domains = candidates.pairs.domains
+        # This rank's outcome, `(domains, correct)` per routed pair, for exact run totals
+        # (`rmrouter.callbacks.LabellingTally` takes it in on_train_batch_end).
+        self.last_labelling = (list(domains), correct.bool())
         for domain in sorted(set(domains)):
             rows = [i for i, d in enumerate(domains) if d == domain]
             self._log(f"train/labelling_acc/{domain}", correct[rows].mean())

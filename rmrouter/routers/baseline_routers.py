@@ -72,7 +72,8 @@ class RandomRouter(SeededRouter):
 
 
 class MajorityVoteRouter(SeededRouter):
-    """Every RM labels every pair; the majority wins, ties (and all-abstain rows) are a fair coin. No RM is credited.
+    """Every RM labels every pair; the majority wins, a split vote is a fair coin, a pair no RM votes on (all tied or
+    abstaining) gets no label. No RM is credited.
 
     Args:
         rm_names: The pool's RM names, in pool order.

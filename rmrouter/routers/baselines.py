@@ -94,11 +94,12 @@ def uwo_scores(scores: Tensor, coeff: float) -> Tensor:
 
 
 def majority_vote(margins: Tensor, generator: torch.Generator) -> Tensor:
-    """`LongTensor[B]` in {+1, -1}: +1 where most voting RMs prefer `chosen`, -1 where most prefer `rejected`.
+    """`LongTensor[B]`: +1 where most voting RMs prefer `chosen`, -1 where most prefer `rejected`, 0 where none votes.
 
-    Votes are counted by `rmrouter.losses.majority_vote_credit` (NaN abstentions and zero margins cast no vote); a tie,
-    including a row where every RM abstains, is a fair coin from `generator`. One coin is drawn per row whatever the
-    votes, so the generator advances by the same amount for every batch of a given size.
+    Votes are counted by `rmrouter.losses.majority_vote_credit` (NaN abstentions and zero margins cast no vote); a
+    split vote is a fair coin from `generator`. A row where no RM votes (every RM tied or abstained) gets no label, as
+    a tie never becomes a training pair. One coin is drawn per row whatever the votes, so the generator advances by
+    the same amount for every batch of a given size.
 
     Args:
         margins: `[B, N]` margins `score(chosen) - score(rejected)`, NaN where the RM abstained.
@@ -109,4 +110,6 @@ def majority_vote(margins: Tensor, generator: torch.Generator) -> Tensor:
     credit = majority_vote_credit(margins.detach())
     coins = torch.randint(0, 2, (margins.shape[0],), generator=generator, device=generator.device)
     coins = coins.to(margins.device) * 2 - 1
-    return torch.where(credit == 0.5, coins, (2 * credit - 1).long())
+    voters = (torch.nan_to_num(margins.detach(), nan=0.0) != 0).sum(dim=1)
+    labels = torch.where(credit == 0.5, coins, (2 * credit - 1).long())
+    return torch.where(voters > 0, labels, torch.zeros_like(labels))

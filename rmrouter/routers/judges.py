@@ -7,15 +7,39 @@ pairs by the RM chosen for them so each RM used is called once per batch, on its
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairBatch, PairJudge
 
+log = logging.getLogger(__name__)
+
+# Distinct error messages logged per RM; an error whose text varies per call (an index, a length) would otherwise
+# log on every step. Past this, failures are only counted.
+_MAX_LOGGED_ERRORS = 3
+
 
 class PoolJudge:
     """Live judge: RM `n`'s margin `score(first) - score(second)` from `pool.score_pairs` (NaN where it abstains).
+
+    An RM that raises an `Exception` while scoring abstains on every pair of that call: its margins are NaN, so the
+    pairs get no label from it, and a pair with no label is not trained on and teaches no router anything (a learning
+    router sees only finite losses of labelled pairs; `MajorityVoteRouter` gives no label to a pair no RM voted on).
+    Each failed call is counted in `errors` (the module logs it as `train/rm_errors/<rm>`), and
+    each distinct error (type and message) is logged as a warning once per RM with its traceback, up to
+    `_MAX_LOGGED_ERRORS` per RM; later failures are only counted. An RM that fails on every call for a whole run
+    therefore trains nothing and shows as an `rm_errors` count that grows every time it is asked.
+
+    Out-of-memory errors (`torch.OutOfMemoryError`, `MemoryError`) are raised, not turned into abstentions: they mean
+    the RM does not fit next to the policy at this batch size, a configuration problem that would otherwise silently
+    drop every pair routed to that RM for the rest of the run. `BaseException`s that are not `Exception`s
+    (`KeyboardInterrupt`, `SystemExit`) pass through as well.
+
+    Build one judge per run and keep it: the counts live on it, per process (each rank counts its own calls), and
+    start at 0 again when a run is resumed.
 
     Args:
         pool: The reward models, in the order of the router's `rm_names`.
@@ -23,14 +47,44 @@ class PoolJudge:
 
     def __init__(self, pool: RewardModelPool) -> None:
         self.pool = pool
+        self.errors: dict[str, int] = dict.fromkeys(pool.names, 0)
+        self._logged: dict[str, set[str]] = {name: set() for name in pool.names}
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         if not 0 <= rm_index < len(self.pool):
             raise IndexError(f"rm_index {rm_index} is outside the pool of {len(self.pool)} RMs {self.pool.names}")
-        first, second = self.pool.score_pairs(
-            self.pool[rm_index], pairs.prompts, pairs.first, pairs.second, pairs.references
-        )
+        rm = self.pool[rm_index]
+        try:
+            first, second = self.pool.score_pairs(rm, pairs.prompts, pairs.first, pairs.second, pairs.references)
+        except (torch.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as error:
+            self._failed(rm.name, error, len(pairs))
+            return torch.full((len(pairs),), float("nan"))
         return (first - second).detach().float()
+
+    def _failed(self, name: str, error: Exception, num_pairs: int) -> None:
+        self.errors[name] += 1
+        logged = self._logged[name]
+        what = f"{type(error).__name__}: {error}"
+        if what in logged or len(logged) > _MAX_LOGGED_ERRORS:
+            return
+        logged.add(what)
+        count = f"train/rm_errors/{name} = {self.errors[name]} failed calls so far"
+        if len(logged) > _MAX_LOGGED_ERRORS:
+            log.warning(
+                "reward model %r failed again (%s); its further failures are only counted (%s)", name, what, count
+            )
+            return
+        log.warning(
+            "reward model %r raised %s; its %d pairs in this call abstain (no label, not trained on, no router "
+            "update); %s; this error is not logged again",
+            name,
+            what,
+            num_pairs,
+            count,
+            exc_info=error,
+        )
 
 
 class RecordedJudge:
