@@ -1,6 +1,8 @@
 """Lightning callbacks: the glue between training runs and the artifacts and reports they leave."""
 
+from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
+from rmrouter.callbacks.online_summary import OnlineSummary
 from rmrouter.callbacks.prior_writer import RouterPriorWriter
 
-__all__ = ["OfflineRouterReport", "RouterPriorWriter"]
+__all__ = ["LabellingTally", "OfflineRouterReport", "OnlineSummary", "RouterPriorWriter"]

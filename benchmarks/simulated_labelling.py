@@ -1,0 +1,206 @@
+"""Simulated online DPO labelling accuracy of every router method, written to `docs/online_simulated.md`.
+
+For each method (a file of `configs/routers/`) this runs the paper's controlled simulation through the project CLI,
+`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml`, with the policy
+given here, one pass over the behaviour file (or `--max-steps`), and a per-method overlay config that sends the run's
+checkpoints and TensorBoard logs to `<out-dir>/<method>/` and adds `rmrouter.callbacks.LabellingTally`. The tally
+counts routed pairs and correctly labelled pairs over the whole run, overall and per domain, and reads the router's
+RM calls and selections (`<out-dir>/<method>/labelling.json`); the tables are built from those files only. Every
+method starts from the same seed, so all of them route the same pairs in the same order.
+
+    .venv/bin/python benchmarks/simulated_labelling.py --output docs/online_simulated.md
+
+Arguments after `--` go to every `fit` unchanged (e.g. `-- --data.init_args.batch_size 4`). Needs the behaviour file
+and the offline prior of `bash scripts/run.sh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import write_report
+
+from rmrouter.cli import main as cli_main
+
+log = logging.getLogger("simulated_labelling")
+
+# The paper's method first, then the baselines, then the ablations; any other router config follows, by name.
+METHOD_ORDER = [
+    "bayesian",
+    "laser",
+    "single",
+    "random",
+    "majority",
+    "uwo",
+    "ablation_no_prior",
+    "ablation_no_online_updates",
+    "ablation_weighted_score",
+]
+PAPER_BAYESIAN_ACCURACY = 88.23  # METHOD.md, "Simulated online DPO"
+TALLY = "rmrouter.callbacks.labelling_tally.LabellingTally"
+
+
+def default_methods(routers: Path) -> list[str]:
+    names = sorted(path.stem for path in routers.glob("*.yaml"))
+    return [m for m in METHOD_ORDER if m in names] + [m for m in names if m not in METHOD_ORDER]
+
+
+def overlay_config(simulated: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The trainer keys that send one method's run to `folder` and add the tally, from the simulated config's own."""
+    trainer = simulated.get("trainer", {})
+    callbacks = []
+    for callback in trainer.get("callbacks") or []:
+        init_args = dict(callback.get("init_args") or {})
+        if "dirpath" in init_args:  # ModelCheckpoint: each method's last.ckpt in its own folder
+            init_args["dirpath"] = str(folder)
+        callbacks.append({**callback, "init_args": init_args})
+    callbacks.append({"class_path": TALLY, "init_args": {"path": str(folder / "labelling.json")}})
+    overlay: dict[str, Any] = {"trainer": {"default_root_dir": str(folder), "callbacks": callbacks}}
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+        overlay["trainer"]["logger"] = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder)}}
+    return overlay
+
+
+def fit_arguments(args: argparse.Namespace, method: str, overlay: Path, passthrough: list[str]) -> list[str]:
+    steps = ["--trainer.max_steps=-1", "--trainer.max_epochs=1"] if args.max_steps is None else [
+        f"--trainer.max_steps={args.max_steps}"
+    ]  # fmt: skip
+    return [
+        "fit",
+        "--config", str(args.config),
+        "--config", str(args.routers / f"{method}.yaml"),
+        "--config", str(overlay),
+        f"--model.init_args.policy={args.policy}",
+        *steps,
+        *passthrough,
+    ]  # fmt: skip
+
+
+def run_method(args: argparse.Namespace, method: str, passthrough: list[str]) -> dict[str, Any]:
+    """One simulated fit of `method`; its tally summary with the fit's wall seconds and composed config added."""
+    folder = args.out_dir / method
+    folder.mkdir(parents=True, exist_ok=True)
+    overlay = folder / "report_overlay.yaml"
+    overlay.write_text(yaml.safe_dump(overlay_config(yaml.safe_load(args.config.read_text()), folder)))
+    fit_args = fit_arguments(args, method, overlay, passthrough)
+    record, tally = folder / "report_run.json", folder / "labelling.json"
+    if args.reuse and record.exists() and tally.exists():
+        previous = json.loads(record.read_text())
+        if previous.get("fit_args") == fit_args:
+            log.info("%s: reusing %s", method, tally)
+            return {**json.loads(tally.read_text()), **previous}
+    tally.unlink(missing_ok=True)
+    log.info("%s: python cli.py %s", method, " ".join(fit_args))
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it is given args and sys.argv holds others
+    try:
+        start = time.perf_counter()
+        cli_main(fit_args)
+        seconds = time.perf_counter() - start
+    finally:
+        sys.argv = argv  # write_report quotes this script's own command line
+    if not tally.exists():
+        raise RuntimeError(f"{method}: the fit wrote no {tally}; did it train any simulated batch?")
+    saved = folder / "tensorboard" / "config.yaml"  # what LightningCLI saved: the composed config of the run
+    config = yaml.safe_load(saved.read_text()) if saved.exists() else {}
+    run = {"fit_args": fit_args, "seconds": seconds, "data": (config.get("data") or {}).get("init_args", {})}
+    record.write_text(json.dumps(run, indent=2) + "\n")
+    return {**json.loads(tally.read_text()), **run}
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def accuracy_table(results: dict[str, dict[str, Any]]) -> str:
+    """Rows: methods; columns: overall, then each domain (as in docs/behaviour_table.md); a first row of pair counts."""
+    domains = sorted({d for summary in results.values() for d in summary["pairs"] if d != "overall"})
+    columns = ["overall", *domains]
+    first = next(iter(results.values()))
+    lines = [
+        "| method | router | " + " | ".join(columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+        "| pairs | | " + " | ".join(str(first["pairs"].get(c, 0)) for c in columns) + " |",
+    ]
+    for method, summary in results.items():
+        cells = " | ".join(percent(summary["accuracy"].get(c)) for c in columns)
+        lines.append(f"| {method} | {summary['router']} | {cells} |")
+    return "\n".join(lines)
+
+
+def routing_table(results: dict[str, dict[str, Any]]) -> str:
+    """Rows: methods; columns: steps, RM calls per pair, each RM's select rate, and the fit's wall seconds."""
+    rm_names = list(dict.fromkeys(name for summary in results.values() for name in summary["select_rate"]))
+    columns = ["steps", "RM calls / pair", *(f"select {name}" for name in rm_names), "fit wall s"]
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for method, summary in results.items():
+        calls = summary["rm_calls_per_pair"]
+        rates = [percent(summary["select_rate"][n]) if summary["select_rate"] else "-" for n in rm_names]
+        cells = [str(summary["global_step"]), "n/a" if calls is None else f"{calls:.2f}", *rates]
+        lines.append(f"| {method} | " + " | ".join([*cells, f"{summary['seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def notes(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
+    data = next(iter(results.values()))["data"]
+    same_pairs = len({json.dumps(summary["pairs"], sort_keys=True) for summary in results.values()}) == 1
+    length = "one pass over the file" if args.max_steps is None else f"{args.max_steps} steps"
+    lines = [
+        f"Policy `{args.policy}`; behaviour file `{data.get('path', 'n/a')}`, batch size "
+        f"{data.get('batch_size', 'n/a')}; {length} per method; runs under `{args.out_dir}/<method>/`.",
+        f"The paper reports **{PAPER_BAYESIAN_ACCURACY:.2f} %** for BayesianRouter in this simulation "
+        '(METHOD.md, "Simulated online DPO"), with its four RewardBench 2 RMs and LLaMA3-SFT-v2 '
+        "policy; these runs use this project's pool, whose per-RM accuracies and any-RM-right ceiling are in "
+        "[`behaviour_table.md`](behaviour_table.md).",
+        "Labelling accuracy: the share of routed pairs whose routed label equals the recorded one, counted exactly "
+        "over the run (`rmrouter.callbacks.LabellingTally`), not a mean of per-step means; a pair left unlabelled "
+        "(abstention or tie) counts as wrong. Domains are one column each, as in the behaviour table.",
+        "Select rates are shares of the pairs labelled by one RM (`-` for routers that aggregate every RM). Wall "
+        "time is the whole `fit` call, loading the policy included.",
+    ]
+    if not same_pairs:
+        lines.append("**The methods did not route the same pairs** (see each method's pairs in its labelling.json).")
+    return "\n".join(["", *lines])
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=None, help="router configs by name; default: all of them")
+    parser.add_argument("--policy", default="smollm2-135m-instruct", help="the policy model (name or folder)")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per method; default: one pass (1 epoch)")
+    parser.add_argument("--config", type=Path, default=Path("configs/online/simulated.yaml"), help="simulated config")
+    parser.add_argument("--routers", type=Path, default=Path("configs/routers"), help="folder of router configs")
+    parser.add_argument("--out-dir", type=Path, default=Path("checkpoints/online/simulated_report"), help="run folders")
+    parser.add_argument("--output", type=Path, default=Path("docs/online_simulated.md"), help="the markdown report")
+    parser.add_argument("--reuse", action="store_true", help="keep a method's finished run made with the same fit args")
+    return parser.parse_args(own), passthrough
+
+
+def main() -> dict[str, dict[str, Any]]:
+    """Runs every method, prints the tables and writes the report; returns each method's summary."""
+    args, passthrough = parse(sys.argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    methods = args.methods or default_methods(args.routers)
+    missing = [m for m in methods if not (args.routers / f"{m}.yaml").exists()]
+    if missing:
+        raise SystemExit(
+            f"no router config for {missing} in {args.routers}; choose from {default_methods(args.routers)}"
+        )
+    results = {method: run_method(args, method, passthrough) for method in methods}
+    tables = accuracy_table(results) + "\n\n" + routing_table(results)
+    print(tables)
+    write_report(args.output, "Simulated online DPO: labelling accuracy (%) per router", notes(args, results), tables)
+    log.info("wrote %s", args.output)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The closing summary of an online DPO run: what was trained, what the routing cost, how the losses moved, where
+the outputs are.
+
+`OnlineSummary` keeps the per-step values the module logged (`train/*`), so the summary covers the whole run even
+after a resume with `--ckpt_path` (the history is in its `state_dict`). At the end of the fit rank zero logs the
+summary and, with `path`, writes it as markdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from rmrouter.routers.base import Router
+
+log = logging.getLogger(__name__)
+
+# (logged name, how the summary calls it); the trend is the mean over the first third of the steps vs the last third.
+TRENDS = (
+    ("train/dpo_loss", "DPO loss"),
+    ("train/reward_margin", "implicit reward margin"),
+    ("train/reward_acc", "implicit reward accuracy"),
+    ("train/implicit_kl", "implicit KL to the reference"),
+    ("train/response_length", "trained response length (tokens)"),
+    ("train/eos_rate", "share of samples that ended (EOS)"),
+)
+COUNTS = ("train/pairs", "train/candidate_pairs")
+
+
+def thirds(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last third of `values` (at least one value each; NaN for an empty list)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    size = max(len(finite) // 3, 1)
+    return sum(finite[:size]) / size, sum(finite[-size:]) / size
+
+
+class OnlineSummary(Callback):
+    """Collects the per-step `train/*` values of an online DPO fit and reports the run when it ends.
+
+    Args:
+        path: Where rank zero writes the summary as markdown; None only logs it.
+        title: The markdown heading.
+    """
+
+    def __init__(self, path: str | None = None, title: str = "Online DPO run summary") -> None:
+        self.path = Path(path) if path is not None else None
+        self.title = title
+        self.history: dict[str, list[float]] = {}
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        # The module's values of this step only: one it did not log (no DPO loss on a step without a pair) is NaN.
+        values = getattr(pl_module, "step_values", {})
+        for name in (*(name for name, _ in TRENDS), *COUNTS):
+            self.history.setdefault(name, []).append(values.get(name, math.nan))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+        self._report(trainer)
+
+    @rank_zero_only
+    def _report(self, trainer: Trainer) -> None:
+        text = self.render(trainer)
+        log.info("\n%s", text)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(text)
+            log.info("online summary written to %s", self.path)
+
+    def render(self, trainer: Trainer) -> str:
+        """The summary as markdown."""
+        router = next((cb for cb in trainer.callbacks if isinstance(cb, Router)), None)
+        steps = trainer.global_step
+        trained = int(sum(v for v in self.history.get("train/pairs", []) if math.isfinite(v)))
+        lines = [f"## {self.title}", ""]
+        lines += [
+            f"- steps: {steps} in {self.seconds:.0f} s ({self.seconds / max(steps, 1):.1f} s per step on "
+            f"{trainer.strategy.root_device.type}, {trainer.world_size} process(es))",
+            f"- pairs trained: {trained}",
+        ]
+        if router is not None:
+            lines += [
+                f"- router: `{type(router).__name__}`; {router.pairs_routed} pairs routed, {router.rm_calls} RM calls "
+                f"({router.rm_calls / max(router.pairs_routed, 1):.2f} per pair)",
+                "",
+                "| RM | selected |",
+                "|---|---:|",
+            ]
+            total = max(int(router.selections.sum()), 1)
+            lines += [
+                f"| {name} | {100 * int(count) / total:.1f} % |"
+                for name, count in zip(router.rm_names, router.selections.tolist(), strict=True)
+            ]
+        lines += ["", "| logged value | first third of steps | last third |", "|---|---:|---:|"]
+        for name, label in TRENDS:
+            first, last = thirds(self.history.get(name, []))
+            if math.isfinite(first):
+                lines.append(f"| {label} (`{name}`) | {first:.4g} | {last:.4g} |")
+        lines += ["", *self._where(trainer)]
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _where(trainer: Trainer) -> list[str]:
+        where = []
+        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+        if log_dir:
+            where.append(f"- TensorBoard logs: `{log_dir}` (`tensorboard --logdir {log_dir}`)")
+        checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+        if checkpoint is not None and checkpoint.dirpath:
+            where.append(f"- checkpoints: `{checkpoint.dirpath}` (resume with `--ckpt_path last`)")
+        return where
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self.history.items()}, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.seconds = float(state_dict["seconds"])
