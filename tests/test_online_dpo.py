@@ -229,6 +229,25 @@ def test_pool_stays_out_of_the_checkpoint(tiny_causal_lm_dir, tmp_path):
     assert not any(id(p) in optimized for p in module.pool.parameters())
 
 
+def test_checkpoints_hold_the_trained_weights_only_and_restore_them(tiny_causal_lm_dir, tmp_path):
+    lora = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+    module = make_module(tiny_causal_lm_dir, lora=lora)
+    trainer = fit(module, PromptDataModule(train=[Prompts(path="unused")], batch_size=2), FixedRouter(RM_NAMES, 0),
+                  tmp_path, steps=1)  # fmt: skip
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"]
+    trained = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    assert set(state) == set(trained) and all("lora_" in key for key in state)
+
+    restored = make_module(tiny_causal_lm_dir, lora=lora)
+    restored.configure_model()
+    restored.on_load_checkpoint({"state_dict": state})
+    restored.load_state_dict(state, strict=restored.strict_loading)
+    assert all(torch.equal(p, trained[n]) for n, p in restored.named_parameters() if p.requires_grad)
+    with pytest.raises(KeyError, match="lacks 1 trained weights"):
+        restored.on_load_checkpoint({"state_dict": dict(list(state.items())[1:])})
+
+
 @pytest.fixture
 def behaviour_file(tmp_path) -> str:
     """RM `right` agrees with every label, RM `wrong` with none."""

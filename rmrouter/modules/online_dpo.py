@@ -90,6 +90,7 @@ class OnlineDPOModule(LightningModule):
         if num_samples < 2 and not simulated:
             raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
         self.save_hyperparameters(ignore=["pool", "router"])
+        self.strict_loading = False  # checkpoints hold the trained weights only (on_save_checkpoint)
         self.router = router
         # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
         self._pool: list[RewardModelPool] = [pool] if pool is not None else []
@@ -138,6 +139,24 @@ class OnlineDPOModule(LightningModule):
         self.policy = policy.train()  # transformers 5 returns models in eval mode
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only what training changes: the frozen rest (the LoRA base, the reference copy) is rebuilt from `policy` by
+        # configure_model, so a LoRA checkpoint holds megabytes, not the whole model, and is quick to write.
+        trainable = self._trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Loading is not strict (the frozen weights are not in the file), so a missing trained weight is caught here.
+        missing = sorted(self._trainable_names() - set(checkpoint["state_dict"]))
+        if missing:
+            raise KeyError(
+                f"the checkpoint lacks {len(missing)} trained weights of this policy (e.g. {missing[:3]}): it was "
+                "written for another `policy` or `lora` setting"
+            )
+
+    def _trainable_names(self) -> set[str]:
+        return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
 
     def configure_optimizers(self):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
