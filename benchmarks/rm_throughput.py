@@ -7,6 +7,8 @@ and one warm-up call are not timed. On CPU, denormal floats are flushed to zero 
 SmolLM2's activations produce denormals and run about 2.5x slower without the flush.
 
     .venv/bin/python benchmarks/rm_throughput.py --pairs 64 --batch-size 8 --device cpu --output rm_throughput.md
+
+`--dtypes float32 bfloat16` times each model RM once per weights' dtype (the rule-based RMs have none).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs to score (2 rows each)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass of the model RMs")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", default=None, help="weights' dtype of the model RMs, e.g. bfloat16")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], help="weights' dtypes of the model RMs to time")
+    parser.add_argument("--max-length", type=int, default=1024, help="most tokens per scored row of the model RMs")
     parser.add_argument("--output", type=Path, default=None, help="also write the markdown table to this file")
     parser.add_argument(
         "--only", nargs="*", default=None, help="RM kinds to run: length verifier similarity likelihood classifier"
@@ -88,14 +91,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_flush_denormal(not args.keep_denormals)
     pairs, origin = load_pairs(args.pairs)
-    model_args = {"batch_size": args.batch_size, "dtype": args.dtype}
-    kinds: dict[str, Callable[[], RewardModel]] = {
-        "length": lambda: LengthRewardModel("length"),
-        "verifier": lambda: GSM8KVerifierRewardModel("gsm8k-verifier"),
-        "similarity": lambda: ReferenceSimilarityRewardModel("minilm-similarity", **model_args),
-        "likelihood": lambda: LikelihoodRewardModel("smollm2-likelihood", **model_args),
-        "classifier": None,  # built inside the temporary folder below
-    }
     descriptions = {
         "length": "LengthRewardModel (characters)",
         "verifier": "GSM8KVerifierRewardModel",
@@ -104,27 +99,34 @@ def main() -> None:
         "classifier": "SequenceClassifierRewardModel (SmolLM2-135M, random head)",
     }
     rows = []
-    for kind in args.only or list(kinds):
-        if kind == "classifier":
-            with smollm2_classifier_folder() as folder:
-                result = time_rm(
-                    lambda f=folder: SequenceClassifierRewardModel("smollm2-classifier", f, **model_args),
-                    pairs,
-                    args.device,
-                )
-        else:
-            result = time_rm(kinds[kind], pairs, args.device)
-        seconds, scored = result
-        rows.append(f"| {descriptions[kind]} | {len(pairs)} | {seconds:.2f} | {len(pairs) / seconds:.1f} |")
-        print(rows[-1], f"({scored}/{2 * len(pairs)} rows scored)", flush=True)
+    for kind in args.only or list(descriptions):
+        for dtype in args.dtypes if kind not in ("length", "verifier") else ["-"]:
+            model_args = {"batch_size": args.batch_size, "max_length": args.max_length, "dtype": dtype}
+            builders: dict[str, Callable[[], RewardModel]] = {
+                "length": lambda: LengthRewardModel("length"),
+                "verifier": lambda: GSM8KVerifierRewardModel("gsm8k-verifier"),
+                "similarity": lambda a=model_args: ReferenceSimilarityRewardModel("minilm-similarity", **a),
+                "likelihood": lambda a=model_args: LikelihoodRewardModel("smollm2-likelihood", **a),
+            }
+            if kind == "classifier":
+                with smollm2_classifier_folder() as folder:
+                    build = lambda f=folder, a=model_args: SequenceClassifierRewardModel("smollm2-classifier", f, **a)  # noqa: E731
+                    seconds, scored = time_rm(build, pairs, args.device)
+            else:
+                seconds, scored = time_rm(builders[kind], pairs, args.device)
+            rows.append(
+                f"| {descriptions[kind]} | {dtype} | {len(pairs)} | {seconds:.2f} | {len(pairs) / seconds:.1f} |"
+            )
+            print(rows[-1], f"({scored}/{2 * len(pairs)} rows scored)", flush=True)
     threads = torch.get_num_threads()
     table = "\n".join(
         [
-            f"Pairs: {origin}; device {args.device}, batch size {args.batch_size}, dtype {args.dtype or 'default'}, "
+            f"Pairs: {origin}; device {args.device}, batch size {args.batch_size}, max length {args.max_length} "
+            f"tokens, "
             f"{threads} torch threads, denormals {'kept' if args.keep_denormals else 'flushed'}.",
             "",
-            "| RM | pairs | seconds | pairs/s |",
-            "|---|---:|---:|---:|",
+            "| RM | weights | pairs | seconds | pairs/s |",
+            "|---|---|---:|---:|---:|",
             *rows,
         ]
     )

@@ -3,6 +3,8 @@
 1. Train the learned safety RM of the default pool (`fit` on its config) unless its checkpoint exists.
 2. Collect behaviour records of the default pool (resumes a partial file) and write the accuracy table.
 3. Train the offline router on those records unless its prior exists, then `test` it, which writes its results table.
+4. Online DPO with the BayesianRouter on the offline prior (resumed from its last checkpoint after an interruption),
+   unless its closing summary exists; the summary is printed and copied to `docs/online_demo.md`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ def run_pipeline(
     offline_router_config: Path = Path("configs/offline_router.yaml"),
     offline_router_prior: Path = Path("checkpoints/offline_router/prior.pt"),
     offline_router_checkpoint: Path = Path("checkpoints/offline_router/best.ckpt"),
+    online_config: Path = Path("configs/online/live.yaml"),
+    online_router_config: Path = Path("configs/routers/bayesian.yaml"),
+    online_checkpoint: Path = Path("checkpoints/online/live/last.ckpt"),
+    online_summary: Path = Path("checkpoints/online/live/summary.md"),
+    online_report: Path | None = Path("docs/online_demo.md"),
     behaviour_args: list[str] | None = None,
+    online_args: list[str] | None = None,
 ) -> None:
     """Runs the pipeline's stages in order; each one is skipped or resumed when its output exists.
 
@@ -32,26 +40,44 @@ def run_pipeline(
         offline_router_config: LightningCLI config of the offline router (`fit`, then `test`).
         offline_router_prior: Where that fit leaves the prior artifact for the online stage.
         offline_router_checkpoint: The checkpoint `test` evaluates.
+        online_config: LightningCLI `fit` config of the online DPO run.
+        online_router_config: The router config composed with it (`configs/routers/<method>.yaml`).
+        online_checkpoint: Where that run keeps its last checkpoint; when it exists the run resumes from it.
+        online_summary: Where that run writes its closing summary (`OnlineSummary`); when it exists, the stage is done.
+        online_report: Where the summary is copied for the docs; None copies it nowhere.
         behaviour_args: Extra `collect` arguments, e.g. `["--max_batches", "2"]`.
+        online_args: Extra `fit` arguments of the online run, e.g. `["--trainer.max_steps", "4"]`.
     """
     from rmrouter.cli import main
 
     started = time.perf_counter()
     if Path(learned_rm_checkpoint).is_file():
-        log.info("[1/3] learned RM: %s exists, not retraining", learned_rm_checkpoint)
+        log.info("[1/4] learned RM: %s exists, not retraining", learned_rm_checkpoint)
     else:
-        log.info("[1/3] learned RM: training with %s", learned_rm_config)
+        log.info("[1/4] learned RM: training with %s", learned_rm_config)
         main(["fit", "--config", str(learned_rm_config)])
         _expect(learned_rm_checkpoint, learned_rm_config)
-    log.info("[2/3] behaviour collection with %s", behaviour_config)
+    log.info("[2/4] behaviour collection with %s", behaviour_config)
     main(["collect", "--config", str(behaviour_config), *(behaviour_args or [])])
     if Path(offline_router_prior).is_file():
-        log.info("[3/3] offline router: %s exists, not retraining", offline_router_prior)
+        log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
     else:
-        log.info("[3/3] offline router: training with %s", offline_router_config)
+        log.info("[3/4] offline router: training with %s", offline_router_config)
         main(["fit", "--config", str(offline_router_config)])
         _expect(offline_router_prior, offline_router_config)
         main(["test", "--config", str(offline_router_config), "--ckpt_path", str(offline_router_checkpoint)])
+    if Path(online_summary).is_file():
+        log.info("[4/4] online DPO: %s exists, not retraining\n%s", online_summary, Path(online_summary).read_text())
+    else:
+        resume = ["--ckpt_path", str(online_checkpoint)] if Path(online_checkpoint).is_file() else []
+        log.info("[4/4] online DPO: %s with %s%s", online_config, online_router_config, " (resuming)" if resume else "")
+        main(["fit", "--config", str(online_config), "--config", str(online_router_config), *resume,
+              *(online_args or [])])  # fmt: skip
+        _expect(online_summary, online_config)
+    if online_report is not None:
+        Path(online_report).parent.mkdir(parents=True, exist_ok=True)
+        note = f"_Written by the main job (`bash scripts/run.sh`, stage 4) from `{online_summary}`._\n\n"
+        Path(online_report).write_text(note + Path(online_summary).read_text())
     log.info("pipeline done in %.0f s", time.perf_counter() - started)
 
 

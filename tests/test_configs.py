@@ -96,7 +96,19 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     offline["trainer"]["max_epochs"] = 1
     offline["data"]["init_args"]["ood_domains"] = []  # too few rows here for a held-out domain
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
-    stages = {"offline_router_config": Path("offline.yaml")}
+    online = yaml.safe_load((CONFIGS / "online" / "live.yaml").read_text())
+    online["model"]["init_args"].update(policy=tiny_models["LikelihoodRewardModel"]["model"], pool="pool.yaml",
+                                        max_new_tokens=4, num_samples=2)  # fmt: skip
+    online["model"]["init_args"]["lora"]["target_modules"] = ["q_proj", "v_proj"]
+    online["trainer"].update(max_steps=2, enable_progress_bar=False, precision="32-true")
+    for source in online["data"]["init_args"]["train"]:
+        source["init_args"]["limit"] = 2
+    (tmp_path / "online.yaml").write_text(yaml.safe_dump(online))
+    stages = {
+        "offline_router_config": Path("offline.yaml"),
+        "online_config": Path("online.yaml"),
+        "online_router_config": CONFIGS / "routers" / "bayesian.yaml",  # the prior brings the tiny encoder
+    }
 
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
     run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
@@ -105,10 +117,14 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     assert (tmp_path / "docs" / "behaviour_table.md").is_file()
     prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
     assert prior.is_file() and (tmp_path / "docs" / "offline_router.md").is_file()
+    summary = tmp_path / "checkpoints" / "online" / "live" / "summary.md"
+    assert (tmp_path / "checkpoints" / "online" / "live" / "last.ckpt").is_file()
+    assert "- steps: 2 in " in summary.read_text() and "`BayesianRouter`" in summary.read_text()
+    assert (tmp_path / "docs" / "online_demo.md").read_text().endswith(summary.read_text())
 
-    trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns
+    trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns
     run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
-    assert (checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns) == trained_at
+    assert (checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns) == trained_at
 
 
 def build_pool_names(spec: dict) -> list[str]:
