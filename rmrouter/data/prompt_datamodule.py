@@ -7,7 +7,8 @@ and the RMs may read the reference.
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator, Sequence
+
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,9 +30,36 @@ class Prompts(Dataset):
         return self.records[index]
 
 
-def collate_records(rows: list[PromptRecord]) -> list[PromptRecord]:
-    """Keeps a batch as the list of its records (the default collate would try to stack their fields)."""
-    return list(rows)
+class PromptBatch:
+    """The records of one batch, in order: iterate, index and `len` it like a list.
+
+    Not a list, tuple or dataclass on purpose: Lightning walks those with `apply_to_collection` (device transfer,
+    the FSDP and mixed-precision plugins' input conversion), which refuses the frozen `PromptRecord`s inside; an
+    object it does not know passes through untouched.
+    """
+
+    def __init__(self, records: Sequence[PromptRecord]):
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[PromptRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> PromptRecord:
+        return self.records[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PromptBatch) and self.records == other.records
+
+    def __repr__(self) -> str:
+        return f"PromptBatch({[record.id for record in self.records]})"
+
+
+def collate_records(rows: list[PromptRecord]) -> PromptBatch:
+    """Keeps a batch as its records (the default collate would try to stack their fields)."""
+    return PromptBatch(rows)
 
 
 class PromptDataModule(LightningDataModule):
@@ -65,10 +93,6 @@ class PromptDataModule(LightningDataModule):
         if not records:
             raise ValueError(f"the prompt sources {self.train_sources} gave no prompts: check paths, splits and limits")
         self.train_set = Prompts(records)
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        # Records hold no tensors; Lightning's default walk refuses frozen dataclasses, so the batch stays as it is.
-        return batch
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:

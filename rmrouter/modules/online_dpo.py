@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from typing import Any, Literal
 
 import torch
@@ -129,7 +130,9 @@ class OnlineDPOModule(LightningModule):
         from rmrouter.models.store import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(self.hparams.policy)
-        policy = load_model(AutoModelForCausalLM, self.hparams.policy)
+        # In the default dtype (float32, or bfloat16 under bf16-true, which sets it here): a checkpoint stored in bf16
+        # would otherwise load as bf16 next to peft's float32 adapter, and FSDP refuses to flatten mixed dtypes.
+        policy = load_model(AutoModelForCausalLM, self.hparams.policy, dtype=torch.get_default_dtype())
         if self.hparams.lora is not None:
             from peft import LoraConfig, get_peft_model
 
@@ -156,7 +159,10 @@ class OnlineDPOModule(LightningModule):
             )
 
     def _trainable_names(self) -> set[str]:
-        return {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        # Under FSDP with activation checkpointing the live names carry the wrappers' segments, which the full state
+        # dict in the checkpoint leaves out (as torch's `clean_tensor_name` does).
+        names = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
+        return {re.sub(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module)\.", "", name) for name in names}
 
     def configure_optimizers(self):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -224,7 +230,8 @@ class OnlineDPOModule(LightningModule):
         average = self.hparams.loss_type == "ipo"
 
         def logprobs(model) -> Tensor:
-            logits = model(input_ids=ids, attention_mask=attention, **keep).logits
+            # No KV cache: nothing decodes after this pass, and activation checkpointing would append to it again.
+            logits = model(input_ids=ids, attention_mask=attention, use_cache=False, **keep).logits
             return response_logprobs(logits[:, -(ids.shape[1] - first) :], ids[:, first:], mask[:, first:], average)
 
         policy = logprobs(self.policy)
@@ -247,7 +254,7 @@ class OnlineDPOModule(LightningModule):
         else:
             rows = preference.nonzero().flatten().tolist()
         losses = torch.full((len(preference),), float("nan"))
-        loss, pairs = None, 0
+        loss, pairs, policy = None, 0, None
         if rows:
             chosen, rejected = [], []
             for row in rows:
@@ -274,9 +281,7 @@ class OnlineDPOModule(LightningModule):
                 self._log_dpo(out, finite, policy[both], reference[both], responses)
         router.observe(routing, losses)
         if loss is None:
-            # A zero with a grad path to every trainable weight (every rank runs the same backward), never the NaN of a
-            # mean over nothing; on_before_optimizer_step then keeps the optimizer from moving the weights.
-            loss = sum(p.sum() for p in self.policy.parameters() if p.requires_grad) * 0.0
+            loss = self._idle_loss(policy)
         self._log("train/pairs", float(pairs))
         self._log("train/candidate_pairs", float(len(preference)))
         if completions is not None:
@@ -289,6 +294,20 @@ class OnlineDPOModule(LightningModule):
         for name, value in router.metrics().items():
             self._log(name, float(value))
         return loss
+
+    def _idle_loss(self, policy: Tensor | None) -> Tensor:
+        """The loss of a step with no usable pair: 0, never the NaN of a mean over nothing, with a grad path to every
+        trainable weight (DDP reduces every gradient). on_before_optimizer_step then keeps the weights as they are.
+
+        Under several processes a rank that ran no DPO forward runs one on a dummy row: FSDP gathers each layer's
+        weights inside the forward, so a rank that skipped it would leave the others waiting.
+        """
+        if policy is not None:
+            return (policy * 0.0).nansum()  # the forward ran; its NaN rows (if any) count 0, not NaN
+        if self.trainer.world_size > 1:
+            token = min(gen.eos_ids(self.policy, self.tokenizer))
+            return self._logprobs([[token]], [[token]])[0].sum() * 0.0
+        return sum(p.sum() for p in self.policy.parameters() if p.requires_grad) * 0.0
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # No trained pair on any rank, or a non-finite gradient on any rank (NaN inside the network reaches every
