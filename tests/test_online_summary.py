@@ -40,10 +40,13 @@ def test_summary_reports_the_run_and_survives_a_resume(tiny_causal_lm_dir, tmp_p
     assert "- steps: 3 in " in text and f"- pairs trained: {int(sum(pairs))}\n" in text
     assert "18 pairs routed, 18 RM calls (1.00 per pair)" in text
     assert "| right | 0.0 % |" in text and "| wrong | 100.0 % |" in text
+    assert summary.routed == {"chat": [0, 18]}
+    assert "| prompt domain | pairs | right | wrong |" in text and "| chat | 18 | 0 % | 100 % |" in text
     first, last = thirds(summary.history["train/dpo_loss"])
     assert f"| DPO loss (`train/dpo_loss`) | {first:.4g} | {last:.4g} |" in text
     assert f"`{tmp_path / 'tb'}`" in text and f"`{tmp_path / 'ckpt'}`" in text
 
     restored = OnlineSummary()
     restored.load_state_dict(summary.state_dict())
-    assert restored.history == summary.history and restored.seconds == summary.seconds > 0
+    assert restored.history == summary.history and restored.routed == summary.routed
+    assert restored.seconds == summary.seconds > 0

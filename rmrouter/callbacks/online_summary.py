@@ -1,9 +1,10 @@
-"""The closing summary of an online DPO run: what was trained, what the routing cost, how the losses moved, where
-the outputs are.
+"""The closing summary of an online DPO run: what was trained, what the routing cost and which RM each kind of prompt
+went to, how the losses moved, where the outputs are.
 
 `OnlineSummary` keeps the per-step values the module logged (`train/*`), so the summary covers the whole run even
 after a resume with `--ckpt_path` (the history is in its `state_dict`). At the end of the fit rank zero logs the
-summary and, with `path`, writes it as markdown.
+summary and, with `path`, writes it as markdown. Under several processes the per-domain routing table counts rank
+zero's pairs only (the router's totals above it count every rank's).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class OnlineSummary(Callback):
         self.path = Path(path) if path is not None else None
         self.title = title
         self.history: dict[str, list[float]] = {}
+        self.routed: dict[str, list[int]] = {}  # domain -> pairs routed to each RM (this rank's pairs)
         self.seconds = 0.0
         self._started: float | None = None
 
@@ -66,6 +68,10 @@ class OnlineSummary(Callback):
         values = getattr(pl_module, "step_values", {})
         for name in (*(name for name, _ in TRENDS), *COUNTS):
             self.history.setdefault(name, []).append(values.get(name, math.nan))
+        router = next((cb for cb in trainer.callbacks if isinstance(cb, Router)), None)
+        for domain, rm in getattr(pl_module, "last_routing", []):
+            if router is not None and rm >= 0:
+                self.routed.setdefault(domain, [0] * len(router.rm_names))[rm] += 1
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._started is not None:
@@ -106,6 +112,7 @@ class OnlineSummary(Callback):
                 f"| {name} | {100 * int(count) / total:.1f} % |"
                 for name, count in zip(router.rm_names, router.selections.tolist(), strict=True)
             ]
+            lines += self._routing_by_domain(router.rm_names)
         lines += ["", "| logged value | first third of steps | last third |", "|---|---:|---:|"]
         for name, label in TRENDS:
             first, last = thirds(self.history.get(name, []))
@@ -113,6 +120,15 @@ class OnlineSummary(Callback):
                 lines.append(f"| {label} (`{name}`) | {first:.4g} | {last:.4g} |")
         lines += ["", *self._where(trainer)]
         return "\n".join(lines) + "\n"
+
+    def _routing_by_domain(self, rm_names: list[str]) -> list[str]:
+        if not self.routed:
+            return []
+        lines = ["", "| prompt domain | pairs | " + " | ".join(rm_names) + " |", "|---|---:|" + "---:|" * len(rm_names)]
+        for domain, counts in sorted(self.routed.items()):
+            shares = " | ".join(f"{100 * n / sum(counts):.0f} %" for n in counts)
+            lines.append(f"| {domain} | {sum(counts)} | {shares} |")
+        return lines
 
     @staticmethod
     def _where(trainer: Trainer) -> list[str]:
@@ -126,8 +142,13 @@ class OnlineSummary(Callback):
         return where
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {k: list(v) for k, v in self.history.items()}, "seconds": self.seconds}
+        return {
+            "history": {k: list(v) for k, v in self.history.items()},
+            "routed": {k: list(v) for k, v in self.routed.items()},
+            "seconds": self.seconds,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.routed = {k: list(v) for k, v in state_dict["routed"].items()}
         self.seconds = float(state_dict["seconds"])

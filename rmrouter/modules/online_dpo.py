@@ -101,6 +101,7 @@ class OnlineDPOModule(LightningModule):
         self.tokenizer = None
         self._keeps_logits = False
         self.step_values: dict[str, float] = {}
+        self.last_routing: list[tuple[str, int]] = []
 
     @property
     def pool(self) -> RewardModelPool | None:
@@ -248,6 +249,8 @@ class OnlineDPOModule(LightningModule):
         candidates, completions = self._candidates(batch)
         router = self._router()
         routing = router.route(candidates.pairs, candidates.judge)
+        # This rank's `(domain, chosen RM index)` per routed pair (-1: no single RM), for the closing summary.
+        self.last_routing = list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True))
         preference = routing.preference.detach().float().cpu()
         if self.hparams.pairing == "best_vs_worst" and not self.hparams.simulated:
             rows = best_vs_worst_rows(candidates.groups, candidates.indices, preference)
