@@ -70,7 +70,7 @@ def test_every_router_config_trains_in_the_simulated_mode(workdir, tiny_encoder_
     assert state["rm_calls"] == 8 * calls_per_pair
 
 
-def test_simulated_fit_resumes_with_the_router_state(workdir, tiny_encoder_dir):
+def test_simulated_fit_resumed_after_a_stop_equals_an_uninterrupted_one(workdir, tiny_encoder_dir):
     configs = [
         "--config",
         str(workdir / "simulated.yaml"),
@@ -79,10 +79,20 @@ def test_simulated_fit_resumes_with_the_router_state(workdir, tiny_encoder_dir):
         "--config",
         str(CONFIGS / "trainer" / "cpu.yaml"),
     ]
-    main(["fit", *configs, "--trainer.max_steps", "1"])
-    main(["fit", *configs, "--trainer.max_steps", "2", "--ckpt_path", "last"])
-    state = router_state(workdir)
-    assert state["global_step"] == 2 and state["pairs_routed"] == 8  # not reset by the restart
+    last = workdir / "checkpoints" / "online" / "simulated" / "last.ckpt"
+    main(["fit", *configs, "--trainer.max_steps", "3"])
+    uninterrupted = torch.load(last, weights_only=False)
+    last.unlink()
+    main(["fit", *configs, "--trainer.max_steps", "1"])  # stopped after one step...
+    main(["fit", *configs, "--trainer.max_steps", "3", "--ckpt_path", "last"])  # ...and resumed mid-epoch
+    resumed = torch.load(last, weights_only=False)
+
+    assert resumed["global_step"] == uninterrupted["global_step"] == 3
+    (key,) = [key for key in uninterrupted["callbacks"] if "Router[" in key]
+    assert resumed["callbacks"][key]["pairs_routed"] == 12  # 3 batches of 4: not reset by the restart
+    # same batches in the same order (the loader's position is restored), so the same losses, posteriors and weights
+    torch.testing.assert_close(resumed["callbacks"][key], uninterrupted["callbacks"][key], rtol=0, atol=0)
+    torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -1,4 +1,10 @@
-"""The one way rmrouter's DataModules build a DataLoader: seeded shuffling, persistent workers when there are any."""
+"""The one way rmrouter's DataModules build a DataLoader: seeded shuffling, persistent workers when there are any, and
+a position that survives a checkpoint.
+
+torchdata's `StatefulDataLoader` is a drop-in `DataLoader` with `state_dict`/`load_state_dict`; Lightning saves that
+state in its checkpoints and restores it on `--ckpt_path`, so a run resumed in the middle of an epoch goes on with
+the batches it had not seen yet, in the same order, instead of starting the epoch again.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 def seeded_loader(
@@ -16,9 +23,9 @@ def seeded_loader(
     seed: int,
     num_workers: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-) -> DataLoader:
-    """A DataLoader whose shuffled order depends only on `seed`, never on the global RNG."""
-    return DataLoader(
+) -> StatefulDataLoader:
+    """A DataLoader whose shuffled order depends only on `seed` (never on the global RNG) and that resumes mid-epoch."""
+    return StatefulDataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
