@@ -50,7 +50,13 @@ def main(args: list[str] | None = None) -> None:
 
         auto_cli(_project_commands()[args[0]], args=args[1:], as_positional=False)
         return
-    RMRouterCLI(args=args)
+    # The args are the whole command (a stage of `pipeline` passes its own): LightningCLI warns when sys.argv holds
+    # another one, so it sees only the program name meanwhile.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        RMRouterCLI(args=args)
+    finally:
+        sys.argv = argv
 
 
 if __name__ == "__main__":
