@@ -31,11 +31,14 @@ def concat(a: PairBatch, b: PairBatch) -> PairBatch:
 
 
 class FakeJudge:
-    """The right RM for a pair (0 for math prompts, 1 otherwise) prefers `first`, the other RM `second`."""
+    """The right RM for a pair (0 for math prompts, 1 otherwise) prefers `first`, the other RM `second`, with margins
+    whose size varies by pair and RM: routers that rescale margins over the batch (UWO) see different scales per rank
+    than over the global batch."""
 
     def margins(self, rm_index: int, pairs: PairBatch) -> torch.Tensor:
         right = torch.tensor([0 if "math" in p[0]["content"] else 1 for p in pairs.prompts])
-        return torch.where(right == rm_index, 1.0, -1.0)
+        size = torch.tensor([1.0 + (len(first) * (rm_index + 2)) % 7 for first in pairs.first])
+        return torch.where(right == rm_index, 1.0, -1.0) * size
 
 
 def batches(rank: int, step: int) -> PairBatch:

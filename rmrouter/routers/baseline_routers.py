@@ -130,7 +130,10 @@ class UWORouter(Router):
         self.coeff = float(coeff)
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        aggregated = uwo_margins(ask_all(judge, pairs, len(self.rm_names)), self.coeff)
+        # Each RM's scale is its root mean square over the global batch (every rank's pairs), so a pair gets the same
+        # label whichever rank it lands on and however the batch is split.
+        margins, mine = self.all_gather_rows(ask_all(judge, pairs, len(self.rm_names)))
+        aggregated = uwo_margins(margins, self.coeff)[mine]
         unattributed = torch.full((len(pairs),), -1, dtype=torch.long)
         return self.count(Routing(preference(aggregated), unattributed, rm_calls=len(self.rm_names) * len(pairs)))
 
