@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from test_online_dpo import RM_NAMES, FixedRouter, Prompts, make_module
 
 from rmrouter.callbacks import OnlineSummary
-from rmrouter.callbacks.online_summary import thirds
+from rmrouter.callbacks.online_summary import _shown, thirds
 from rmrouter.data.prompt_datamodule import PromptDataModule
 
 
@@ -19,6 +19,12 @@ def test_thirds_are_means_of_the_first_and_last_third_of_the_finite_values():
     assert thirds([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == (1.5, 5.5)
     assert thirds([2.0, math.nan, 4.0]) == (2.0, 4.0)  # a step without the value does not count
     assert all(math.isnan(v) for v in thirds([math.nan]))
+
+
+def test_paths_inside_the_working_directory_are_shown_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _shown(str(tmp_path / "checkpoints" / "online")) == "checkpoints/online"
+    assert _shown("/elsewhere/logs") == "/elsewhere/logs"
 
 
 def test_summary_reports_the_run_and_survives_a_resume(tiny_causal_lm_dir, tmp_path):
@@ -44,7 +50,7 @@ def test_summary_reports_the_run_and_survives_a_resume(tiny_causal_lm_dir, tmp_p
     assert "| prompt domain | pairs | right | wrong |" in text and "| chat | 18 | 0 % | 100 % |" in text
     first, last = thirds(summary.history["train/dpo_loss"])
     assert f"| DPO loss (`train/dpo_loss`) | {first:.4g} | {last:.4g} |" in text
-    assert f"`{tmp_path / 'tb'}`" in text and f"`{tmp_path / 'ckpt'}`" in text
+    assert f"`{tmp_path / 'tb'}`" in text and f"`{tmp_path / 'ckpt'}`" in text  # outside the working dir
 
     restored = OnlineSummary()
     restored.load_state_dict(summary.state_dict())

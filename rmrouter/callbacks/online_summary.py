@@ -44,6 +44,12 @@ def thirds(values: list[float]) -> tuple[float, float]:
     return sum(finite[:size]) / size, sum(finite[-size:]) / size
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working directory when it lies inside it (Lightning makes checkpoint folders absolute)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
+
+
 class OnlineSummary(Callback):
     """Collects the per-step `train/*` values of an online DPO fit and reports the run when it ends.
 
@@ -135,10 +141,11 @@ class OnlineSummary(Callback):
         where = []
         log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
         if log_dir:
+            log_dir = _shown(log_dir)
             where.append(f"- TensorBoard logs: `{log_dir}` (`tensorboard --logdir {log_dir}`)")
         checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if checkpoint is not None and checkpoint.dirpath:
-            where.append(f"- checkpoints: `{checkpoint.dirpath}` (resume with `--ckpt_path last`)")
+            where.append(f"- checkpoints: `{_shown(checkpoint.dirpath)}` (resume with `--ckpt_path last`)")
         return where
 
     def state_dict(self) -> dict[str, Any]:
