@@ -39,7 +39,8 @@ PROJECT_COMMANDS = ("collect", "pipeline")
 
 
 def main(args: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if args is None else args)
+    given = args is not None
+    args = list(args if given else sys.argv[1:])
     # SmolLM2's activations produce denormal floats that make CPU matmuls about 3x slower; flushing them to zero
     # changes no result that matters (they are below 1e-38) and has no effect on GPUs.
     torch.set_flush_denormal(True)
@@ -50,8 +51,11 @@ def main(args: list[str] | None = None) -> None:
 
         auto_cli(_project_commands()[args[0]], args=args[1:], as_positional=False)
         return
-    # The args are the whole command (a stage of `pipeline` passes its own): LightningCLI warns when sys.argv holds
-    # another one, so it sees only the program name meanwhile.
+    if not given:
+        RMRouterCLI(args=args)  # sys.argv stays: Lightning's multi-process launcher starts the other ranks from it
+        return
+    # Called with its own command (a stage of `pipeline`, a test): LightningCLI warns when sys.argv holds another one,
+    # so it sees only the program name meanwhile.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         RMRouterCLI(args=args)

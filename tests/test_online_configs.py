@@ -106,7 +106,8 @@ def test_two_process_ddp_run_leaves_identical_router_state_on_both_ranks(workdir
         "--trainer.callbacks+=router_state_dump.DumpRouterState", f"--trainer.callbacks.folder={workdir / 'states'}",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    subprocess.run(command, cwd=workdir, env=env, check=True, capture_output=True, timeout=300)
+    run = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
     first, second = (torch.load(workdir / "states" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
     assert first["pairs_routed"] == 2 * 2 * 4  # both ranks' pairs: 2 steps of 4 pairs on each of 2 ranks
     assert_identical(first, second)
