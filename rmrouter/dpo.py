@@ -178,6 +178,26 @@ def dpo_loss(
     )
 
 
+def dpo_loss_of_finite_pairs(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    reference_chosen: Tensor,
+    reference_rejected: Tensor,
+    beta: float,
+    loss_type: LossType = "sigmoid",
+) -> tuple[DPOOutput, Tensor]:
+    """`(out, rows)`: `dpo_loss` of the pairs whose four log-probs and whose loss are finite, and those pairs' indices.
+
+    The other pairs are selected away before the loss, not masked after it: a masked NaN stays in the graph, and its
+    gradient `0 * NaN` is NaN, which would reach every weight. Arguments as `dpo_loss`; `out` has one row per index.
+    """
+    inputs = (policy_chosen, policy_rejected, reference_chosen, reference_rejected)
+    rows = torch.stack(inputs).isfinite().all(dim=0).nonzero().flatten()
+    out = dpo_loss(*(t[rows] for t in inputs), beta, loss_type)
+    finite = out.losses.isfinite()
+    return DPOOutput(*(field[finite] for field in out)), rows[finite]
+
+
 def implicit_kl(policy_logps: Tensor, reference_logps: Tensor) -> Tensor:
     """The usual sample estimate of `KL(pi || pi_ref)`: `mean(policy_logps - reference_logps)`, detached.
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rmrouter.dpo import dpo_loss, implicit_kl, response_logprobs
+from rmrouter.dpo import dpo_loss, dpo_loss_of_finite_pairs, implicit_kl, response_logprobs
 from rmrouter.pairs import best_vs_worst, candidate_pairs, missing_eos_penalty, order_pair, random_pairs
 
 NAN, INF = float("nan"), float("inf")
@@ -244,3 +244,20 @@ def test_missing_eos_penalty_lowers_truncated_responses_only():
         missing_eos_penalty(scores, has_eos, -1.0)
     with pytest.raises(ValueError, match="one shape"):
         missing_eos_penalty(scores, has_eos[:2], 1.0)
+
+
+def test_dpo_loss_of_finite_pairs_selects_them_before_the_loss_so_gradients_stay_finite():
+    policy_chosen = torch.tensor([-1.0, float("nan"), -2.0, -3.0], requires_grad=True)
+    policy_rejected = torch.tensor([-2.0, -1.0, -1.0, -3.5], requires_grad=True)
+    reference_chosen = torch.tensor([-1.5, -1.0, float("inf"), -3.0])
+    reference_rejected = torch.tensor([-1.5, -1.0, -1.0, -3.0])
+    out, rows = dpo_loss_of_finite_pairs(
+        policy_chosen, policy_rejected, reference_chosen, reference_rejected, 0.1, "sigmoid"
+    )
+    assert rows.tolist() == [0, 3]
+    expected = dpo_loss(policy_chosen[[0, 3]], policy_rejected[[0, 3]], reference_chosen[[0, 3]],
+                        reference_rejected[[0, 3]], 0.1, "sigmoid")  # fmt: skip
+    torch.testing.assert_close(out.losses, expected.losses)
+    out.losses.mean().backward()
+    assert policy_chosen.grad.isfinite().all() and policy_chosen.grad[[1, 2]].eq(0).all()
+    assert policy_rejected.grad.isfinite().all() and policy_rejected.grad[0] != 0

@@ -16,8 +16,8 @@ from router_helpers import RMS, make_pairs
 from test_online_dpo import RM_NAMES, Prompts, WeightedLength, fit, make_module, policy_weights
 from test_routers import bayes, prior_path, roundtrip  # noqa: F401 (prior_path: a fixture, requested by name)
 
+from rmrouter import dpo
 from rmrouter.data.prompt_datamodule import PromptDataModule
-from rmrouter.modules import online_dpo
 from rmrouter.modules.online_dpo import OnlineDPOModule
 from rmrouter.reward_models.base import RewardModel
 from rmrouter.reward_models.pool import RewardModelPool
@@ -223,7 +223,7 @@ def nan_losses(monkeypatch, rows: slice) -> None:
 
     `torch.where` leaves the other rows' gradients exact, so the test sees the module's handling of the NaN alone.
     """
-    real = online_dpo.dpo_loss
+    real = dpo.dpo_loss
 
     def dpo_loss(*args):
         out = real(*args)
@@ -231,7 +231,7 @@ def nan_losses(monkeypatch, rows: slice) -> None:
         bad[rows] = True
         return out._replace(losses=torch.where(bad, float("nan"), out.losses))
 
-    monkeypatch.setattr(online_dpo, "dpo_loss", dpo_loss)
+    monkeypatch.setattr(dpo, "dpo_loss", dpo_loss)
 
 
 def prior_module_and_router(path, prior) -> tuple[OnlineDPOModule, BayesianRouter]:

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from rmrouter.dpo import LossType, dpo_loss, implicit_kl, response_logprobs
+from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs, implicit_kl, response_logprobs
 from rmrouter.modules import generation as gen
 from rmrouter.modules.online_pairs import (
     Candidates,
@@ -102,6 +102,7 @@ class OnlineDPOModule(LightningModule):
         self._keeps_logits = False
         self.step_values: dict[str, float] = {}
         self.last_routing: list[tuple[str, int]] = []
+        self.last_labelling: tuple[list[str], Tensor] | None = None
 
     @property
     def pool(self) -> RewardModelPool | None:
@@ -267,21 +268,15 @@ class OnlineDPOModule(LightningModule):
             prompts = [candidates.prompt_ids[row] for row in rows]
             policy, reference = self._logprobs(prompts + prompts, chosen + rejected)
             n = len(rows)
-            # A pair with a non-finite log-prob is selected away before the loss, not masked after it: its NaN would
-            # otherwise reach the gradient as 0 * NaN. (NaN inside the network still can: see on_before_optimizer_step.)
-            kept = torch.stack([policy[:n], policy[n:], reference[:n], reference[n:]]).isfinite().all(0)
-            kept = kept.nonzero().flatten()
-            out = dpo_loss(policy[:n][kept], policy[n:][kept], reference[:n][kept], reference[n:][kept],
-                           self.hparams.beta, self.hparams.loss_type)  # fmt: skip
-            finite = out.losses.isfinite()
-            trained = kept[finite]
-            losses[[rows[i] for i in trained.tolist()]] = out.losses[finite].detach().float().cpu()
+            out, trained = dpo_loss_of_finite_pairs(
+                policy[:n], policy[n:], reference[:n], reference[n:], self.hparams.beta, self.hparams.loss_type
+            )
+            losses[[rows[i] for i in trained.tolist()]] = out.losses.detach().float().cpu()
             pairs = len(trained)
             if pairs:
-                loss = out.losses[finite].mean()
+                loss = out.losses.mean()
                 both = torch.cat([trained, trained + n])
-                responses = [(chosen + rejected)[i] for i in both.tolist()]
-                self._log_dpo(out, finite, policy[both], reference[both], responses)
+                self._log_dpo(out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
         router.observe(routing, losses)
         if loss is None:
             loss = self._idle_loss(policy)
@@ -333,10 +328,10 @@ class OnlineDPOModule(LightningModule):
         # closing summary.
         self.step_values[name] = float(value)
 
-    def _log_dpo(self, out, finite: Tensor, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
-        self._log("train/dpo_loss", out.losses[finite].detach().mean())
-        self._log("train/reward_margin", out.reward_margins[finite].mean())
-        self._log("train/reward_acc", out.reward_accuracies[finite].mean())
+    def _log_dpo(self, out, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
+        self._log("train/dpo_loss", out.losses.detach().mean())
+        self._log("train/reward_margin", out.reward_margins.mean())
+        self._log("train/reward_acc", out.reward_accuracies.mean())
         self._log("train/implicit_kl", implicit_kl(policy.detach(), reference))
         self._log("train/response_length", sum(len(r) for r in responses) / len(responses))
 
