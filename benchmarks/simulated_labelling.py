@@ -164,6 +164,9 @@ def notes(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         "(abstention or tie) counts as wrong. Domains are one column each, as in the behaviour table.",
         "Select rates are shares of the pairs labelled by one RM (`-` for routers that aggregate every RM). Wall "
         "time is the whole `fit` call, loading the policy included.",
+        "The routers that use the offline prior (BayesianRouter and its ablations but `ablation_no_prior`) route "
+        "pairs of the same behaviour file the prior was fitted on (its train split, `configs/offline_router.yaml`): "
+        "their accuracy here is mostly in-sample for the prior, an upper bound on what it gives on unseen pairs.",
     ]
     if not same_pairs:
         lines.append("**The methods did not route the same pairs** (see each method's pairs in its labelling.json).")
