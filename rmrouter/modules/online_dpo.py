@@ -101,6 +101,7 @@ class OnlineDPOModule(LightningModule):
         self.tokenizer = None
         self._keeps_logits = False
         self.step_values: dict[str, float] = {}
+        self._trained_pairs = 0  # this step's, for on_before_optimizer_step
         self.last_routing: list[tuple[str, int]] = []
         self.last_labelling: tuple[list[str], Tensor] | None = None
 
@@ -278,6 +279,7 @@ class OnlineDPOModule(LightningModule):
                 both = torch.cat([trained, trained + n])
                 self._log_dpo(out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
         router.observe(routing, losses)
+        self._trained_pairs = pairs
         if loss is None:
             loss = self._idle_loss(policy)
         self._log("train/pairs", float(pairs))
@@ -313,7 +315,7 @@ class OnlineDPOModule(LightningModule):
         # parameter, so neither its momentum nor its weight decay moves them. Decided over all ranks, so they agree.
         grads = [p.grad for p in self.trainer.model.parameters() if p.grad is not None]
         nonfinite = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
-        idle = self.step_values.get("train/pairs", 0.0) == 0
+        idle = self._trained_pairs == 0
         strategy = self.trainer.strategy
         skip = strategy.reduce_boolean_decision(nonfinite, all=False) or strategy.reduce_boolean_decision(
             idle, all=True
