@@ -17,7 +17,7 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -76,6 +76,22 @@ def time_rm(build: Callable[[], RewardModel], pairs: list[Pair], device: str) ->
     return time.perf_counter() - start, int(torch.isfinite(scores).sum())
 
 
+MODEL_FREE = ("length", "verifier")  # no weights, so no dtype
+
+
+def build_rm(kind: str, model_args: dict, classifier_folder: str | None) -> RewardModel:
+    """One RM of the kind timed under `kind`; `model_args` go to the RMs that run a model."""
+    if kind == "length":
+        return LengthRewardModel("length")
+    if kind == "verifier":
+        return GSM8KVerifierRewardModel("gsm8k-verifier")
+    if kind == "similarity":
+        return ReferenceSimilarityRewardModel("minilm-similarity", **model_args)
+    if kind == "likelihood":
+        return LikelihoodRewardModel("smollm2-likelihood", **model_args)
+    return SequenceClassifierRewardModel("smollm2-classifier", classifier_folder, **model_args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=64, help="preference pairs to score (2 rows each)")
@@ -98,26 +114,17 @@ def main() -> None:
         "likelihood": "LikelihoodRewardModel (SmolLM2-135M-Instruct)",
         "classifier": "SequenceClassifierRewardModel (SmolLM2-135M, random head)",
     }
+    kinds = args.only or list(descriptions)
     rows = []
-    for kind in args.only or list(descriptions):
-        for dtype in args.dtypes if kind not in ("length", "verifier") else ["-"]:
-            model_args = {"batch_size": args.batch_size, "max_length": args.max_length, "dtype": dtype}
-            builders: dict[str, Callable[[], RewardModel]] = {
-                "length": lambda: LengthRewardModel("length"),
-                "verifier": lambda: GSM8KVerifierRewardModel("gsm8k-verifier"),
-                "similarity": lambda a=model_args: ReferenceSimilarityRewardModel("minilm-similarity", **a),
-                "likelihood": lambda a=model_args: LikelihoodRewardModel("smollm2-likelihood", **a),
-            }
-            if kind == "classifier":
-                with smollm2_classifier_folder() as folder:
-                    build = lambda f=folder, a=model_args: SequenceClassifierRewardModel("smollm2-classifier", f, **a)  # noqa: E731
-                    seconds, scored = time_rm(build, pairs, args.device)
-            else:
-                seconds, scored = time_rm(builders[kind], pairs, args.device)
-            rows.append(
-                f"| {descriptions[kind]} | {dtype} | {len(pairs)} | {seconds:.2f} | {len(pairs) / seconds:.1f} |"
-            )
-            print(rows[-1], f"({scored}/{2 * len(pairs)} rows scored)", flush=True)
+    with smollm2_classifier_folder() if "classifier" in kinds else nullcontext() as folder:  # made once, not per dtype
+        for kind in kinds:
+            for dtype in ["-"] if kind in MODEL_FREE else args.dtypes:
+                model_args = {"batch_size": args.batch_size, "max_length": args.max_length, "dtype": dtype}
+                seconds, scored = time_rm(lambda k=kind, a=model_args: build_rm(k, a, folder), pairs, args.device)
+                rows.append(
+                    f"| {descriptions[kind]} | {dtype} | {len(pairs)} | {seconds:.2f} | {len(pairs) / seconds:.1f} |"
+                )
+                print(rows[-1], f"({scored}/{2 * len(pairs)} rows scored)", flush=True)
     threads = torch.get_num_threads()
     table = "\n".join(
         [
