@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def run_pipeline(
     online_checkpoint: Path = Path("checkpoints/online/live/last.ckpt"),
     online_summary: Path = Path("checkpoints/online/live/summary.md"),
     online_report: Path | None = Path("docs/online_demo.md"),
+    readme: Path = Path("README.md"),
     behaviour_args: list[str] | None = None,
     online_args: list[str] | None = None,
 ) -> None:
@@ -45,6 +47,7 @@ def run_pipeline(
         online_checkpoint: Where that run keeps its last checkpoint; when it exists the run resumes from it.
         online_summary: Where that run writes its closing summary (`OnlineSummary`); when it exists, the stage is done.
         online_report: Where the summary is copied for the docs; None copies it nowhere.
+        readme: A README whose `online-demo-summary` block shows the summary too (left alone without the block).
         behaviour_args: Extra `collect` arguments, e.g. `["--max_batches", "2"]`.
         online_args: Extra `fit` arguments of the online run, e.g. `["--trainer.max_steps", "4"]`.
     """
@@ -78,7 +81,31 @@ def run_pipeline(
         Path(online_report).parent.mkdir(parents=True, exist_ok=True)
         note = f"_Written by the main job (`bash scripts/run.sh`, stage 4) from `{online_summary}`._\n\n"
         Path(online_report).write_text(note + Path(online_summary).read_text())
+        show_in_readme(Path(online_summary).read_text(), readme)
     log.info("pipeline done in %.0f s", time.perf_counter() - started)
+
+
+README_START, README_END = "<!-- online-demo-summary:start -->", "<!-- online-demo-summary:end -->"
+
+
+def summary_block(summary: str) -> str:
+    """The summary as the README shows it: its headings one level down, between the markers."""
+    body = re.sub(r"^## ", "### ", summary.strip(), flags=re.M)
+    return f"{README_START}\n{body}\n{README_END}"
+
+
+def readme_block(readme: str) -> str | None:
+    """The README's summary block, markers included; None when it has none."""
+    match = re.search(re.escape(README_START) + r".*?" + re.escape(README_END), readme, flags=re.S)
+    return match.group(0) if match else None
+
+
+def show_in_readme(summary: str, readme: Path) -> None:
+    """Puts `summary` in the README's block, so the README always shows the last run's summary, not a stale one."""
+    text = Path(readme).read_text() if Path(readme).is_file() else ""
+    block = readme_block(text)
+    if block is not None:
+        Path(readme).write_text(text.replace(block, summary_block(summary)))
 
 
 def _expect(output: Path, config: Path) -> None:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from rmrouter.pipeline import readme_block, show_in_readme, summary_block
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("readme_summary", ROOT / "scripts" / "readme_summary.py")
-readme_summary = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(readme_summary)
 
 
 def test_readme_shows_the_demo_summary_the_main_job_wrote():
     summary = (ROOT / "docs" / "online_demo.md").read_text()
     assert "- steps: " in summary  # written by OnlineSummary, not a placeholder
-    readme = (ROOT / "README.md").read_text()
-    assert readme_summary.readme_block(readme) == readme_summary.summary_block(summary), (
-        "README.md's online demo summary differs from docs/online_demo.md: run scripts/readme_summary.py"
-    )
+    shown = readme_block((ROOT / "README.md").read_text())
+    # the pipeline writes both; the docs file starts with a line saying where it came from
+    assert shown is not None and summary_block(summary.split("\n\n", 1)[1]) == shown
+
+
+def test_the_pipeline_refreshes_the_readme_block_and_leaves_other_readmes_alone(tmp_path):
+    readme = tmp_path / "README.md"
+    old = summary_block("## old\n\n- steps: 1")
+    readme.write_text(f"intro\n\n{old}\n\nrest\n")
+    show_in_readme("## new run\n\n- steps: 2\n", readme)
+    assert readme.read_text() == "intro\n\n<!-- online-demo-summary:start -->\n### new run\n\n- steps: 2\n" \
+        "<!-- online-demo-summary:end -->\n\nrest\n"  # fmt: skip
+    plain = tmp_path / "OTHER.md"
+    plain.write_text("no block here\n")
+    show_in_readme("## new run\n", plain)
+    assert plain.read_text() == "no block here\n"
