@@ -15,13 +15,21 @@ RM_NAMES = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["rm_names"]
 DOMAINS = ["math", "safety", "koala", "oasst"]
 
 
+# the shipped config's ood_sources: the math pairs of this source are out of distribution, next to the koala domain
+OOD_MATH_SOURCE = "gsm8k/example_model_solutions/6b"
+
+
 def write_behaviour(path: Path, rows: int = 48) -> None:
-    """Pairs whose right RM depends on the domain: RM k is right on domain k % 4 (koala is the OOD domain)."""
+    """Pairs whose right RM depends on the domain: RM k is right on domain k % 4.
+
+    Out of distribution in the shipped config: every koala row, and the math rows from row 36 on (`OOD_MATH_SOURCE`).
+    """
     lines = []
     for i in range(rows):
         domain = DOMAINS[i % len(DOMAINS)]
+        source = OOD_MATH_SOURCE if domain == "math" and i >= 36 else "test"
         pair = PreferenceRecord(
-            f"r{i}", [{"role": "user", "content": f"{domain} question {i}"}], f"good {i}", f"bad {i}", domain, "test"
+            f"r{i}", [{"role": "user", "content": f"{domain} question {i}"}], f"good {i}", f"bad {i}", domain, source
         )
         margin = {name: (1.0 if k == i % len(DOMAINS) else -1.0) for k, name in enumerate(RM_NAMES)}
         lines.append(json.dumps(BehaviourRecord(pair, margin).to_dict()) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -97,6 +98,17 @@ def test_resume_scores_only_missing_batches_and_matches_an_uninterrupted_run(tmp
     pool = make_pool()
     collect_behaviour(pool, [ListSource(PAIRS)], resumed, table=None, batch_size=2)
     assert pool[0].rows_scored == 0
+
+
+def test_pairs_the_data_no_longer_gives_are_warned_about(tmp_path, caplog):
+    path = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], path, table=None, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="rmrouter.behaviour.collect"):
+        collect_behaviour(make_pool(), [ListSource(PAIRS)], path, table=None, batch_size=2)
+        assert "no longer gives" not in caplog.text
+        records = collect_behaviour(make_pool(), [ListSource(PAIRS[:3])], path, table=None, batch_size=2)
+    assert f"{path} holds 2 pairs that the configured data no longer gives (e.g. p3)" in caplog.text
+    assert len(records) == len(PAIRS)  # kept, not silently dropped
 
 
 def test_resume_after_a_torn_last_line(tmp_path):

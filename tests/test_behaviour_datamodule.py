@@ -114,10 +114,35 @@ def test_ood_holds_out_exactly_the_named_domains_and_sources(behaviour_file):
     assert sorted(ids["ood"]) == expected
     assert not set(expected) & set(ids["train"] + ids["val"] + ids["test"])
     assert len(sum(ids.values(), [])) == 30
-    assert module.test_split_names == ["test", "ood"]
+    assert module.test_split_names == ["test", "ood", "ood/chat", "ood/math", "ood/safety"]
     assert len(module.test_dataloader()) == len(module.test_split_names)
     by_source = split_ids(make_module(behaviour_file, ood_sources=["hh-rlhf/"]))
     assert sorted(by_source["ood"]) == sorted(r.pair.id for r in make_records() if r.pair.source.startswith("hh-rlhf"))
+
+
+def test_an_ood_split_of_several_domains_is_also_evaluated_per_domain(behaviour_file):
+    module = make_module(behaviour_file, ood_domains=["safety"], ood_sources=["other"], split_fractions=HALVES)
+    ood = module.splits["ood"].records
+    views = {name: [r.pair.id for r in dataset.records] for name, dataset in module.ood_by_domain.items()}
+    assert views == {f"ood/{d}": [r.pair.id for r in ood if r.pair.domain == d] for d in ("chat", "math", "safety")}
+    assert {name: module.split_sizes[name] for name in views} == {name: len(ids) for name, ids in views.items()}
+    assert sum(len(ids) for ids in views.values()) == len(ood)
+    # one ood domain: the view would repeat `ood`, so there is none
+    single = make_module(behaviour_file, ood_domains=["safety"], split_fractions=HALVES)
+    assert single.ood_by_domain == {} and single.test_split_names == ["test", "ood"]
+
+
+def test_train_splits_serve_the_named_splits_only(behaviour_file):
+    settings = {"ood_domains": ["safety"], "split_fractions": {"train": 0.5, "test": 0.5}}
+    reference = split_ids(make_module(behaviour_file, **settings))
+    module = make_module(behaviour_file, train_splits=["test", "ood"], **settings)
+    assert split_ids(module) == reference  # the splits themselves do not move
+    served = [pair_id for batch in module.train_dataloader() for pair_id in batch["id"]]
+    assert sorted(served) == sorted(reference["test"] + reference["ood"])
+    with pytest.raises(ValueError, match=r"train_splits must name splits among \['train', 'val', 'test'\]"):
+        BehaviourDataModule(behaviour_file, RM_NAMES, train_splits=["ood"])
+    with pytest.raises(ValueError, match=r"the val split is empty"):
+        make_module(behaviour_file, split_fractions={"train": 1.0}, train_splits=["val"])
 
 
 def test_ood_names_that_match_nothing_are_warned_about(behaviour_file, caplog):
@@ -206,7 +231,7 @@ class RecordsTestBatches(LightningModule):
 
 def test_trainer_runs_test_then_ood_in_test_split_names_order(behaviour_file):
     module = BehaviourDataModule(
-        behaviour_file, RM_NAMES, ood_domains=["safety"], split_fractions={"train": 0.5, "test": 0.5}
+        behaviour_file, RM_NAMES, ood_domains=["safety"], ood_sources=["other"], split_fractions=HALVES
     )
     model = RecordsTestBatches()
     trainer = Trainer(
@@ -217,9 +242,10 @@ def test_trainer_runs_test_then_ood_in_test_split_names_order(behaviour_file):
         enable_model_summary=False,
     )
     trainer.test(model, datamodule=module, verbose=False)
-    assert module.test_split_names == ["test", "ood"]
+    assert module.test_split_names == ["test", "ood", "ood/chat", "ood/math", "ood/safety"]
+    splits = {**module.splits, **module.ood_by_domain}
     for index, name in enumerate(module.test_split_names):
-        assert sorted(model.seen[index]) == sorted(r.pair.id for r in module.splits[name].records)
+        assert sorted(model.seen[index]) == sorted(r.pair.id for r in splits[name].records)
 
 
 @pytest.mark.skipif(

@@ -62,14 +62,22 @@ def test_behaviour_config_parses_and_its_sources_load():
     )
     raw = yaml.safe_load((CONFIGS / "behaviour.yaml").read_text())
     raw.pop("pool")  # the real pool needs the real models; the sources are what is checked here
-    for source in raw["data"]:
-        source["init_args"]["limit"] = 3
     data_parser = ArgumentParser()
     data_parser.add_function_arguments(collect_behaviour, skip={"pool"})
     data = data_parser.instantiate_classes(data_parser.parse_object(raw)).data
+    # the two GSM8K sources: training pairs of the 175B model, ood pairs of the 6B model on other questions
+    in_distribution, ood = (source.load() for source in data[:2])
+    assert {pair.source for pair in in_distribution} == {"gsm8k/example_model_solutions/175b"}
+    assert {pair.source for pair in ood} == {"gsm8k/example_model_solutions/6b"}
+    assert len(in_distribution) == 120 and len(ood) == 60
+    assert not {pair.prompt[0]["content"] for pair in in_distribution} & {pair.prompt[0]["content"] for pair in ood}
+    offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())["data"]["init_args"]
+    assert offline["ood_sources"] == ["gsm8k/example_model_solutions/6b"]
+    for source in data:
+        source.limit = 3
     pairs = [pair for source in data for pair in source.load()]
-    assert len(pairs) == 12
-    assert [pair.domain for pair in pairs[:6]] == ["math"] * 3 + ["safety"] * 3
+    assert len(pairs) == 15
+    assert [pair.domain for pair in pairs[:9]] == ["math"] * 6 + ["safety"] * 3
 
 
 def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch, tiny_models):
@@ -94,7 +102,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())
     offline["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
     offline["trainer"]["max_epochs"] = 1
-    offline["data"]["init_args"]["ood_domains"] = []  # too few rows here for a held-out domain
+    offline["data"]["init_args"].update(ood_domains=[], ood_sources=[])  # too few rows here to hold any out
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
     online = yaml.safe_load((CONFIGS / "online" / "live.yaml").read_text())
     online["model"]["init_args"].update(policy=tiny_models["LikelihoodRewardModel"]["model"], pool="pool.yaml",
@@ -113,7 +121,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
     run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
     records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
-    assert len(records) == 16 and set(records[0].margin) == set(build_pool_names(pool))
+    assert len(records) == 20 and set(records[0].margin) == set(build_pool_names(pool))
     assert (tmp_path / "docs" / "behaviour_table.md").is_file()
     prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
     assert prior.is_file() and (tmp_path / "docs" / "offline_router.md").is_file()

@@ -79,6 +79,33 @@ def test_gsm8k_pairs_cap_is_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("6b", [("6b_finetuning", "6b_verification")]),
+        # 175b_finetuning is wrong but repeats a correct text, so 175B's only distinct pair is the verifier's
+        ("175b", [("175b_verification", "175b_finetuning")]),
+    ],
+)
+def test_gsm8k_pairs_of_one_model(tmp_path, model, expected):
+    path = write_lines(tmp_path / "solutions.jsonl", [ALL_CORRECT, GOOD_GSM8K, ALL_WRONG])
+    records = GSM8KSolutionPairs(max_pairs_per_question=4, model=model, path=path).load()
+    assert [tuple(record.id.split(":")[-1].split(">")) for record in records] == expected
+    assert {record.source for record in records} == {f"gsm8k/example_model_solutions/{model}"}
+
+
+def test_gsm8k_pairs_of_one_model_skip_questions_where_it_is_always_right(tmp_path):
+    only_175b_differs = {
+        **GOOD_GSM8K,
+        **solutions(**{"6b_finetuning": ("A: 5", True), "6b_verification": ("So 5.\nA: 5", True)}),
+    }
+    path = write_lines(tmp_path / "solutions.jsonl", [only_175b_differs])
+    assert GSM8KSolutionPairs(model="6b", path=path).load() == []
+    assert len(GSM8KSolutionPairs(model="175b", path=path).load()) == 1
+    with pytest.raises(ValueError, match="model must be one of"):
+        GSM8KSolutionPairs(model="13b", path=path)
+
+
+@pytest.mark.parametrize(
     ("bad", "expected"),
     [
         ("{not json", "malformed JSON"),

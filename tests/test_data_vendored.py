@@ -72,6 +72,8 @@ def test_real_pair_counts():
     """Facts the default configs are sized on; a change here means the vendored data or a loader changed."""
     assert len(GSM8KSolutionPairs().load()) == 731
     assert len(GSM8KSolutionPairs(max_pairs_per_question=4).load()) == 2429
+    assert len(GSM8KSolutionPairs(model="6b").load()) == 357  # questions where the 6B model's two solutions differ
+    assert len(GSM8KSolutionPairs(model="175b").load()) == 436
     reference_pairs = AlpacaEvalPairs(min_margin=0.25).load()
     assert len(reference_pairs) == 4688
     assert Counter(record.reference for record in reference_pairs) == {None: 4688}

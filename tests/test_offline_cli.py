@@ -49,9 +49,12 @@ def test_validate_and_test_from_a_checkpoint_write_metrics_and_the_results_table
     assert "val/router_acc" in capsys.readouterr().out
     cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
     report = (workdir / "docs" / "offline_router.md").read_text()
-    assert "| method | test | ood |" in report and "| router (argmax BT) |" in report
-    # koala rows are held out: there RM 2 is always right, so its single-RM accuracy on ood is exactly 100
-    assert re.search(rf"\| single: {RM_NAMES[2]} \| [0-9.]+ \| 100\.0 \|", report)
+    assert "| method | test | ood | ood/koala | ood/math |" in report and "| router (argmax BT) |" in report
+    # 12 koala rows and 3 math rows are held out; RM 2 is always right on koala, RM 0 on math
+    assert "koala subset" in report  # the config's `about` paragraph
+    assert "| rows | " in report and re.search(r"\| rows \| \d+ \| 15 \| 12 \| 3 \|", report)
+    assert re.search(rf"\| single: {RM_NAMES[2]} \| [0-9.]+ \| 80\.0 \| 100\.0 \| 0\.0 \|", report)
+    assert re.search(rf"\| single: {RM_NAMES[0]} \| [0-9.]+ \| 20\.0 \| 0\.0 \| 100\.0 \|", report)
 
 
 def test_resume_from_last_continues_where_it_stopped(workdir, tiny_encoder_dir):

@@ -36,6 +36,14 @@ def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path
     return tmp_path
 
 
+def test_the_simulation_routes_only_pairs_the_offline_prior_never_trained_on():
+    simulated = yaml.safe_load(SIMULATED.read_text())["data"]["init_args"]
+    offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())["data"]["init_args"]
+    split_settings = ("path", "rm_names", "split_fractions", "split_seed", "ood_domains", "ood_sources")
+    assert {key: simulated[key] for key in split_settings} == {key: offline[key] for key in split_settings}
+    assert simulated["train_splits"] == ["test", "ood"]
+
+
 def router_config(name: str, workdir: Path, tiny_encoder_dir: str) -> Path:
     config = yaml.safe_load((CONFIGS / "routers" / f"{name}.yaml").read_text())
     router = config["model"]["init_args"]["router"]["init_args"]

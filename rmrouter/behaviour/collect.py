@@ -61,6 +61,7 @@ def collect_behaviour(
     pairs = load_pairs(data)
     drop_torn_tail(output)
     done = {record.pair.id for record in read_behaviour(output, pool.names)} if output.is_file() else set()
+    _warn_stale(output, done - {pair.id for pair in pairs})
     pool.to(device)
     batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     todo = [batch for batch in batches if any(pair.id not in done for pair in batch)]
@@ -87,6 +88,18 @@ def collect_behaviour(
     if table is not None and records:
         write_table(records, pool.names, Path(table), output)
     return records
+
+
+def _warn_stale(output: Path, stale: set[str]) -> None:
+    # Records of pairs the data no longer gives (a config changed since) would still train the offline router.
+    if stale:
+        log.warning(
+            "%s holds %d pairs that the configured data no longer gives (e.g. %s); they stay in the file, the table "
+            "and whatever reads it: delete the file to collect the configured data alone",
+            output,
+            len(stale),
+            sorted(stale)[0],
+        )
 
 
 def _score_batch(pool: RewardModelPool, batch: list[PreferenceRecord], seconds: dict[str, float]) -> torch.Tensor:

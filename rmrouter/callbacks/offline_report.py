@@ -17,9 +17,16 @@ ROWS = (
 )
 
 
-def results_table(metrics: dict[str, float], splits: list[str], rm_names: list[str]) -> str:
-    """Markdown: rows are the router and its baselines, columns the splits; accuracies over rows some RM gets right."""
+def results_table(
+    metrics: dict[str, float], splits: list[str], rm_names: list[str], sizes: dict[str, int] | None = None
+) -> str:
+    """Markdown: rows are the router and its baselines, columns the splits; accuracies over rows some RM gets right.
+
+    `sizes` (rows per split) becomes a first `rows` line when given.
+    """
     lines = ["| method | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    if sizes is not None:
+        lines.append("| rows | " + " | ".join(str(sizes.get(s, "n/a")) for s in splits) + " |")
     for label, key in ROWS:
         lines.append(f"| {label} | " + " | ".join(_percent(metrics, f"{s}/{key}") for s in splits) + " |")
     for name in rm_names:
@@ -41,11 +48,13 @@ class OfflineRouterReport(Callback):
     Args:
         path: The markdown file, e.g. `docs/offline_router.md`.
         command: The command that regenerates it, quoted in the file.
+        about: A paragraph on the data, e.g. what the `ood` split holds, written above the table.
     """
 
-    def __init__(self, path: str, command: str):
+    def __init__(self, path: str, command: str, about: str | None = None):
         self.path = Path(path)
         self.command = command
+        self.about = about
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -55,7 +64,8 @@ class OfflineRouterReport(Callback):
         hparams = pl_module.hparams
         mode = "frozen encoder, cached embeddings" if hparams.freeze_encoder else "fine-tuned encoder"
         sizes = getattr(trainer.datamodule, "split_sizes", {})
-        table = results_table(metrics, splits, list(hparams.rm_names))
+        table = results_table(metrics, splits, list(hparams.rm_names), sizes)
+        about = f"{self.about.strip()}\n\n" if self.about else ""
         print(table)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(
@@ -64,8 +74,10 @@ class OfflineRouterReport(Callback):
             f"Encoder `{hparams.encoder}` ({hparams.pooling} pooling, {mode}); checkpoint `{trainer.ckpt_path}`; "
             f"split sizes {sizes}.\n"
             "Router, random, single and majority-vote accuracies are over the rows where at least one RM is right "
-            "(the oracle scores 100 there); the last row is the share of all rows where some RM is right.\n\n"
-            f"{table}\n",
+            "(the oracle scores 100 there); the last row is the share of all rows where some RM is right. "
+            "`ood/<domain>` columns are the `ood` rows of one domain; `best single RM` is the best in hindsight "
+            "on each column.\n\n"
+            f"{about}{table}\n",
             encoding="utf-8",
         )
         log.info("wrote %s", self.path)

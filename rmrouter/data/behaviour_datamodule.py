@@ -5,7 +5,8 @@ strings, and `agree`, `margin` as float tensors `[B, N]` whose column `n` is `rm
 the RM ranks the pair as the label does; `margin` is `score(chosen) - score(rejected)`, NaN where the RM abstained.
 
 Splits are keyed by prompt (`assign_split(split_key(pair), ...)`), so no prompt is in two splits. Rows of the
-out-of-distribution domains or sources are held out whole as split `ood`, evaluated next to `test`.
+out-of-distribution domains or sources are held out whole as split `ood`, evaluated next to `test`; when `ood` spans
+several domains, each domain is evaluated alone too (`ood/<domain>`), so a mixed result shows where it comes from.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class BehaviourDataModule(LightningDataModule):
         split_seed: Seed of the prompt-keyed split assignment.
         ood_domains: Domains held out whole as split `ood` (never trained, validated or tested on).
         ood_sources: Source prefixes held out whole as split `ood` (e.g. `hh-rlhf` or `alpaca_eval/gpt4`).
+        train_splits: The splits the train loader serves; None serves `train`. The simulated online run serves
+            `[test, ood]` with the offline router's split settings, so it routes only pairs the prior never saw.
         batch_size: Pairs per batch on each device.
         num_workers: DataLoader worker processes.
         seed: Seed of the training order (reshuffled every epoch, reproducibly).
@@ -82,6 +85,7 @@ class BehaviourDataModule(LightningDataModule):
         split_seed: int = 0,
         ood_domains: list[str] | None = None,
         ood_sources: list[str] | None = None,
+        train_splits: list[str] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
@@ -98,6 +102,10 @@ class BehaviourDataModule(LightningDataModule):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        train_splits = list(train_splits or ["train"])
+        known = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if ood_domains or ood_sources else [])]
+        if not train_splits or any(name not in known for name in train_splits):
+            raise ValueError(f"train_splits must name splits among {known}, got {train_splits}")
         self.save_hyperparameters()
         self.path = path
         self.rm_names = list(rm_names)
@@ -105,10 +113,13 @@ class BehaviourDataModule(LightningDataModule):
         self.split_seed = split_seed
         self.ood_domains = list(ood_domains or [])
         self.ood_sources = list(ood_sources or [])
+        self.train_splits = train_splits
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
         self.splits: dict[str, BehaviourPairs] | None = None
+        self.ood_by_domain: dict[str, BehaviourPairs] = {}  # `ood/<domain>` views when `ood` spans several domains
+        self.train_pairs: BehaviourPairs | None = None  # the rows of `train_splits`
 
     @property
     def has_ood(self) -> bool:
@@ -123,14 +134,22 @@ class BehaviourDataModule(LightningDataModule):
         grouped: dict[str, list[BehaviourRecord]] = {name: [] for name in names}
         for record in records:
             grouped[self._split_of(record)].append(record)
-        if not grouped["train"]:
+        train_rows = [record for name in self.train_splits for record in grouped[name]]
+        if not train_rows:
             sizes = {name: len(rows) for name, rows in grouped.items()}
             raise ValueError(
-                f"{self.path}: the train split is empty ({len(records)} rows, split sizes {sizes}): raise "
-                "split_fractions['train'] or narrow ood_domains / ood_sources"
+                f"{self.path}: the {' + '.join(self.train_splits)} split is empty ({len(records)} rows, split sizes "
+                f"{sizes}): raise split_fractions['train'] or narrow ood_domains / ood_sources"
             )
         self._warn_unmatched_ood(records)
         self.splits = {name: BehaviourPairs(rows, self.rm_names) for name, rows in grouped.items()}
+        self.train_pairs = BehaviourPairs(train_rows, self.rm_names)
+        ood_domains = sorted({record.pair.domain for record in grouped.get("ood", [])})
+        if len(ood_domains) > 1:
+            self.ood_by_domain = {
+                f"ood/{domain}": BehaviourPairs([r for r in grouped["ood"] if r.pair.domain == domain], self.rm_names)
+                for domain in ood_domains
+            }
         log.info("%s: behaviour split sizes %s", self.path, self.split_sizes)
 
     def _split_of(self, record: BehaviourRecord) -> str:
@@ -156,20 +175,25 @@ class BehaviourDataModule(LightningDataModule):
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        """Rows per split (`train`, `val`, `test`, and `ood` when it is configured)."""
-        return {name: len(dataset) for name, dataset in self._splits().items()}
+        """Rows per split (`train`, `val`, `test`, and `ood` when it is configured), then per `ood/<domain>` view."""
+        return {name: len(dataset) for name, dataset in {**self._splits(), **self.ood_by_domain}.items()}
 
     @property
     def test_split_names(self) -> list[str]:
-        """The split of each loader `test_dataloader` returns, in order (`test`, then `ood`; empty splits left out).
+        """The split of each loader `test_dataloader` returns, in order: `test`, `ood`, then each `ood/<domain>`.
 
-        Use it to name test metrics: dataloader `i` is `test_split_names[i]`, e.g. `test/acc` and `ood/acc`.
+        Empty splits are left out. Use it to name test metrics: dataloader `i` is `test_split_names[i]`, e.g.
+        `test/acc`, `ood/acc` and `ood/koala/acc`.
         """
+        return [name for name, dataset in self._test_splits().items() if len(dataset) > 0]
+
+    def _test_splits(self) -> dict[str, BehaviourPairs]:
         splits = self._splits()
-        return [name for name in ("test", "ood") if name in splits and len(splits[name]) > 0]
+        return {**{name: splits[name] for name in ("test", "ood") if name in splits}, **self.ood_by_domain}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._splits()["train"], shuffle=True)
+        self._splits()
+        return self._loader(self.train_pairs, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         loaders = self._loaders(["val"])
@@ -177,10 +201,10 @@ class BehaviourDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per name of `test_split_names`, in that order."""
-        return self._loaders(["test", *(["ood"] if self.has_ood else [])])
+        return self._loaders(["test", *(["ood"] if self.has_ood else []), *self.ood_by_domain])
 
     def _loaders(self, names: list[str]) -> list[DataLoader]:
-        splits = self._splits()
+        splits = {**self._splits(), **self.ood_by_domain}
         for name in names:
             if len(splits[name]) == 0:
                 log.warning("%s: the %s split is empty, so it is skipped (see split_fractions, ood_*)", self.path, name)

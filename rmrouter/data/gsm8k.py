@@ -3,12 +3,16 @@
 `example_model_solutions.jsonl.gz` holds four real model solutions per test question, each marked correct or not
 against a verified ground truth; a pair is a correct solution (chosen) against an incorrect one (rejected) for the
 same question. Only 731 of the 1,319 questions have both kinds.
+
+Two GPT-3 models wrote the solutions, 6B and 175B parameters, each twice (a fine-tuned sample and the sample its
+verifier picked). Pairs may be restricted to one model's two solutions, e.g. to train on one model's answers and
+evaluate on the other's.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 from rmrouter.data.common import check_positive, early_limit, seeded_pick, stable_hash
 from rmrouter.data.jsonl import OnError, RowError, read_records, required, required_text
@@ -16,6 +20,8 @@ from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
 from rmrouter.data.sources import PreferenceSource, PromptSource
 
 SOLUTION_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+Model = Literal["6b", "175b"]
+MODELS: tuple[Model, ...] = ("6b", "175b")
 PAIRS_SOURCE = "gsm8k/example_model_solutions"
 PROMPTS_SOURCE = "gsm8k/test"
 
@@ -36,13 +42,21 @@ def _solution(row: dict[str, Any], key: str) -> tuple[str, bool]:
     return text, is_correct
 
 
-def parse_solution_pairs(row: dict[str, Any], max_pairs_per_question: int = 1) -> list[PreferenceRecord]:
+def pairs_source(model: Model | None) -> str:
+    """The `source` of the pairs: `gsm8k/example_model_solutions`, with `/<model>` when one model wrote both sides."""
+    return PAIRS_SOURCE if model is None else f"{PAIRS_SOURCE}/{model}"
+
+
+def parse_solution_pairs(
+    row: dict[str, Any], max_pairs_per_question: int = 1, model: Model | None = None
+) -> list[PreferenceRecord]:
     """The correct-vs-incorrect pairs of one question of `example_model_solutions.jsonl.gz`.
 
     Args:
         row: One JSON object with `question`, `ground_truth` and the four `SOLUTION_KEYS`.
         max_pairs_per_question: Keep at most this many of the question's pairs, chosen by a seed derived from the
             question, so the choice is the same on every run.
+        model: Pair only the solutions of this model (`6b` or `175b`); None pairs any two of the four.
 
     Returns:
         Nothing when every solution is correct, every one is wrong, or every correct one is textually identical to
@@ -51,11 +65,12 @@ def parse_solution_pairs(row: dict[str, Any], max_pairs_per_question: int = 1) -
     question = required_text(row, "question")
     ground_truth = required_text(row, "ground_truth")
     solutions = {key: _solution(row, key) for key in SOLUTION_KEYS}
+    keys = [key for key in SOLUTION_KEYS if model is None or key.startswith(f"{model}_")]
     candidates = [
         (good, bad)
-        for good in SOLUTION_KEYS
+        for good in keys
         if solutions[good][1]
-        for bad in SOLUTION_KEYS
+        for bad in keys
         if not solutions[bad][1] and solutions[good][0].strip() != solutions[bad][0].strip()
     ]
     question_hash = stable_hash(question)
@@ -66,7 +81,7 @@ def parse_solution_pairs(row: dict[str, Any], max_pairs_per_question: int = 1) -
             chosen=solutions[good][0],
             rejected=solutions[bad][0],
             domain="math",
-            source=PAIRS_SOURCE,
+            source=pairs_source(model),
             reference=ground_truth,
         )
         for good, bad in seeded_pick(candidates, max_pairs_per_question, question_hash)
@@ -92,11 +107,13 @@ class GSM8KSolutionPairs(PreferenceSource):
     """Correct-vs-incorrect GSM8K model solutions; the reference is the verified ground-truth solution.
 
     Record ids are `gsm8k:<sha1(question)[:12]>:<chosen key>><rejected key>`, e.g.
-    `gsm8k:0a1b2c3d4e5f:175b_verification>6b_finetuning`.
+    `gsm8k:0a1b2c3d4e5f:175b_verification>6b_finetuning`; the source is `pairs_source(model)`.
 
     Args:
         max_pairs_per_question: At most this many pairs per question (each question has at most 4: 2 correct x 2
             wrong); which ones is fixed by a hash of the question.
+        model: Pair only the two solutions of this model (`6b` or `175b`), so a question yields at most one pair;
+            None pairs any two of the four.
         path: An `example_model_solutions.jsonl(.gz)` file; None reads the vendored copy.
         limit: Keep at most this many records (after the split is applied).
         on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
@@ -110,6 +127,7 @@ class GSM8KSolutionPairs(PreferenceSource):
     def __init__(
         self,
         max_pairs_per_question: int = 1,
+        model: Model | None = None,
         path: str | None = None,
         limit: int | None = None,
         on_error: OnError = "raise",
@@ -118,11 +136,14 @@ class GSM8KSolutionPairs(PreferenceSource):
         split_seed: int = 0,
     ):
         check_positive("max_pairs_per_question", max_pairs_per_question)
+        if model is not None and model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS} or None (any two of the four solutions), got {model!r}")
         super().__init__(path, limit, on_error, split, split_fractions, split_seed)
         self.max_pairs_per_question = max_pairs_per_question
+        self.model = model
 
     def read(self) -> list[PreferenceRecord]:
-        parse = partial(parse_solution_pairs, max_pairs_per_question=self.max_pairs_per_question)
+        parse = partial(parse_solution_pairs, max_pairs_per_question=self.max_pairs_per_question, model=self.model)
         return read_records(self.path, parse, self.on_error, early_limit(self))
 
 

@@ -13,7 +13,8 @@ With a frozen encoder, its embeddings are cached by text during a fit and its we
 (rebuilt from the encoder name on load, checked against a saved fingerprint), as in `learned_reward.py`.
 
 Metrics (`RoutingMetrics`) are logged at each epoch's end as `<stage>/<name>`: stage `train`, `val`, and for test
-loader `i` the name `datamodule.test_split_names[i]` (`test`, `ood`); `<stage>/bt_pairs` is logged per step too.
+loader `i` the name `datamodule.test_split_names[i]` (`test`, `ood`, `ood/<domain>`); `<stage>/bt_pairs` is logged
+per step too.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ STAGES = ("train", "val", "test", "ood")
 
 
 def _metrics_key(stage: str) -> str:
-    return f"{stage}_metrics"  # a bare "train" key would shadow nn.Module.train
+    # a bare "train" key would shadow nn.Module.train; "/" (as in `ood/koala`) is no module-name character
+    return f"{stage.replace('/', '__')}_metrics"
 
 
 class OfflineRouterModule(LightningModule):
