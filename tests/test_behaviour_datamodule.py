@@ -255,7 +255,7 @@ def test_real_behaviour_file_holds_out_safety():
     rm_names = ["gsm8k-verifier", "length", "minilm-reference", "smollm2-likelihood", "minilm-bt-safety"]
     module = make_module(str(REAL_FILE), rm_names=rm_names, ood_domains=["safety"])
     sizes = module.split_sizes
-    assert sizes["ood"] == 120 and sum(sizes.values()) == 480
+    assert sizes["ood"] == 120 and sum(sizes.values()) == 540
     batch = next(iter(module.train_dataloader()))
     in_distribution = {"math", "helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
     assert batch["agree"].shape == (4, 5) and set(batch["domain"]) <= in_distribution
