@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import copy
 import inspect
-import re
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs, implicit_kl, response_logprobs
+from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs, response_logprobs
 from rmrouter.modules import generation as gen
+from rmrouter.modules.online_logging import log_completions, log_dpo, log_labelling, log_samples
 from rmrouter.modules.online_pairs import (
     Candidates,
     LiveJudge,
@@ -28,6 +28,7 @@ from rmrouter.modules.online_pairs import (
     live_candidates,
     simulated_candidates,
 )
+from rmrouter.modules.trainable_checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairJudge, Router
 
@@ -147,25 +148,14 @@ class OnlineDPOModule(LightningModule):
         self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Only what training changes: the frozen rest (the LoRA base, the reference copy) is rebuilt from `policy` by
-        # configure_model, so a LoRA checkpoint holds megabytes, not the whole model, and is quick to write.
-        trainable = self._trainable_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # Only what training changes: configure_model rebuilds the frozen rest from `policy` (trainable_checkpoint).
+        keep_trainable_weights(checkpoint, self._trainable_names())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Loading is not strict (the frozen weights are not in the file), so a missing trained weight is caught here.
-        missing = sorted(self._trainable_names() - set(checkpoint["state_dict"]))
-        if missing:
-            raise KeyError(
-                f"the checkpoint lacks {len(missing)} trained weights of this policy (e.g. {missing[:3]}): it was "
-                "written for another `policy` or `lora` setting"
-            )
+        check_trainable_weights(checkpoint, self._trainable_names())
 
     def _trainable_names(self) -> set[str]:
-        # Under FSDP with activation checkpointing the live names carry the wrappers' segments, which the full state
-        # dict in the checkpoint leaves out (as torch's `clean_tensor_name` does).
-        names = {name for name, parameter in self.named_parameters() if parameter.requires_grad}
-        return {re.sub(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module)\.", "", name) for name in names}
+        return trainable_names(self.named_parameters())
 
     def configure_optimizers(self):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -179,12 +169,6 @@ class OnlineDPOModule(LightningModule):
 
             self._pool_judge = PoolJudge(self.pool)
         return self._pool_judge
-
-    def _log_rm_errors(self) -> None:
-        # Every RM at every step, so a healthy RM shows a flat 0 rather than no curve; a judge that keeps no error
-        # counts (a test's stand-in) logs nothing.
-        for name, count in getattr(self.live_judge(), "errors", {}).items():
-            self._log(f"train/rm_errors/{name}", float(count))
 
     def recorded_judge(self, margins: Tensor) -> PairJudge:
         from rmrouter.routers.judges import RecordedJudge
@@ -277,7 +261,7 @@ class OnlineDPOModule(LightningModule):
             if pairs:
                 loss = out.losses.mean()
                 both = torch.cat([trained, trained + n])
-                self._log_dpo(out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
+                log_dpo(self._log, out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
         router.observe(routing, losses)
         self._trained_pairs = pairs
         if loss is None:
@@ -285,12 +269,11 @@ class OnlineDPOModule(LightningModule):
         self._log("train/pairs", float(pairs))
         self._log("train/candidate_pairs", float(len(preference)))
         if completions is not None:
-            flat = [c for row in completions for c in row]
-            self._log("train/eos_rate", sum(c.has_eos for c in flat) / len(flat))
-            self._log_text(batch, completions)
-            self._log_rm_errors()
+            log_completions(self._log, completions, self.live_judge())
+            log_samples(self.logger, batch, completions, self.global_step, self.hparams.log_text_every_n_steps)
         if candidates.truth is not None:
-            self._log_labelling(candidates, preference)
+            # This rank's outcome per routed pair, for exact run totals (`rmrouter.callbacks.LabellingTally`).
+            self.last_labelling = log_labelling(self._log, candidates, preference)
         for name, value in router.metrics().items():
             self._log(name, float(value))
         return loss
@@ -329,33 +312,3 @@ class OnlineDPOModule(LightningModule):
         # This step's values only (the trainer's metric dicts keep earlier steps' keys), for callbacks such as the
         # closing summary.
         self.step_values[name] = float(value)
-
-    def _log_dpo(self, out, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
-        self._log("train/dpo_loss", out.losses.detach().mean())
-        self._log("train/reward_margin", out.reward_margins.mean())
-        self._log("train/reward_acc", out.reward_accuracies.mean())
-        self._log("train/implicit_kl", implicit_kl(policy.detach(), reference))
-        self._log("train/response_length", sum(len(r) for r in responses) / len(responses))
-
-    def _log_labelling(self, candidates: Candidates, preference: Tensor) -> None:
-        # An abstention or tie (preference 0) is not a correct label: the share is over every routed pair.
-        correct = (preference == candidates.truth).float()
-        self._log("train/labelling_acc", correct.mean())
-        domains = candidates.pairs.domains
-        # This rank's outcome, `(domains, correct)` per routed pair, for exact run totals
-        # (`rmrouter.callbacks.LabellingTally` takes it in on_train_batch_end).
-        self.last_labelling = (list(domains), correct.bool())
-        for domain in sorted(set(domains)):
-            rows = [i for i, d in enumerate(domains) if d == domain]
-            self._log(f"train/labelling_acc/{domain}", correct[rows].mean())
-
-    def _log_text(self, batch, completions) -> None:
-        every = self.hparams.log_text_every_n_steps
-        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
-        if every <= 0 or self.global_step % every or not hasattr(experiment, "add_text"):
-            return
-        lines = []
-        for record, samples in list(zip(batch, completions, strict=True))[:2]:
-            lines.append(f"**{record.domain}** `{record.prompt[-1]['content'][:500]}`")
-            lines += [f"- {'' if c.has_eos else '(cut) '}{c.text[:1000]}" for c in samples]
-        experiment.add_text("train/samples", "\n\n".join(lines), self.global_step)
