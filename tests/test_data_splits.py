@@ -33,6 +33,17 @@ def test_assign_split_respects_fractions(fractions, expected):
         assert abs(counts[name] / len(IDS) - share) < 0.02
 
 
+def test_two_split_schemes_over_the_same_rows_are_independent_at_the_same_seed():
+    """A source's {behaviour, ood} split, then a DataModule's train/val/test split of the behaviour rows."""
+    behaviour = [key for key in IDS if assign_split(key, {"behaviour": 0.5, "ood": 0.5}, seed=0) == "behaviour"]
+    counts = Counter(assign_split(key, FRACTIONS, seed=0) for key in behaviour)
+    for name, share in FRACTIONS.items():
+        assert abs(counts[name] / len(behaviour) - share) < 0.03, counts
+    # the same scheme resized moves only the rows it must: a larger train split keeps every train row
+    larger = {"train": 0.9, "val": 0.05, "test": 0.05}
+    assert all(assign_split(key, larger, 0) == "train" for key in IDS if assign_split(key, FRACTIONS, 0) == "train")
+
+
 @pytest.mark.parametrize("fractions", [{}, {"a": 0.0}, {"a": -0.1, "b": 1.0}])
 def test_assign_split_refuses_bad_fractions(fractions):
     with pytest.raises(ValueError, match="split fractions"):

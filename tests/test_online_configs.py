@@ -31,7 +31,8 @@ def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path
     assert config["data"]["init_args"]["rm_names"] == RM_NAMES
     config["model"]["init_args"]["policy"] = tiny_causal_lm_dir
     config["trainer"].update(max_steps=2, enable_progress_bar=False)
-    config["data"]["init_args"]["batch_size"] = 4
+    # all 24 rows, so each step has 4 pairs (the shipped config routes only the test and ood rows of a large file)
+    config["data"]["init_args"].update(batch_size=4, train_splits=["train", "val", "test", "ood"])
     (tmp_path / "simulated.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
@@ -86,21 +87,23 @@ def test_simulated_fit_resumed_after_a_stop_equals_an_uninterrupted_one(workdir,
         str(router_config("bayesian", workdir, tiny_encoder_dir)),
         "--config",
         str(CONFIGS / "trainer" / "cpu.yaml"),
+        # the 6 koala rows in batches of 2: 3 steps per epoch, so 5 steps cross into a second epoch
+        "--data.init_args.train_splits=[ood]",
+        "--data.init_args.batch_size=2",
     ]
     last = workdir / "checkpoints" / "online" / "simulated" / "last.ckpt"
-    main(["fit", *configs, "--trainer.max_steps", "3"])
+    main(["fit", *configs, "--trainer.max_steps", "5"])
     uninterrupted = torch.load(last, weights_only=False)
     last.unlink()
-    main(["fit", *configs, "--trainer.max_steps", "1"])  # stopped after one step...
-    main(["fit", *configs, "--trainer.max_steps", "3", "--ckpt_path", "last"])  # ...and resumed mid-epoch
+    main(["fit", *configs, "--trainer.max_steps", "2"])  # stopped in mid-epoch...
+    main(["fit", *configs, "--trainer.max_steps", "5", "--ckpt_path", "last"])  # ...and resumed
     resumed = torch.load(last, weights_only=False)
 
-    assert resumed["global_step"] == uninterrupted["global_step"] == 3
-    # the routed test + ood rows are few, so the 3 steps cross an epoch boundary: later epochs' orders must survive
+    assert resumed["global_step"] == uninterrupted["global_step"] == 5
     (loader,) = uninterrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert loader["_sampler_iter_state"]["sampler_state"]["epoch"] >= 1
+    assert loader["_sampler_iter_state"]["sampler_state"] == {"epoch": 1, "yielded": 4}
     (key,) = [key for key in uninterrupted["callbacks"] if "Router[" in key]
-    assert resumed["callbacks"][key]["pairs_routed"] == 12  # 3 batches of 4: not reset by the restart
+    assert resumed["callbacks"][key]["pairs_routed"] == 10  # 5 batches of 2: not reset by the restart
     # same batches in the same order (the loader's position is restored), so the same losses, posteriors and weights
     torch.testing.assert_close(resumed["callbacks"][key], uninterrupted["callbacks"][key], rtol=0, atol=0)
     torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)

@@ -34,11 +34,18 @@ def split_key(record: PreferenceRecord | PromptRecord) -> str:
 
 
 def assign_split(key: str, fractions: dict[str, float], seed: int) -> str:
-    """The split of `key` (see `split_key`): a seeded hash of it mapped onto the cumulative `fractions`."""
+    """The split of `key` (see `split_key`): a hash of it, the seed and the split names, mapped onto the cumulative
+    `fractions`.
+
+    The names are hashed too so that two split schemes over the same rows, such as a source's `{behaviour, ood}`
+    and a DataModule's `{train, val, test}` later, are independent at the same seed; hashing the seed alone nests
+    them, and every `behaviour` row (the lower half) would then land in `train` (the lower 70 %). Resizing a
+    scheme's fractions keeps its names and so moves as few rows as possible.
+    """
     total = sum(fractions.values())
     if not fractions or total <= 0 or any(value < 0 for value in fractions.values()):
         raise ValueError(f"split fractions must be non-negative and sum to more than 0, got {fractions}")
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{'/'.join(fractions)}:{key}".encode()).digest()
     position = int.from_bytes(digest[:8], "big") / 2**64 * total
     cumulative = 0.0
     for name, fraction in fractions.items():
