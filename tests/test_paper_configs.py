@@ -210,7 +210,7 @@ def paper_workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_classifier_dir
     (tmp_path / "behaviour.yaml").write_text(yaml.safe_dump(behaviour))
     main(["collect", "--config", str(tmp_path / "behaviour.yaml")])
     records = read_behaviour(tmp_path / behaviour["output"], list(PAPER_RMS))
-    assert len(records) == 24 and all(set(record.margin) == set(PAPER_RMS) for record in records)
+    assert len(records) == 30 and all(set(record.margin) == set(PAPER_RMS) for record in records)
 
     offline = load(PAPER / "offline_router.yaml")
     model = offline["model"]["init_args"]
@@ -218,7 +218,7 @@ def paper_workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_classifier_dir
     assert (model["encoder"], model["pooling"]) == ("smollm2-135m-instruct", "last_token")
     assert not model["freeze_encoder"]  # the paper fine-tunes the encoder
     model["encoder"] = tiny_causal_lm_dir  # a 2-layer Llama, as SmolLM2 is a Llama
-    offline["data"]["init_args"].update(ood_domains=[], batch_size=8)  # too few rows for a held-out domain
+    offline["data"]["init_args"].update(ood_domains=[], ood_sources=[], batch_size=8)  # too few rows to hold out
     offline["trainer"].update(max_epochs=1, enable_progress_bar=False)
     (tmp_path / "offline_router.yaml").write_text(yaml.safe_dump(offline))
     main(["fit", "--config", str(tmp_path / "offline_router.yaml"), "--config", str(CPU_OVERLAY)])
