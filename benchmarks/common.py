@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,3 +29,27 @@ def write_report(path: Path, title: str, notes: str, table: str) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\nWritten by `{command}` ({machine}); do not edit by hand.\n{notes}\n\n{table}\n")
+
+
+def redirected_trainer(config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """An overlay config of `config`'s trainer keys that sends everything one run writes into `folder`.
+
+    Checkpoints (a callback's `dirpath`), files a callback writes (its `path` or `*_path` arguments, kept by file
+    name), `default_root_dir` and the logger's `save_dir` all move there, so runs of one config side by side never
+    overwrite each other's outputs, nor the default run's.
+    """
+    trainer = config.get("trainer", {})
+    callbacks = []
+    for callback in trainer.get("callbacks") or []:
+        init_args = dict(callback.get("init_args") or {})
+        for key, value in init_args.items():
+            if key == "dirpath":
+                init_args[key] = str(folder)
+            elif (key == "path" or key.endswith("_path")) and isinstance(value, str):
+                init_args[key] = str(folder / Path(value).name)
+        callbacks.append({**callback, "init_args": init_args})
+    overlay: dict[str, Any] = {"trainer": {"default_root_dir": str(folder), "callbacks": callbacks}}
+    logger = trainer.get("logger")
+    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
+        overlay["trainer"]["logger"] = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder)}}
+    return overlay

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import write_report
+from common import redirected_trainer, write_report
 
 from rmrouter.cli import main as cli_main
 
@@ -54,18 +54,8 @@ def default_methods(routers: Path) -> list[str]:
 
 def overlay_config(simulated: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The trainer keys that send one method's run to `folder` and add the tally, from the simulated config's own."""
-    trainer = simulated.get("trainer", {})
-    callbacks = []
-    for callback in trainer.get("callbacks") or []:
-        init_args = dict(callback.get("init_args") or {})
-        if "dirpath" in init_args:  # ModelCheckpoint: each method's last.ckpt in its own folder
-            init_args["dirpath"] = str(folder)
-        callbacks.append({**callback, "init_args": init_args})
-    callbacks.append({"class_path": TALLY, "init_args": {"path": str(folder / "labelling.json")}})
-    overlay: dict[str, Any] = {"trainer": {"default_root_dir": str(folder), "callbacks": callbacks}}
-    logger = trainer.get("logger")
-    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
-        overlay["trainer"]["logger"] = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder)}}
+    overlay = redirected_trainer(simulated, folder)
+    overlay["trainer"]["callbacks"].append({"class_path": TALLY, "init_args": {"path": str(folder / "labelling.json")}})
     return overlay
 
 

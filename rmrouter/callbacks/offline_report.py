@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -49,12 +50,15 @@ class OfflineRouterReport(Callback):
         path: The markdown file, e.g. `docs/offline_router.md`.
         command: The command that regenerates it, quoted in the file.
         about: A paragraph on the data, e.g. what the `ood` split holds, written above the table.
+        metrics_path: A JSON file that also receives the numbers behind the table (`splits`, `sizes` and every
+            logged `metrics` value), for scripts that compare runs; None writes none.
     """
 
-    def __init__(self, path: str, command: str, about: str | None = None):
+    def __init__(self, path: str, command: str, about: str | None = None, metrics_path: str | None = None):
         self.path = Path(path)
         self.command = command
         self.about = about
+        self.metrics_path = None if metrics_path is None else Path(metrics_path)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -81,3 +85,8 @@ class OfflineRouterReport(Callback):
             encoding="utf-8",
         )
         log.info("wrote %s", self.path)
+        if self.metrics_path is not None:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            results = {"splits": splits, "sizes": sizes, "metrics": metrics}
+            self.metrics_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            log.info("wrote %s", self.metrics_path)
