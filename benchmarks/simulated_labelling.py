@@ -89,13 +89,9 @@ def run_method(args: argparse.Namespace, method: str, passthrough: list[str]) ->
             return {**json.loads(tally.read_text()), **previous}
     tally.unlink(missing_ok=True)
     log.info("%s: python cli.py %s", method, " ".join(fit_args))
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it is given args and sys.argv holds others
-    try:
-        start = time.perf_counter()
-        cli_main(fit_args)
-        seconds = time.perf_counter() - start
-    finally:
-        sys.argv = argv  # write_report quotes this script's own command line
+    start = time.perf_counter()
+    cli_main(fit_args)  # which hides this script's sys.argv from LightningCLI while it runs
+    seconds = time.perf_counter() - start
     if not tally.exists():
         raise RuntimeError(f"{method}: the fit wrote no {tally}; did it train any simulated batch?")
     saved = folder / "tensorboard" / "config.yaml"  # what LightningCLI saved: the composed config of the run
