@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rmrouter.pipeline import readme_block, show_in_readme, summary_block
@@ -28,3 +29,12 @@ def test_the_pipeline_refreshes_the_readme_block_and_leaves_other_readmes_alone(
     plain.write_text("no block here\n")
     show_in_readme("## new run\n", plain)
     assert plain.read_text() == "no block here\n"
+
+
+def test_every_file_the_readme_links_to_is_in_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [target for target in targets if "://" not in target]
+    assert "docs/offline_router.md" in local  # the pattern finds the links
+    missing = [target for target in local if not (ROOT / target).exists()]
+    assert missing == [], f"README.md links to files that are not in the repository: {missing}"
