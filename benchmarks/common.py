@@ -31,6 +31,13 @@ def write_report(path: Path, title: str, notes: str, table: str) -> None:
     path.write_text(f"# {title}\n\nWritten by `{command}` ({machine}); do not edit by hand.\n{notes}\n\n{table}\n")
 
 
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A script's own arguments, and those after `--` that it hands to every CLI run unchanged."""
+    if "--" not in argv:
+        return argv, []
+    return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+
+
 def redirected_trainer(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     """An overlay config of `config`'s trainer keys that sends everything one run writes into `folder`.
 

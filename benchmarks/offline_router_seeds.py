@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import redirected_trainer, write_report
+from common import redirected_trainer, split_passthrough, write_report
 
 from rmrouter.callbacks.offline_report import ROWS
 from rmrouter.cli import main as cli_main
@@ -139,7 +139,7 @@ def notes(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> str:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    own, passthrough = split_passthrough(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one fit and test per seed")
     parser.add_argument("--config", type=Path, default=Path("configs/offline_router.yaml"), help="the router config")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import redirected_trainer, write_report
+from common import redirected_trainer, split_passthrough, write_report
 
 from rmrouter.cli import main as cli_main
 
@@ -174,7 +174,7 @@ def prior_note(data: dict[str, Any]) -> str:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    own, passthrough = split_passthrough(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=None, help="router configs by name; default: all of them")
     parser.add_argument("--policy", default="smollm2-135m-instruct", help="the policy model (name or folder)")
