@@ -65,3 +65,18 @@ def test_resume_from_last_continues_where_it_stopped(workdir, tiny_encoder_dir):
     second = torch.load(last, weights_only=False)
     assert second["epoch"] > first["epoch"]
     assert second["global_step"] == 2 * first["global_step"]
+
+
+
+def test_a_fast_dev_run_trains_one_batch_and_leaves_the_real_runs_files_alone(workdir, tiny_encoder_dir):
+    cli("fit", encoder=tiny_encoder_dir)
+    cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
+    outputs = [workdir / "docs" / "offline_router.md", *(workdir / "checkpoints" / "offline_router").rglob("*")]
+    before = {path: path.read_bytes() for path in outputs if path.is_file()}
+    assert {path.name for path in before} >= {"best.ckpt", "last.ckpt", "prior.pt", "offline_router.md"}
+
+    cli("fit", "--trainer.fast_dev_run", "true", "--seed_everything", "1", encoder=tiny_encoder_dir)
+    cli("test", "--trainer.fast_dev_run", "true", "--ckpt_path", "checkpoints/offline_router/best.ckpt",
+        encoder=tiny_encoder_dir)  # fmt: skip
+    after = [workdir / "docs" / "offline_router.md", *(workdir / "checkpoints" / "offline_router").rglob("*")]
+    assert {path: path.read_bytes() for path in after if path.is_file()} == before

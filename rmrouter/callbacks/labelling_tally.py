@@ -20,6 +20,7 @@ import torch.distributed as dist
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.base import Router
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class LabellingTally(Callback):
         }
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.path is None or not trainer.is_global_zero:
+        if self.path is None or not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.summary(), indent=2) + "\n", encoding="utf-8")

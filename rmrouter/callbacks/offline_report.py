@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from rmrouter.callbacks.smoke_run import writes_artifacts
+
 log = logging.getLogger(__name__)
 
 ROWS = (
@@ -61,7 +63,7 @@ class OfflineRouterReport(Callback):
         self.metrics_path = None if metrics_path is None else Path(metrics_path)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         splits = list(getattr(trainer.datamodule, "test_split_names", ["test"]))

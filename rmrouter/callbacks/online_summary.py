@@ -19,6 +19,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.base import Router
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class OnlineSummary(Callback):
     def _report(self, trainer: Trainer) -> None:
         text = self.render(trainer)
         log.info("\n%s", text)
-        if self.path is not None:
+        if self.path is not None and writes_artifacts(trainer, self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(text)
             log.info("online summary written to %s", self.path)

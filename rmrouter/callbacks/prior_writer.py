@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.prior import RouterPrior
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class RouterPriorWriter(Callback):
         self.path = Path(path)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
             return
         metadata = {
             "global_step": trainer.global_step,

@@ -1,0 +1,39 @@
+"""A smoke run (`--trainer.fast_dev_run`) leaves no file behind: it must never replace what a real run wrote.
+
+Lightning turns checkpointing and loggers off under `fast_dev_run`, but two things still write: its own
+`ModelCheckpoint`, which saves `last.ckpt` in `on_train_end` whatever the mode (Lightning 2.6: that hook does not ask
+`_should_skip_saving_checkpoint`, the check every other save goes through), and callbacks of our own that write an
+artifact when a run ends. A one-batch smoke test of a shipped config, pointed at the same folders as the real run,
+would then replace a trained router's `last.ckpt` and `prior.pt` or a committed report with one batch's worth. Every
+artifact writer of `rmrouter.callbacks` asks `writes_artifacts` first, and the shipped configs checkpoint with
+`ModelCheckpoint` below.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def writes_artifacts(trainer: Trainer, path: str | Path | None = None) -> bool:
+    """False under `fast_dev_run`, saying so for `path` when one is given; True otherwise."""
+    if not trainer.fast_dev_run:
+        return True
+    if path is not None:
+        log.info("fast_dev_run: not writing %s (a smoke run leaves the real run's files as they are)", path)
+    return False
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's `ModelCheckpoint` (same arguments), except that a `fast_dev_run` saves no `last.ckpt` either."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if self.save_last and not writes_artifacts(trainer, last):
+            return
+        super().on_train_end(trainer, pl_module)
