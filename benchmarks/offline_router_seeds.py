@@ -35,7 +35,7 @@ from rmrouter.cli import main as cli_main
 
 log = logging.getLogger("offline_router_seeds")
 
-REPORT = "rmrouter.callbacks.OfflineRouterReport"
+REPORT = "OfflineRouterReport"  # rmrouter.callbacks, by either import path
 ROUTER, BASELINES = ROWS[0], ROWS[1:]
 
 
@@ -43,7 +43,7 @@ def overlay_config(config: dict[str, Any], folder: Path, command: str) -> dict[s
     """The trainer keys that send one seed's run to `folder`, with the results report also writing `metrics.json`."""
     overlay = redirected_trainer(config, folder)
     for callback in overlay["trainer"]["callbacks"]:
-        if callback["class_path"].rsplit(".", 1)[-1] == REPORT.rsplit(".", 1)[-1]:
+        if callback["class_path"].endswith(f".{REPORT}"):
             callback["init_args"].update(metrics_path=str(folder / "metrics.json"), command=command)
             break
     else:
