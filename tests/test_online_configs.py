@@ -109,6 +109,22 @@ def test_simulated_fit_resumed_after_a_stop_equals_an_uninterrupted_one(workdir,
     torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)
 
 
+
+def test_a_fast_dev_run_leaves_the_real_runs_checkpoint_summary_and_tally_alone(workdir, tiny_encoder_dir):
+    folder = workdir / "checkpoints" / "online" / "simulated"
+    args = [
+        "fit", "--config", str(workdir / "simulated.yaml"),
+        "--config", str(router_config("bayesian", workdir, tiny_encoder_dir)),
+        "--trainer.callbacks+=rmrouter.callbacks.OnlineSummary", f"--trainer.callbacks.path={folder / 'summary.md'}",
+        "--trainer.callbacks+=rmrouter.callbacks.LabellingTally", f"--trainer.callbacks.path={folder / 'tally.json'}",
+    ]  # fmt: skip
+    main(args)
+    before = {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    assert {path.name for path in before} == {"last.ckpt", "summary.md", "tally.json"}
+    main([*args, "--trainer.fast_dev_run=true", "--seed_everything=1"])
+    assert {path: path.read_bytes() for path in folder.iterdir() if path.is_file()} == before
+
+
 @pytest.mark.slow
 def test_two_process_ddp_run_leaves_identical_router_state_on_both_ranks(workdir, tiny_encoder_dir):
     """`python cli.py fit` with configs/trainer/ddp_cpu.yaml: 2 gloo processes, as a user would run it."""
