@@ -151,10 +151,21 @@ def notes(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         "Select rates are shares of the pairs labelled by one RM (`-` for routers that aggregate every RM). Wall "
         "time is the whole `fit` call, loading the policy included.",
         prior_note(data),
+        sample_note(results),
     ]
     if not same_pairs:
         lines.append("**The methods did not route the same pairs** (see each method's pairs in its labelling.json).")
     return "\n".join(["", *lines])
+
+
+def sample_note(results: dict[str, dict[str, Any]]) -> str:
+    """How much one pair weighs: every method is a single run, and a run of a Thompson-sampling router is noisy."""
+    pairs = max(summary["pairs"]["overall"] for summary in results.values())
+    return (
+        f"Each method is one run from one seed over {pairs} routed pairs, so one pair is {100 / pairs:.2f} points "
+        "overall and more in a small domain column; a gap of a few pairs between methods can come from one run's "
+        "randomness alone (its Thompson or random draws, and the CPU's bfloat16 kernels behind the DPO losses)."
+    )
 
 
 def prior_note(data: dict[str, Any]) -> str:

@@ -160,5 +160,6 @@ def test_report_script_writes_exact_accuracies_of_each_method(workdir, tiny_caus
     assert f"| method | router | overall | {' | '.join(domains)} |" in text
     assert "| single | SingleRMRouter | " + " | ".join(["100.0"] * (1 + len(domains))) + " |" in text
     assert "| majority | MajorityVoteRouter | " + " | ".join(["0.0"] * (1 + len(domains))) + " |" in text
+    assert "one run from one seed over 8 routed pairs, so one pair is 12.50 points" in text
     assert "88.23 %" in text and "Written by `python benchmarks/simulated_labelling.py --methods single" in text
     assert yaml.safe_load((workdir / "runs" / "single" / "report_overlay.yaml").read_text())["trainer"]["callbacks"]
