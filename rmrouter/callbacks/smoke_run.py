@@ -20,12 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpo
 log = logging.getLogger(__name__)
 
 
-def writes_artifacts(trainer: Trainer, path: str | Path | None = None) -> bool:
-    """False under `fast_dev_run`, saying so for `path` when one is given; True otherwise."""
+def writes_artifacts(trainer: Trainer, path: str | Path) -> bool:
+    """Whether a callback may write `path`: not under `fast_dev_run`, which logs that it is left alone."""
     if not trainer.fast_dev_run:
         return True
-    if path is not None:
-        log.info("fast_dev_run: not writing %s (a smoke run leaves the real run's files as they are)", path)
+    log.info("fast_dev_run: not writing %s (a smoke run leaves the real run's files as they are)", path)
     return False
 
 
