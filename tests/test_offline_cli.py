@@ -67,7 +67,6 @@ def test_resume_from_last_continues_where_it_stopped(workdir, tiny_encoder_dir):
     assert second["global_step"] == 2 * first["global_step"]
 
 
-
 def test_a_fast_dev_run_trains_one_batch_and_leaves_the_real_runs_files_alone(workdir, tiny_encoder_dir):
     cli("fit", encoder=tiny_encoder_dir)
     cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)

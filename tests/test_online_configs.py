@@ -109,7 +109,6 @@ def test_simulated_fit_resumed_after_a_stop_equals_an_uninterrupted_one(workdir,
     torch.testing.assert_close(resumed["state_dict"], uninterrupted["state_dict"], rtol=0, atol=0)
 
 
-
 def test_a_fast_dev_run_leaves_the_real_runs_checkpoint_summary_and_tally_alone(workdir, tiny_encoder_dir):
     folder = workdir / "checkpoints" / "online" / "simulated"
     args = [
