@@ -36,7 +36,7 @@ from rmrouter.cli import main as cli_main
 log = logging.getLogger("offline_router_seeds")
 
 REPORT = "OfflineRouterReport"  # rmrouter.callbacks, by either import path
-ROUTER, BASELINES = ROWS[0], ROWS[1:]
+(_, ROUTER_KEY), *BASELINES = ROWS  # "router_acc", then the baselines' (label, key)
 
 
 def overlay_config(config: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def summary_table(runs: dict[int, dict[str, Any]]) -> str:
     columns = ["rows", "router mean", "router std", "router min", "router max", *labels, "router > best single"]
     lines = ["| split | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for split in first["splits"]:
-        router = [run["metrics"][f"{split}/{ROUTER[1]}"] for run in runs.values()]
+        router = [run["metrics"][f"{split}/{ROUTER_KEY}"] for run in runs.values()]
         best_single = [run["metrics"][f"{split}/baseline/best_single"] for run in runs.values()]
         spread = statistics.stdev(router) if len(router) > 1 else float("nan")
         wins = sum(r > b for r, b in zip(router, best_single, strict=True))
@@ -108,7 +108,7 @@ def per_seed_table(runs: dict[int, dict[str, Any]]) -> str:
     splits = next(iter(runs.values()))["splits"]
     lines = ["| seed | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for seed, run in runs.items():
-        lines.append(f"| {seed} | " + " | ".join(percent(run["metrics"][f"{s}/{ROUTER[1]}"]) for s in splits) + " |")
+        lines.append(f"| {seed} | " + " | ".join(percent(run["metrics"][f"{s}/{ROUTER_KEY}"]) for s in splits) + " |")
     return "\n".join(lines)
 
 
