@@ -1,9 +1,9 @@
 """Lightning callbacks: the glue between training runs and the artifacts and reports they leave."""
 
+from rmrouter.callbacks.checkpoint import ModelCheckpoint
 from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
 from rmrouter.callbacks.online_summary import OnlineSummary
 from rmrouter.callbacks.prior_writer import RouterPriorWriter
-from rmrouter.callbacks.smoke_run import ModelCheckpoint
 
 __all__ = ["LabellingTally", "ModelCheckpoint", "OfflineRouterReport", "OnlineSummary", "RouterPriorWriter"]

@@ -6,7 +6,7 @@ Lightning turns checkpointing and loggers off under `fast_dev_run`, but two thin
 artifact when a run ends. A one-batch smoke test of a shipped config, pointed at the same folders as the real run,
 would then replace a trained router's `last.ckpt` and `prior.pt` or a committed report with one batch's worth. Every
 artifact writer of `rmrouter.callbacks` asks `writes_artifacts` first, and the shipped configs checkpoint with
-`ModelCheckpoint` below.
+`rmrouter.callbacks.checkpoint.ModelCheckpoint`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +25,3 @@ def writes_artifacts(trainer: Trainer, path: str | Path) -> bool:
         return True
     log.info("fast_dev_run: not writing %s (a smoke run leaves the real run's files as they are)", path)
     return False
-
-
-class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's `ModelCheckpoint` (same arguments), except that a `fast_dev_run` saves no `last.ckpt` either."""
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        last = Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        if self.save_last and not writes_artifacts(trainer, last):
-            return
-        super().on_train_end(trainer, pl_module)

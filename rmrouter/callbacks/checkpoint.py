@@ -1,0 +1,53 @@
+"""The project's `ModelCheckpoint`: Lightning's, with `last.ckpt` always the latest epoch and never a smoke run's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+
+from rmrouter.callbacks.smoke_run import writes_artifacts
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's `ModelCheckpoint` (same arguments), with two changes to `last.ckpt`.
+
+    - `last.ckpt` is the state at the end of the latest epoch trained, whatever the monitor says. Lightning 2.6 writes
+      it only in a step that also saved a top-k checkpoint ("Only save last checkpoint if a checkpoint was actually
+      saved in this step", in `on_train_epoch_end` and `on_validation_end`), and its `on_train_end` skips the save once
+      any last checkpoint exists; with a `monitor` and `save_top_k: 1`, `last.ckpt` was the last *improvement*, so
+      `fit --ckpt_path last` went back to that epoch and trained the rest again. Here each epoch-end save that Lightning
+      leaves out is made. A subclass rather than a second, monitor-free callback: one YAML entry per config, and
+      `best.ckpt`/`last.ckpt` keep coming from the one callback that `--ckpt_path best|last` resolves through. It
+      relies on Lightning's private `_save_last_checkpoint` and `_last_global_step_saved` (the package pins
+      `lightning<2.7`); `tests/test_checkpoint.py` pins the upstream behaviour, so an upgrade that changes it is seen.
+    - At the end of `fit`, `last.ckpt` is saved once more if the final step was not saved yet (a step schedule such as
+      the online configs' `every_n_train_steps: 4` with `max_steps` not a multiple of it), where Lightning keeps the
+      last scheduled one.
+    - A `fast_dev_run` saves no `last.ckpt` either.
+    """
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self._save_last_of_epoch(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_of_epoch(trainer)
+
+    def _save_last_of_epoch(self, trainer: Trainer) -> None:
+        epoch_schedule = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        saved_this_step = self._last_global_step_saved == trainer.global_step
+        if self.save_last and epoch_schedule and not saved_this_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        last = Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if self.save_last and not writes_artifacts(trainer, last):
+            return
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
