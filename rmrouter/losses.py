@@ -35,11 +35,13 @@ def pair_accuracy(chosen_scores: Tensor, rejected_scores: Tensor) -> Tensor:
     return (wins + 0.5 * ties).mean()
 
 
-def disagreement_pairs(agree: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """All `(i, n, n')` with `agree[i, n] == 1` and `agree[i, n'] == 0`: RM `n` right and RM `n'` wrong on row `i`.
+def disagreement_pairs(agree: Tensor, eligible: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """All `(i, n, n')` with RM `n` right and RM `n'` wrong on row `i`, both able to judge it.
 
     Args:
         agree: `[B, N]`, 1.0 where RM `n` ranks pair `i` as its label does, 0.0 where it does not.
+        eligible: `[B, N]` bool, False where RM `n` cannot judge pair `i` (it abstained): such an RM is neither right
+            nor wrong there, so it is in no pair of that row. None: every RM judged every row.
 
     Returns:
         `(rows, better, worse)`, three long tensors of one length, in lexicographic order of `(i, n, n')`.
@@ -47,10 +49,14 @@ def disagreement_pairs(agree: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if agree.dim() != 2:
         raise ValueError(f"agree must be [batch, rms], got shape {tuple(agree.shape)}")
     right, wrong = agree == 1, agree == 0
+    if eligible is not None:
+        if eligible.shape != agree.shape:
+            raise ValueError(f"eligible {tuple(eligible.shape)} must have agree's shape {tuple(agree.shape)}")
+        right, wrong = right & eligible, wrong & eligible
     return (right.unsqueeze(2) & wrong.unsqueeze(1)).nonzero(as_tuple=True)
 
 
-def router_bt_loss(scores: Tensor, agree: Tensor) -> Tensor:
+def router_bt_loss(scores: Tensor, agree: Tensor, eligible: Tensor | None = None) -> Tensor:
     """The router's Bradley-Terry loss `-mean log sigmoid(s[i, n] - s[i, n'])` over the disagreement pairs of `agree`.
 
     A batch where every row's RMs all agree (all right or all wrong) has no pairs, and its loss is undefined; it
@@ -61,13 +67,23 @@ def router_bt_loss(scores: Tensor, agree: Tensor) -> Tensor:
     Args:
         scores: `[B, N]` router logits, one per row and RM.
         agree: `[B, N]`, 1.0 where the RM is right on the row, 0.0 where it is wrong.
+        eligible: `[B, N]` bool, False where the RM cannot judge the row (see `disagreement_pairs`); None: all can.
     """
     if scores.shape != agree.shape:
         raise ValueError(f"scores and agree must have one shape, got {tuple(scores.shape)} and {tuple(agree.shape)}")
-    rows, better, worse = disagreement_pairs(agree)
+    rows, better, worse = disagreement_pairs(agree, eligible)
     if rows.numel() == 0:
         return scores.sum() * 0
     return -F.logsigmoid(scores[rows, better] - scores[rows, worse]).mean()
+
+
+def masked_bce_with_logits(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Binary cross-entropy averaged over the entries where `mask` is True; a finite zero with a graph when none is."""
+    if not (logits.shape == targets.shape == mask.shape):
+        raise ValueError(f"logits {tuple(logits.shape)}, targets and mask {tuple(mask.shape)} must have one shape")
+    weight = mask.to(logits.dtype)
+    total = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="sum")
+    return total / weight.sum().clamp_min(1.0)
 
 
 def majority_vote_credit(margins: Tensor) -> Tensor:

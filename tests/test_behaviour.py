@@ -10,8 +10,17 @@ import pytest
 import torch
 
 from rmrouter.behaviour.collect import collect_behaviour
-from rmrouter.behaviour.records import BehaviourRecord, read_behaviour
-from rmrouter.behaviour.table import ANY_RIGHT, MAJORITY, OVERALL, accuracy_table, format_table, majority_credit
+from rmrouter.behaviour.table import (
+    ANY_RIGHT,
+    DATA_LABEL,
+    MAJORITY,
+    OVERALL,
+    accuracy_table,
+    coverage_table,
+    format_table,
+    majority_credit,
+)
+from rmrouter.data.behaviour import NOT_JUDGED, BehaviourRecord, read_behaviour
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.records import PreferenceRecord, as_messages
 from rmrouter.data.sources import PreferenceSource
@@ -160,20 +169,42 @@ def test_accuracy_table_by_hand(tmp_path):
     table = accuracy_table(records, ["a", "b", "ref"])
     assert table["a"] == {"x": 0.5, "y": 2 / 3, OVERALL: 3 / 5}
     assert table["b"] == {"x": 0.0, "y": 1 / 3, OVERALL: 1 / 5}
-    assert table["ref"] == {"x": 0.5, "y": 0.0, OVERALL: 1 / 5}
+    assert table["ref"] == {"x": 1.0, "y": 0.0, OVERALL: 1 / 2}  # over the pairs it could judge: p0 and p2
+    assert coverage_table(records, ["a", "b", "ref"])["ref"] == {"x": 1 / 2, "y": 1 / 3, OVERALL: 2 / 5}
+    # by domain, fitted on these records: x ranks ref (1/1), a, b: p0 -> ref (right), p1 -> a (ref cannot judge it;
+    # a ties); y ranks a (2/3) first: right on p2 and p4
+    assert table[DATA_LABEL] == {"x": 0.5, "y": 2 / 3, OVERALL: 3 / 5}
     # votes per pair: (+1, 0, +1) -> 1; (0, -1, nan) -> 0; (+1, 0, 0) -> 1; (-1, +1, nan) -> 0.5; (+1, -1, nan) -> 0.5
     assert table[MAJORITY] == {"x": 0.5, "y": 2 / 3, OVERALL: 3 / 5}
     assert table[ANY_RIGHT] == {"x": 0.5, "y": 1.0, OVERALL: 4 / 5}
     markdown = (tmp_path / "t.md").read_text()
     assert format_table(records, ["a", "b", "ref"]) in markdown
-    assert "| a | **50.0** | **66.7** | **60.0** |" in markdown  # ties share the bold
+    assert "| a | 50.0 | **66.7** | **60.0** |" in markdown  # ref is best on x, over the one pair it judged
     assert "| any RM right | 50.0 | 100.0 | 80.0 |" in markdown
+    assert "| ref | **100.0** | 0.0 | 50.0 |" in markdown and "| ref | 50.0 | 33.3 | 40.0 |" in markdown
 
 
-def test_behaviour_record_round_trip():
-    record = BehaviourRecord(PAIRS[0], {"a": 1.5, "b": float("nan")})
-    again = BehaviourRecord.from_dict(record.to_dict())
-    assert again.pair == record.pair and again.margin["a"] == 1.5 and math.isnan(again.margin["b"])
+def test_behaviour_record_round_trip_keeps_each_sides_score():
+    record = BehaviourRecord(PAIRS[0], {"a": (2.5, 1.0), "b": NOT_JUDGED})
+    row = record.to_dict()
+    assert row["scores"] == {"a": [2.5, 1.0], "b": None} and row["agree"] == {"a": True, "b": False}
+    again = BehaviourRecord.from_dict(json.loads(json.dumps(row)))
+    assert again.pair == record.pair and again.scores["a"] == (2.5, 1.0) and again.margin["a"] == 1.5
+    assert math.isnan(again.margin["b"]) and again.eligible == {"a": True, "b": False}
+
+
+def test_collected_scores_are_each_sides_score(tmp_path):
+    records = collect_behaviour(make_pool(), [ListSource(PAIRS)], tmp_path / "b.jsonl", table=None, batch_size=2)
+    assert records[0].scores == {"a": (3.0, 1.0), "b": (0.0, 0.0), "ref": (1.0, 0.0)}  # "aaa" vs "a", ref "aaa"
+    assert records[1].scores["ref"] == NOT_JUDGED and records[1].scores["b"] == (1.0, 2.0)
+
+
+def test_a_file_written_before_per_response_scores_is_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "old.jsonl"
+    old = {**PAIRS[0].to_dict(), "agree": {"a": True}, "margin": {"a": 2.0}}
+    path.write_text(json.dumps(old) + "\n")
+    with pytest.raises(DataError, match=r"old\.jsonl:1: .*field 'scores' missing: written by an older rmrouter"):
+        read_behaviour(path)
 
 
 @pytest.mark.parametrize(
@@ -181,8 +212,9 @@ def test_behaviour_record_round_trip():
     [
         ("agree", None, "field 'agree' missing"),
         ("agree", {"a": True, "b": False}, "field 'agree': no true/false label for RM 'ref'"),
-        ("agree", {"a": False, "b": False, "ref": True}, "field 'agree': RM 'a' is labelled False but its margin 2.0"),
-        ("margin", {"a": "2.0", "b": 0.0, "ref": 1.0}, "field 'margin': RM 'a' has '2.0'"),
+        ("agree", {"a": False, "b": False, "ref": True}, r"field 'agree': RM 'a' is labelled False but its scores \[3"),
+        ("scores", {"a": ["3", 1.0], "b": [0.0, 0.0], "ref": None}, "field 'scores': RM 'a' has \\['3', 1.0\\]"),
+        ("scores", {"a": [3.0], "b": [0.0, 0.0], "ref": None}, "field 'scores': RM 'a' has \\[3.0\\]"),
     ],
 )
 def test_edited_labels_or_margins_are_refused(tmp_path, field, value, expected):

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from behaviour_helpers import record_of
 from lightning.pytorch import LightningModule, Trainer
 
-from rmrouter.behaviour.records import BehaviourRecord
+from rmrouter.data.behaviour import BehaviourRecord
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.records import PreferenceRecord, as_messages
@@ -44,7 +45,7 @@ def make_records(count: int = 30) -> list[BehaviourRecord]:
             domain=domain,
             source=DOMAINS[domain] if i < 20 else "other/extra",
         )
-        records.append(BehaviourRecord(pair, margins_of(i)))
+        records.append(record_of(pair, margins_of(i)))
     return records
 
 
@@ -59,7 +60,7 @@ def behaviour_file(tmp_path) -> str:
     for record in make_records():
         row = record.to_dict()
         # The file lists RMs in another order than the pool: columns must follow rm_names, not the JSON.
-        row["margin"] = dict(reversed(list(row["margin"].items())))
+        row["scores"] = dict(reversed(list(row["scores"].items())))
         row["agree"] = dict(reversed(list(row["agree"].items())))
         rows.append(row)
     return write_behaviour(tmp_path / "behaviour.jsonl", rows)
@@ -157,10 +158,12 @@ def test_batches_have_the_documented_layout_in_rm_names_order(behaviour_file):
     batches = list(module.train_dataloader())
     assert [len(b["id"]) for b in batches] == [4] * 7 + [2]
     batch = batches[0]
-    assert set(batch) == {"id", "domain", "source", "prompt", "chosen", "rejected", "agree", "margin"}
+    assert set(batch) == {"id", "domain", "source", "prompt", "chosen", "rejected", "agree", "margin", "eligible",
+                          "scores", "label_route"}  # fmt: skip
     assert all(isinstance(batch[k], list) and isinstance(batch[k][0], str) for k in ("id", "prompt", "chosen"))
-    assert batch["agree"].shape == batch["margin"].shape == (4, 3)
-    assert batch["agree"].dtype == batch["margin"].dtype == torch.float32
+    assert batch["agree"].shape == batch["margin"].shape == batch["eligible"].shape == (4, 3)
+    assert batch["scores"].shape == (4, 3, 2) and batch["label_route"].shape == (4,)
+    assert batch["agree"].dtype == batch["margin"].dtype == torch.float32 and batch["eligible"].dtype == torch.bool
     for row, pair_id in enumerate(batch["id"]):
         i = int(pair_id[1:])
         assert batch["prompt"][row] == f"question {i // 3}" and batch["chosen"][row] == f"good {i}"
@@ -169,6 +172,9 @@ def test_batches_have_the_documented_layout_in_rm_names_order(behaviour_file):
             margin = batch["margin"][row, column].item()
             assert math.isnan(margin) if math.isnan(expected[name]) else margin == expected[name]
             assert batch["agree"][row, column].item() == float(expected[name] > 0)
+            assert batch["eligible"][row, column].item() == (not math.isnan(expected[name]))
+            if not math.isnan(expected[name]):  # record_of scores chosen at the margin and rejected at 0
+                assert batch["scores"][row, column].tolist() == [expected[name], 0.0]
 
 
 def test_training_order_is_seeded(behaviour_file):
@@ -205,13 +211,14 @@ def test_a_file_of_another_pool_is_refused_naming_both_rm_lists(behaviour_file):
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("margin", {"verifier": -1.0, "length": 2.0}, "written by RMs"),  # no margin for safety
+        ("scores", {"verifier": [-1.0, 0.0], "length": [2.0, 0.0]}, "written by RMs"),  # no scores for safety
+        ("scores", {"verifier": -1.0, "length": [2.0, 0.0], "safety": None}, "RM 'verifier' has -1.0"),
         ("agree", {"verifier": False, "length": True}, "no true/false label for RM 'safety'"),
         ("agree", None, "field 'agree' missing"),
         ("agree", {"verifier": True, "length": True, "safety": False}, "RM 'verifier' is labelled True"),
     ],
 )
-def test_a_row_missing_a_label_or_margin_is_refused_naming_file_and_line(tmp_path, field, value, expected):
+def test_a_row_missing_a_label_or_scores_is_refused_naming_file_and_line(tmp_path, field, value, expected):
     rows = [record.to_dict() for record in make_records(5)]
     rows[3][field] = value  # row 3 is p3: verifier wrong, length right, safety abstains
     path = write_behaviour(tmp_path / "bad.jsonl", rows)

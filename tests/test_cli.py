@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rmrouter.behaviour.records import read_behaviour
 from rmrouter.cli import main
+from rmrouter.data.behaviour import read_behaviour
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,8 @@ def test_collect_from_yaml_writes_records_and_table_then_resumes(tmp_path, capsy
     assert [r.pair.domain for r in records] == ["math"] * 6 + ["safety"] * 4
     assert all(r.agree["verifier"] for r in records[:6])  # the verifier is exact on correct-vs-incorrect pairs
     table = (tmp_path / "docs" / "table.md").read_text()
-    assert "| verifier | **100.0** | 0.0 |" in table  # it abstains on safety pairs, which have no reference
+    # it cannot judge safety pairs, which have no reference: no accuracy there, and no coverage
+    assert "| verifier | **100.0** | n/a | **100.0** |" in table and "| verifier | 100.0 | 0.0 | 60.0 |" in table
     assert "| RM | math | safety | overall |" in capsys.readouterr().out
 
     before = output.read_bytes()

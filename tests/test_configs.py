@@ -11,7 +11,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from rmrouter.behaviour.collect import collect_behaviour
-from rmrouter.behaviour.records import read_behaviour
+from rmrouter.data.behaviour import read_behaviour
 from rmrouter.pipeline import run_pipeline
 from rmrouter.reward_models import RewardModelPool
 

@@ -11,9 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from behaviour_helpers import RM_NAMES
+from behaviour_helpers import RM_NAMES, record_of
 
-from rmrouter.behaviour.records import BehaviourRecord
 from rmrouter.callbacks import LabellingTally
 from rmrouter.cli import main
 from rmrouter.data.records import PreferenceRecord
@@ -36,7 +35,7 @@ def write_length_right_behaviour(path: Path, rows: int) -> None:
         )
         right = {"length"} | ({"gsm8k-verifier"} if domain == "math" else set())
         margin = {name: (1.0 if name in right else -1.0) for name in RM_NAMES}
-        lines.append(json.dumps(BehaviourRecord(pair, margin).to_dict()) + "\n")
+        lines.append(json.dumps(record_of(pair, margin).to_dict()) + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(lines))
 

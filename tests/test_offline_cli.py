@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from behaviour_helpers import RM_NAMES, write_behaviour
 
 from rmrouter.cli import main
+from rmrouter.modules.offline_router import OfflineRouterModule
 from rmrouter.routers.prior import RouterPrior, RouterPriorError
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline_router.yaml"
@@ -79,3 +81,26 @@ def test_a_fast_dev_run_trains_one_batch_and_leaves_the_real_runs_files_alone(wo
         encoder=tiny_encoder_dir)  # fmt: skip
     after = [workdir / "docs" / "offline_router.md", *(workdir / "checkpoints" / "offline_router").rglob("*")]
     assert {path: path.read_bytes() for path in after if path.is_file()} == before
+
+
+def test_the_prior_holds_the_weights_of_the_checkpoint_model_selection_kept(workdir, tiny_encoder_dir):
+    # monitor the step, lowest first: epoch 0 is "best", and two more epochs move the weights away from it
+    config = yaml.safe_load(CONFIG.read_text())
+    callbacks = config["trainer"]["callbacks"]
+    callbacks[0]["init_args"].update(monitor="step", mode="min")
+    override = workdir / "best_first.yaml"
+    override.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    main(["fit", "--config", str(CONFIG), "--config", str(override), "--model.init_args.encoder", tiny_encoder_dir,
+          "--trainer.max_epochs", "3", "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false",
+          "--model.init_args.learning_rate", "0.05"])  # fmt: skip
+    folder = workdir / "checkpoints" / "offline_router"
+    prior = RouterPrior.load(folder / "prior.pt")
+    best = OfflineRouterModule.load_from_checkpoint(folder / "best.ckpt", weights_only=True).prior_state()
+    last = OfflineRouterModule.load_from_checkpoint(folder / "last.ckpt", weights_only=True).prior_state()
+    assert torch.equal(prior.bt_embeddings, best["bt_embeddings"]) and prior.bt_scale == best["bt_scale"]
+    assert prior.mlp_state.keys() == best["mlp_state"].keys()
+    assert all(torch.equal(prior.mlp_state[key], value) for key, value in best["mlp_state"].items())
+    assert not torch.equal(prior.bt_embeddings, last["bt_embeddings"])  # the fit went on past the selected epoch
+    assert prior.metadata["selected"].endswith("offline_router/best.ckpt")
+    assert prior.metadata["epoch"] == 0 and prior.metadata["monitor"] == "step" and prior.metadata["step"] > 0
+    assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 2

@@ -24,11 +24,13 @@ NAN = float("nan")
 # ---- data helpers ----------------------------------------------------------------------------------------------
 
 
-def row(prompt: str, agree: list[float], margin: list[float] | None = None, chosen: str = "a", rejected: str = "b"):
+def row(prompt: str, agree: list[float], margin: list[float] | None = None, chosen: str = "a", rejected: str = "b",
+        label_route: int = 0):  # fmt: skip
     margin = [1.0 if right else -1.0 for right in agree] if margin is None else margin
     return {
         "id": prompt, "domain": "toy", "source": "memory", "prompt": prompt, "chosen": chosen, "rejected": rejected,
-        "agree": torch.tensor(agree), "margin": torch.tensor(margin),
+        "agree": torch.tensor(agree), "margin": torch.tensor(margin), "eligible": ~torch.tensor(margin).isnan(),
+        "label_route": torch.tensor(label_route),
     }  # fmt: skip
 
 
@@ -209,8 +211,10 @@ def scores_from_prior_state(state: dict) -> torch.Tensor:
 def test_prior_state_rebuilds_the_router_scores_from_primitives(tiny_encoder_dir):
     module = make_module(tiny_encoder_dir).eval()
     state = module.prior_state()
-    assert set(state) == {"rm_names", "bt_embeddings", "encoder", "pooling", "max_length", "mlp_config", "mlp_state"}
+    assert set(state) == {"rm_names", "bt_embeddings", "bt_scale", "encoder", "pooling", "max_length", "mlp_config",
+                          "mlp_state"}  # fmt: skip
     assert state["rm_names"] == RM_NAMES and state["encoder"] == tiny_encoder_dir
+    assert state["bt_scale"] == pytest.approx(float(module.bt_scale()))
     torch.testing.assert_close(state["bt_embeddings"].norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(scores_from_prior_state(state), module.router_scores(PROMPTS, FIRST, SECOND))
 
@@ -245,18 +249,22 @@ def controlled_module(tiny_encoder_dir: str) -> OfflineRouterModule:
     return module
 
 
-HAND_ROWS = [  # (routed to, agree, margin); agree is margin > 0, as in behaviour files
-    (0, [1, 1, 0], [1, 0.5, 0]),  # right; majority right
-    (1, [0, 1, 0], [-1, 2, -0.5]),  # right; majority wrong
-    (1, [0, 0, 0], [-1, -1, NAN]),  # no RM right: left out of every routing accuracy
-    (2, [1, 1, 0], [2, 1, NAN]),  # wrong; majority right
-    (2, [0, 1, 1], [-1, 0.5, 3]),  # right; majority right
-    (0, [1, 0, 0], [1, -1, 0]),  # right; majority tie
+HAND_ROWS = [  # (routed to, agree, margin, data-label route); agree is margin > 0, NaN: the RM could not judge the row
+    (0, [1, 1, 0], [1, 0.5, 0], 0),  # right; majority right
+    (1, [0, 1, 0], [-1, 2, -0.5], 1),  # right; majority wrong
+    (1, [0, 0, 0], [-1, -1, NAN], 0),  # no RM right: left out of every routing accuracy
+    (2, [1, 1, 0], [2, 1, -1], 2),  # wrong; majority right
+    (2, [0, 1, 1], [-1, 0.5, 3], 2),  # right; majority right
+    (0, [1, 0, 0], [1, -1, 0], 0),  # right; majority tie
+    (2, [1, 0, 0], [1, -1, NAN], -1),  # c cannot judge it: routed to a (the best eligible score), right; majority tie
 ]
 
 
 def hand_rows() -> list[dict]:
-    return [row(f"route to {to}", [float(a) for a in agree], margin) for to, agree, margin in HAND_ROWS]
+    return [
+        row(f"route to {to}", [float(a) for a in agree], margin, label_route=label)
+        for to, agree, margin, label in HAND_ROWS
+    ]
 
 
 def auroc(preds: list[float], targets: list[int]) -> float:
@@ -269,35 +277,44 @@ def auroc(preds: list[float], targets: list[int]) -> float:
 
 def test_metrics_on_a_hand_made_batch(tiny_encoder_dir, tmp_path):
     module = controlled_module(tiny_encoder_dir)
-    data = RowsData([], hand_rows()[:4] + hand_rows()[4:], {}, batch_size=4)  # two batches: 4 rows, then 2
+    data = RowsData([], hand_rows(), {}, batch_size=4)  # two batches: 4 rows, then 3
     metrics = trainer(tmp_path, 1).validate(module, datamodule=data, verbose=False)[0]
-    # routable rows 0, 1, 3, 4, 5; the routed RM is right on 0, 1, 4, 5
-    assert metrics["val/router_acc"] == pytest.approx(4 / 5)
-    assert metrics["val/any_right"] == pytest.approx(5 / 6)
-    assert metrics["val/baseline/random"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3 + 2 / 3 + 1 / 3) / 5)
-    assert metrics["val/baseline/single/a"] == pytest.approx(3 / 5)
-    assert metrics["val/baseline/single/b"] == pytest.approx(4 / 5)
-    assert metrics["val/baseline/single/c"] == pytest.approx(1 / 5)
-    assert metrics["val/baseline/best_single"] == pytest.approx(4 / 5)
-    assert metrics["val/baseline/majority_vote"] == pytest.approx((1 + 0 + 1 + 1 + 0.5) / 5)
-    # disagreement pairs (right, wrong) and the routed RM's score 1 against 0: row 0 (a,c) won, (b,c) tied;
-    # row 1 (b,a) (b,c) won; row 3 (a,c) (b,c) lost; row 4 (b,a) tied, (c,a) won; row 5 (a,b) (a,c) won: 7 of 10
-    assert metrics["val/bt_pair_acc"] == pytest.approx(7 / 10)
-    assert metrics["val/bt_pairs"] == pytest.approx((6 + 4) / 2)  # the mean count per step
+    # routable rows 0, 1, 3, 4, 5, 6; the routed RM is right on 0, 1, 4, 5 and 6 (c is not eligible there)
+    assert metrics["val/router_acc"] == pytest.approx(5 / 6)
+    assert metrics["val/any_right"] == pytest.approx(6 / 7)
+    # uniform over the eligible RMs: row 6 has two
+    assert metrics["val/baseline/random"] == pytest.approx((2 / 3 + 1 / 3 + 2 / 3 + 2 / 3 + 1 / 3 + 1 / 2) / 6)
+    assert metrics["val/baseline/single/a"] == pytest.approx(4 / 6)
+    assert metrics["val/baseline/single/b"] == pytest.approx(4 / 6)
+    assert metrics["val/baseline/single/c"] == pytest.approx(1 / 5)  # over the 5 routable rows it can judge
+    assert metrics["val/coverage/a"] == 1.0 and metrics["val/coverage/c"] == pytest.approx(5 / 7)
+    assert metrics["val/baseline/best_single"] == pytest.approx(4 / 6)  # a or b alone on every routable row
+    assert metrics["val/baseline/best_single_rm"] == 0
+    assert metrics["val/baseline/majority_vote"] == pytest.approx((1 + 0 + 1 + 1 + 0.5 + 0.5) / 6)
+    assert metrics["val/baseline/data_label"] == pytest.approx(4 / 6)  # right on 0, 1, 4, 5; row 6 has no route
+    # disagreement pairs (right, wrong) among eligible RMs, the routed RM's score 1 against 0: row 0 (a,c) won, (b,c)
+    # tied; row 1 (b,a) (b,c) won; row 3 (a,c) (b,c) lost; row 4 (b,a) tied, (c,a) won; row 5 (a,b) (a,c) won;
+    # row 6 (a,b) tied (c is in no pair): 7.5 of 11
+    assert metrics["val/bt_pair_acc"] == pytest.approx(7.5 / 11)
+    assert metrics["val/bt_pairs"] == pytest.approx((6 + 5) / 2)  # the mean count per step
     assert metrics["val/steps_without_bt_pairs"] == 0
-    routed = [to for to, _, _ in HAND_ROWS]
+    routed = [to for to, _, _, _ in HAND_ROWS]
+    agree = torch.tensor([agree for _, agree, _, _ in HAND_ROWS], dtype=torch.float)
+    eligible = ~torch.tensor([margin for _, _, margin, _ in HAND_ROWS]).isnan()
     for n, rm in enumerate(THREE_RMS):
-        expected = auroc([float(to == n) for to in routed], [agree[n] for _, agree, _ in HAND_ROWS])
+        rows = eligible[:, n]
+        expected = auroc([float(to == n) for to in torch.tensor(routed)[rows].tolist()], agree[rows, n].tolist())
         assert metrics[f"val/auroc/{rm}"] == pytest.approx(expected), rm
     scores = torch.eye(3)[routed]
-    agree = torch.tensor([agree for _, agree, _ in HAND_ROWS], dtype=torch.float)
-    cls_loss = torch.nn.functional.binary_cross_entropy_with_logits(scores, agree).item()
+
+    def cls(part: slice) -> float:  # BCE over the entries of eligible RMs only
+        mask = eligible[part]
+        return torch.nn.functional.binary_cross_entropy_with_logits(scores[part][mask], agree[part][mask]).item()
+
+    cls_loss = (4 * cls(slice(0, 4)) + 3 * cls(slice(4, 7))) / 7  # batch means weighted by rows
     assert metrics["val/cls_loss"] == pytest.approx(cls_loss, rel=1e-5)
-    # batch means weighted by rows: the BT loss is a mean over each batch's pairs (6, then 4)
-    assert metrics["val/loss"] == pytest.approx(
-        (4 * router_bt_loss(scores[:4], agree[:4]).item() + 2 * router_bt_loss(scores[4:], agree[4:]).item()) / 6
-        + 0.5 * cls_loss, rel=1e-5,
-    )  # fmt: skip
+    bt = [router_bt_loss(scores[p], agree[p], eligible[p]).item() for p in (slice(0, 4), slice(4, 7))]
+    assert metrics["val/loss"] == pytest.approx((4 * bt[0] + 3 * bt[1]) / 7 + 0.5 * cls_loss, rel=1e-5)
 
 
 def test_test_metrics_are_named_by_split_and_all_agree_batches_are_finite(tiny_encoder_dir, tmp_path):
@@ -307,7 +324,7 @@ def test_test_metrics_are_named_by_split_and_all_agree_batches_are_finite(tiny_e
     run = trainer(tmp_path, 1)
     run.test(module, datamodule=data, verbose=False)
     metrics = run.callback_metrics
-    assert metrics["test/router_acc"].item() == pytest.approx(4 / 5)
+    assert metrics["test/router_acc"].item() == pytest.approx(5 / 6)
     assert math.isfinite(metrics["ood/loss"].item()) and metrics["ood/bt_loss"].item() == 0.0
     assert metrics["ood/steps_without_bt_pairs"].item() == 1 and metrics["ood/bt_pairs"].item() == 0
     assert metrics["ood/router_acc"].item() == 1.0 and metrics["ood/baseline/majority_vote"].item() == 1.0

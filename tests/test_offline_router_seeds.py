@@ -44,7 +44,7 @@ def run(seed_metrics: dict[int, dict[str, float]]) -> dict[int, dict]:
 
 def metrics(router: float) -> dict[str, float]:
     return {"test/router_acc": router, "test/baseline/random": 0.25, "test/baseline/best_single": 0.6,
-            "test/baseline/majority_vote": 0.5}  # fmt: skip
+            "test/baseline/majority_vote": 0.5, "test/baseline/data_label": 0.65}  # fmt: skip
 
 
 def test_summary_table_on_hand_computed_values(benchmarks):
@@ -52,7 +52,7 @@ def test_summary_table_on_hand_computed_values(benchmarks):
     runs = run({0: metrics(0.5), 1: metrics(0.7), 2: metrics(0.9)})
     table = report.summary_table(runs)
     # mean 0.7, sample std 0.2, two of three seeds strictly above the best single RM's 0.6
-    assert "| test | 10 | 70.0 | 20.0 | 50.0 | 90.0 | 25.0 | 60.0 | 50.0 | 2 of 3 |" in table
+    assert "| test | 10 | 70.0 | 20.0 | 50.0 | 90.0 | 25.0 | 60.0 | 50.0 | 65.0 | 2 of 3 |" in table
     assert report.per_seed_table(runs).splitlines()[2:] == ["| 0 | 50.0 |", "| 1 | 70.0 |", "| 2 | 90.0 |"]
     assert report.baselines_vary(runs) == []
     changed = run({0: metrics(0.5), 1: {**metrics(0.5), "test/baseline/majority_vote": 0.4}})
@@ -62,7 +62,7 @@ def test_summary_table_on_hand_computed_values(benchmarks):
 def test_one_seed_has_no_spread_and_a_tie_is_no_win(benchmarks):
     _, report = benchmarks
     table = report.summary_table(run({3: metrics(0.6)}))
-    assert "| test | 10 | 60.0 | nan | 60.0 | 60.0 | 25.0 | 60.0 | 50.0 | 0 of 1 |" in table
+    assert "| test | 10 | 60.0 | nan | 60.0 | 60.0 | 25.0 | 60.0 | 50.0 | 65.0 | 0 of 1 |" in table
 
 
 def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path, monkeypatch, tiny_encoder_dir):

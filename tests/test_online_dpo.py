@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from behaviour_helpers import record_of
 from lightning.pytorch import Trainer
 
-from rmrouter.behaviour.records import BehaviourRecord
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.data.prompt_datamodule import PromptDataModule
 from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
@@ -255,7 +255,7 @@ def behaviour_file(tmp_path) -> str:
     for i in range(8):
         domain = "math" if i % 2 else "chat"
         pair = PreferenceRecord(f"p{i}", as_messages(f"question {i}"), f"good answer {i}", f"bad {i}", domain, "mem")
-        rows.append(json.dumps(BehaviourRecord(pair, {"right": 1.0 + i, "wrong": -2.0}).to_dict()))
+        rows.append(json.dumps(record_of(pair, {"right": 1.0 + i, "wrong": -2.0}).to_dict()))
     path = tmp_path / "behaviour.jsonl"
     path.write_text("\n".join(rows) + "\n")
     return str(path)

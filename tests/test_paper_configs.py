@@ -23,8 +23,8 @@ from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from rmrouter.behaviour.records import read_behaviour
 from rmrouter.cli import RMRouterCLI, main
+from rmrouter.data.behaviour import read_behaviour
 from rmrouter.modules.online_dpo import OnlineDPOModule
 from rmrouter.reward_models import RewardModelPool
 

@@ -229,3 +229,55 @@ def test_bayesian_config_errors(tmp_path, tiny_encoder_dir, prior_path):
         BayesianRouter(RMS, None, 1.0, 1.0, 5, False, True, "prior_injection", 0.0, 0)
     with pytest.raises(ValueError, match="trained for RMs"):
         BayesianRouter(RMS[::-1], str(prior_path), 1.0, 1.0, 5, True, True, "prior_injection", 0.0, 0)
+
+
+# ---- eligibility: a router never sends a pair to an RM that cannot judge it -----------------------------------
+
+
+class OnlyChatRMJudgesOddPairs(FakeJudge):
+    """As `FakeJudge`, but the math RM cannot judge the odd pairs of a batch (as an RM without a reference)."""
+
+    def eligible(self, pairs: PairBatch) -> torch.Tensor:
+        rows = torch.arange(len(pairs)) if pairs.rows is None else torch.tensor(pairs.rows)
+        return torch.stack([rows % 2 == 0, torch.ones(len(pairs), dtype=torch.bool)], dim=1)
+
+
+def test_recorded_judge_eligibility_is_what_was_recorded():
+    pairs = make_pairs(random.Random(1), 3)
+    judge = RecordedJudge(torch.tensor([[1.0, float("nan")], [float("nan"), -1.0], [0.0, 2.0]]))
+    assert judge.eligible(pairs).tolist() == [[True, False], [False, True], [True, True]]
+    assert judge.eligible(pairs.subset([2, 0])).tolist() == [[True, True], [True, False]]
+
+
+def test_pool_judge_eligibility_comes_from_each_rms_needs():
+    from rmrouter.reward_models import GSM8KVerifierRewardModel, LengthRewardModel, RewardModelPool
+    from rmrouter.routers.judges import PoolJudge
+
+    pool = RewardModelPool([GSM8KVerifierRewardModel("verifier"), LengthRewardModel("length")])
+    pairs = make_pairs(random.Random(1), 2)
+    pairs = PairBatch(pairs.prompts, pairs.first, pairs.second, ["#### 4", None], pairs.domains)
+    assert PoolJudge(pool).eligible(pairs).tolist() == [[True, True], [False, True]]
+
+
+@pytest.mark.parametrize("kind", ["bayes_prior", "bayes_no_online", "bayes_no_prior", "random"])
+def test_routers_choose_only_among_eligible_rms(kind, prior_path, tiny_encoder_dir):
+    router = {
+        "bayes_prior": lambda: bayes(prior_path, True, True, "prior_injection"),
+        "bayes_no_online": lambda: bayes(prior_path, True, False, "prior_injection"),
+        "bayes_no_prior": lambda: no_prior_router(tiny_encoder_dir),
+        "random": lambda: RandomRouter(RMS, seed=0),
+    }[kind]()
+    judge, rng = OnlyChatRMJudgesOddPairs(), random.Random(3)
+    chosen_on_even = []
+    for _ in range(5):
+        routing = router.route(make_pairs(rng, 16), judge)
+        assert (routing.rm_index[1::2] == 1).all()  # the math RM cannot judge odd pairs
+        chosen_on_even += routing.rm_index[0::2].tolist()
+        router.observe(routing, dpo_losses(routing.preference))
+    assert 0 in chosen_on_even  # the math RM is still chosen where it can judge
+
+
+def test_a_judge_without_eligibility_lets_every_rm_judge():
+    from rmrouter.routers.judges import ask_eligible
+
+    assert ask_eligible(FakeJudge(), make_pairs(random.Random(0), 3), 2).tolist() == [[True, True]] * 3

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rmrouter.behaviour.records import BehaviourRecord, drop_torn_tail, read_behaviour
 from rmrouter.behaviour.table import format_table
+from rmrouter.data.behaviour import BehaviourRecord, drop_torn_tail, read_behaviour
 from rmrouter.data.records import PreferenceRecord
 from rmrouter.data.sources import PreferenceSource
 from rmrouter.reward_models.pool import RewardModelPool
@@ -71,10 +71,10 @@ def collect_behaviour(
     log.info("%d pairs, %d already in %s, %d batches to score", len(pairs), len(done), output, len(todo))
     with open(output, "a", encoding="utf-8") as handle:
         for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
-            margins = _score_batch(pool, batch, seconds)
+            scores = _score_batch(pool, batch, seconds)
             scored = [
-                BehaviourRecord(pair, dict(zip(pool.names, row, strict=True)))
-                for pair, row in zip(batch, margins.tolist(), strict=True)
+                BehaviourRecord(pair, {name: tuple(sides) for name, sides in zip(pool.names, row, strict=True)})
+                for pair, row in zip(batch, scores.tolist(), strict=True)
                 if pair.id not in done
             ]
             lines = [json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in scored]
@@ -103,6 +103,7 @@ def _warn_stale(output: Path, stale: set[str]) -> None:
 
 
 def _score_batch(pool: RewardModelPool, batch: list[PreferenceRecord], seconds: dict[str, float]) -> torch.Tensor:
+    """`[B, N, 2]`: every RM's scores of each pair's chosen and rejected side (NaN where it could not judge)."""
     prompts = [pair.prompt for pair in batch]
     chosen = [pair.chosen for pair in batch]
     rejected = [pair.rejected for pair in batch]
@@ -112,7 +113,7 @@ def _score_batch(pool: RewardModelPool, batch: list[PreferenceRecord], seconds: 
         start = time.perf_counter()
         scores_chosen, scores_rejected = pool.score_pairs(rm, prompts, chosen, rejected, references)
         seconds[rm.name] += time.perf_counter() - start
-        columns.append(scores_chosen - scores_rejected)
+        columns.append(torch.stack([scores_chosen, scores_rejected], dim=1))
     return torch.stack(columns, dim=1)
 
 
@@ -125,7 +126,10 @@ def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path,
         f"Share of labelled pairs each RM ranks as the label does, from `{source}`.\n"
         "Written by `python cli.py collect` (the default: `python cli.py collect --config configs/behaviour.yaml`,\n"
         "which `bash scripts/run.sh` runs); do not edit by hand: rerun it (it only rescores missing pairs).\n"
-        "Majority vote gives half credit on a tied vote; abstentions count as wrong for the RM and cast no vote.\n\n"
+        "An RM's accuracy is over the pairs it could judge, its coverage (second table) the share it could judge. "
+        "Majority vote gives half credit on a tied vote; an RM that could not judge casts no vote. Data-label routing "
+        "sends each pair to the RM best on its domain (else its dataset) over these same pairs, so like the bold best "
+        "single RM it is chosen in hindsight. Any RM right is the routing ceiling.\n\n"
         f"{markdown}\n",
         encoding="utf-8",
     )

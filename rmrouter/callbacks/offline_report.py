@@ -17,6 +17,7 @@ ROWS = (
     ("random RM", "baseline/random"),
     ("best single RM", "baseline/best_single"),
     ("majority vote (all RMs)", "baseline/majority_vote"),
+    ("data-label routing", "baseline/data_label"),
 )
 
 
@@ -35,6 +36,9 @@ def results_table(
     for name in rm_names:
         cells = " | ".join(_percent(metrics, f"{s}/baseline/single/{name}") for s in splits)
         lines.append(f"| single: {name} | {cells} |")
+    for name in rm_names:
+        cells = " | ".join(_percent(metrics, f"{s}/coverage/{name}") for s in splits)
+        lines.append(f"| coverage: {name} (share of all rows) | {cells} |")
     lines.append(
         "| any RM right (share of all rows) | " + " | ".join(_percent(metrics, f"{s}/any_right") for s in splits) + " |"
     )
@@ -79,10 +83,14 @@ class OfflineRouterReport(Callback):
             f"Written by `{self.command}`; do not edit by hand.\n"
             f"Encoder `{hparams.encoder}` ({hparams.pooling} pooling, {mode}); checkpoint `{trainer.ckpt_path}`; "
             f"split sizes {sizes}.\n"
-            "Router, random, single and majority-vote accuracies are over the rows where at least one RM is right "
-            "(the oracle scores 100 there); the last row is the share of all rows where some RM is right. "
-            "`ood/<domain>` columns are the `ood` rows of one domain; `best single RM` is the best in hindsight "
-            "on each column.\n\n"
+            "Router, random, single, majority-vote and data-label accuracies are over the rows where at least one RM "
+            "is right (the oracle scores 100 there); the last row is the share of all rows where some RM is right. "
+            "An RM that cannot judge a row (no reference answer) is ineligible there: the router and the random RM "
+            "choose among the eligible RMs, `single: <rm>` is over the rows the RM can judge and `coverage: <rm>` "
+            "the share of rows it can judge. `best single RM` is the best RM used alone on every row (a row it "
+            "cannot judge gets no label), chosen in hindsight on each column. Data-label routing sends each row to "
+            "the RM best on its domain (else its dataset) in the train split. `ood/<domain>` columns are the `ood` "
+            "rows of one domain.\n\n"
             f"{about}{table}\n",
             encoding="utf-8",
         )

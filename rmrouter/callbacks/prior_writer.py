@@ -1,11 +1,14 @@
-"""Writes the offline router's prior artifact (`RouterPrior`) when a fit ends."""
+"""Writes the offline router's prior artifact (`RouterPrior`) when a fit ends, from the checkpoint it selected."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.prior import RouterPrior
@@ -14,10 +17,14 @@ log = logging.getLogger(__name__)
 
 
 class RouterPriorWriter(Callback):
-    """At the end of `fit`, saves `pl_module.prior_state()` as a `RouterPrior` file for the online router.
+    """At the end of `fit`, saves the selected router as a `RouterPrior` file for the online router.
 
-    The prior holds the weights the module ends the fit with (those of `last.ckpt`). A fine-tuned encoder is saved
-    beside it (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
+    The prior holds exactly the weights of the checkpoint that model selection kept: the trainer's monitored
+    `ModelCheckpoint` best (`best.ckpt` in the shipped config, the one `test` and the offline report evaluate), not
+    the weights the fit ends with, which may be many epochs past it. Its metadata names that checkpoint, its epoch and
+    step, the monitored metric and its value, and the BT scale. Without a monitored checkpoint (checkpointing off, or
+    no `monitor`), the final weights are saved and the metadata says `selected: final`. A fine-tuned encoder is saved
+    beside the prior (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
 
     Args:
         path: Where the prior goes, e.g. `checkpoints/offline_router/prior.pt`.
@@ -29,15 +36,30 @@ class RouterPriorWriter(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
             return
-        metadata = {
-            "global_step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            **{key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")},
-        }
+        selected, metadata = selected_module(trainer, pl_module)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "path"):
             metadata["behaviour_file"] = str(datamodule.path)
         encoder_dir = self.path.parent / f"{self.path.stem}-encoder"
-        prior = RouterPrior(**pl_module.prior_state(encoder_dir=encoder_dir), metadata=metadata)
+        prior = RouterPrior(**selected.prior_state(encoder_dir=encoder_dir), metadata=metadata)
         prior.save(self.path)
-        log.info("wrote the router prior to %s", self.path)
+        log.info("wrote the router prior to %s (%s)", self.path, metadata["selected"])
+
+
+def selected_module(trainer: Trainer, pl_module: LightningModule) -> tuple[LightningModule, dict[str, Any]]:
+    """The module with the weights model selection kept, and metadata that says which they are."""
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not best or checkpoint.monitor is None or not Path(best).is_file():
+        log.warning("no monitored best checkpoint: the router prior holds the weights the fit ended with")
+        return pl_module, {"selected": "final", "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    selected = type(pl_module).load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    score = checkpoint.best_model_score
+    return selected, {
+        "selected": str(best),
+        "epoch": int(state["epoch"]),
+        "global_step": int(state["global_step"]),
+        "monitor": checkpoint.monitor,
+        checkpoint.monitor: float(score) if score is not None else float("nan"),
+    }

@@ -1,8 +1,11 @@
 """The DataModule of the offline router: behaviour records (how each RM of a pool judged labelled pairs).
 
 Batches are dicts: `id`, `domain`, `source`, `prompt` (rendered with `as_text`), `chosen`, `rejected` as lists of
-strings, and `agree`, `margin` as float tensors `[B, N]` whose column `n` is `rm_names[n]`. `agree` is 1.0 where
-the RM ranks the pair as the label does; `margin` is `score(chosen) - score(rejected)`, NaN where the RM abstained.
+strings; `agree`, `margin` as float tensors `[B, N]` and `eligible` as a bool tensor `[B, N]`, whose column `n` is
+`rm_names[n]`; `scores` `[B, N, 2]` (each RM's score of `chosen`, then `rejected`); and `label_route` `[B]` long.
+`agree` is 1.0 where the RM ranks the pair as the label does; `margin` is `score(chosen) - score(rejected)`, NaN where
+the RM could not judge the pair (`eligible` False). `label_route` is the RM that routing by data label picks for the
+pair (`rmrouter.routers.data_label`, fitted on the `train` split; -1 when no RM can judge it).
 
 Splits are keyed by prompt (`assign_split(split_key(pair), ...)`), so no prompt is in two splits. Rows of the
 out-of-distribution domains or sources are held out whole as split `ood`, evaluated next to `test`; when `ood` spans
@@ -19,10 +22,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from rmrouter.behaviour.records import BehaviourRecord, read_behaviour
+from rmrouter.data.behaviour import BehaviourRecord, read_behaviour
 from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import as_text
 from rmrouter.data.sources import assign_split, split_key
+from rmrouter.routers.data_label import DataLabelRouting
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +35,28 @@ DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 class BehaviourPairs(Dataset):
-    """Behaviour records as rows: strings for the pair, `[N]` tensors for the RMs in `rm_names` order."""
+    """Behaviour records as rows: strings for the pair, `[N]` tensors for the RMs in `rm_names` order.
+
+    `label_route` is filled in by the DataModule once the data-label routing is fitted (-1 until then).
+    """
 
     def __init__(self, records: list[BehaviourRecord], rm_names: Sequence[str]):
         self.records = records
         shape = (len(records), len(rm_names))  # reshape keeps [0, N] for an empty split
-        margins = [[record.margin[name] for name in rm_names] for record in records]
-        agrees = [[agree[name] for name in rm_names] for agree in (record.agree for record in records)]
-        self.margin = torch.tensor(margins, dtype=torch.float32).reshape(shape)
-        self.agree = torch.tensor(agrees, dtype=torch.float32).reshape(shape)
+        scores = [[record.scores[name] for name in rm_names] for record in records]
+        self.scores = torch.tensor(scores, dtype=torch.float64).reshape(*shape, 2)
+        self.margin = (self.scores[..., 0] - self.scores[..., 1]).float()
+        self.eligible = ~self.scores.isnan().any(dim=-1)
+        self.agree = (self.eligible & (self.scores[..., 0] > self.scores[..., 1])).float()
+        self.label_route = torch.full((len(records),), -1, dtype=torch.long)
+
+    @property
+    def domains(self) -> list[str]:
+        return [record.pair.domain for record in self.records]
+
+    @property
+    def sources(self) -> list[str]:
+        return [record.pair.source for record in self.records]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -55,6 +72,9 @@ class BehaviourPairs(Dataset):
             "rejected": pair.rejected,
             "agree": self.agree[index],
             "margin": self.margin[index],
+            "eligible": self.eligible[index],
+            "scores": self.scores[index].float(),
+            "label_route": self.label_route[index],
         }
 
 
@@ -120,6 +140,7 @@ class BehaviourDataModule(LightningDataModule):
         self.splits: dict[str, BehaviourPairs] | None = None
         self.ood_by_domain: dict[str, BehaviourPairs] = {}  # `ood/<domain>` views when `ood` spans several domains
         self.train_pairs: BehaviourPairs | None = None  # the rows of `train_splits`
+        self.data_label_routing: DataLabelRouting | None = None  # fitted on the `train` split in `setup`
 
     @property
     def has_ood(self) -> bool:
@@ -150,7 +171,23 @@ class BehaviourDataModule(LightningDataModule):
                 f"ood/{domain}": BehaviourPairs([r for r in grouped["ood"] if r.pair.domain == domain], self.rm_names)
                 for domain in ood_domains
             }
+        self._fit_data_label_routing()
         log.info("%s: behaviour split sizes %s", self.path, self.split_sizes)
+
+    def _fit_data_label_routing(self) -> None:
+        # Fitted on `train` alone, like the router; with an empty `train` (the simulated stream's test + ood rows
+        # only) on the rows served for training instead, and said so.
+        fitted_on = self.splits["train"] if len(self.splits["train"]) else self.train_pairs
+        if fitted_on is not self.splits["train"]:
+            log.warning(
+                "%s: the train split is empty: data-label routing is fitted on %s", self.path, self.train_splits
+            )
+        right = fitted_on.agree.bool() & fitted_on.eligible
+        self.data_label_routing = DataLabelRouting.fit(fitted_on.domains, fitted_on.sources, right, fitted_on.eligible)
+        for dataset in {*self.splits.values(), *self.ood_by_domain.values(), self.train_pairs}:
+            dataset.label_route = self.data_label_routing.route(dataset.domains, dataset.sources, dataset.eligible)
+        log.info("%s: data-label routing (top RM per label): %s", self.path,
+                 self.data_label_routing.describe(self.rm_names))  # fmt: skip
 
     def _split_of(self, record: BehaviourRecord) -> str:
         pair = record.pair

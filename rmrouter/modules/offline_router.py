@@ -8,7 +8,9 @@ most 2 (sigmoid <= 0.88): the loss would keep pushing even fully separated pairs
 The BT logits are therefore `scale * s` with one learnable `scale` (CLIP's temperature), shared by all RMs so it
 never changes a ranking; see `BT_SCALE_INIT` for the toy-problem measurement behind its start value.
 
-A classification head `Linear(h) -> [N]` predicts `agree` with BCE over all rows; `L = L_bt + cls_weight * L_cls`.
+A classification head `Linear(h) -> [N]` predicts `agree` with BCE; `L = L_bt + cls_weight * L_cls`. An RM that could
+not judge a row (`eligible` False: it abstained) is left out of that row in both losses and in the metrics, as
+neither right nor wrong; routing picks among the eligible RMs only.
 With a frozen encoder, its embeddings are cached by text during a fit and its weights are left out of checkpoints
 (rebuilt from the encoder name on load, checked against a saved fingerprint), as in `learned_reward.py`.
 
@@ -31,7 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt
-from rmrouter.losses import disagreement_pairs, router_bt_loss
+from rmrouter.losses import disagreement_pairs, masked_bce_with_logits, router_bt_loss
 from rmrouter.models.encoder import Pooling
 from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
 from rmrouter.models.pair_encoder import PairEncoder
@@ -56,8 +58,8 @@ def _metrics_key(stage: str) -> str:
 class OfflineRouterModule(LightningModule):
     """Trains the router's pair encoder, per-RM BT embeddings and classification head on behaviour data.
 
-    Batches are those of `BehaviourDataModule`: lists `prompt`, `chosen`, `rejected` and float tensors
-    `agree`, `margin` of shape `[B, N]` whose column `n` is `rm_names[n]`.
+    Batches are those of `BehaviourDataModule`: lists `prompt`, `chosen`, `rejected`, float tensors `agree`, `margin`
+    and bool `eligible` of shape `[B, N]` whose column `n` is `rm_names[n]`, and `label_route` `[B]`.
 
     Args:
         rm_names: The pool's RM names in the column order of `agree` and `margin`.
@@ -154,6 +156,7 @@ class OfflineRouterModule(LightningModule):
         return {
             "rm_names": list(self.rm_names),
             "bt_embeddings": self.normalized_bt_embeddings().detach().cpu().clone(),
+            "bt_scale": float(self.bt_scale()),
             "encoder": encoder_name,
             "pooling": encoder.pooling,
             "max_length": encoder.max_length,
@@ -166,17 +169,22 @@ class OfflineRouterModule(LightningModule):
     # ---- steps ----------------------------------------------------------------------------------------------------
 
     def _common_step(self, batch: dict[str, Any], stage: str) -> Tensor:
-        agree, margin = batch["agree"], batch["margin"]
-        if agree.dim() != 2 or agree.shape[1] != len(self.rm_names) or margin.shape != agree.shape:
+        agree, margin, eligible = batch["agree"], batch["margin"], batch["eligible"]
+        if (
+            agree.dim() != 2
+            or agree.shape[1] != len(self.rm_names)
+            or not margin.shape == eligible.shape == agree.shape
+        ):
             raise ValueError(
-                f"batch 'agree' {tuple(agree.shape)} and 'margin' {tuple(margin.shape)} must both be [batch, "
-                f"{len(self.rm_names)}], one column per RM of rm_names={self.rm_names}: build the data with these RMs"
+                f"batch 'agree' {tuple(agree.shape)}, 'margin' {tuple(margin.shape)} and 'eligible' "
+                f"{tuple(eligible.shape)} must all be [batch, {len(self.rm_names)}], one column per RM of "
+                f"rm_names={self.rm_names}: build the data with these RMs"
             )
         # cache frozen embeddings while fitting, where the same train and val texts come back every epoch
         use_cache = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
         scores, cls_logits = self._route(batch["prompt"], batch["chosen"], batch["rejected"], use_cache)
-        bt_loss = router_bt_loss(self.bt_scale() * scores, agree)
-        cls_loss = F.binary_cross_entropy_with_logits(cls_logits, agree)
+        bt_loss = router_bt_loss(self.bt_scale() * scores, agree, eligible)
+        cls_loss = masked_bce_with_logits(cls_logits, agree, eligible)
         # a cls_weight of 0 still multiplies: the head stays in the graph (zero gradients), as DDP needs
         loss = bt_loss + self.hparams.cls_weight * cls_loss
         self._metrics(stage).update(
@@ -185,9 +193,11 @@ class OfflineRouterModule(LightningModule):
             cls_logits.detach(),
             agree,
             margin,
+            eligible,
+            batch["label_route"],
         )
         # per step, so steps without pairs show up; batch_size 1 makes the epoch value the mean count per step
-        pairs = disagreement_pairs(agree)[0].numel()
+        pairs = disagreement_pairs(agree, eligible)[0].numel()
         self.log(
             f"{stage}/bt_pairs", float(pairs), on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=1,
             add_dataloader_idx=False,

@@ -201,7 +201,7 @@ class OnlineDPOModule(LightningModule):
             self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p
         )
         truncated = {c.text for row in completions for c in row if not c.has_eos}
-        judge = LiveJudge(self.live_judge(), truncated, hp.missing_eos_penalty, hp.min_score_gap)
+        judge = LiveJudge(self.live_judge(), truncated, hp.missing_eos_penalty, hp.min_score_gap, len(self.pool))
         candidates = live_candidates(
             batch, prompts, completions, hp.pairing, hp.pairs_per_prompt, self._generator(), judge
         )

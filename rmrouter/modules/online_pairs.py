@@ -17,6 +17,7 @@ from rmrouter.data.records import PromptRecord, as_messages
 from rmrouter.modules.generation import Completion
 from rmrouter.pairs import candidate_pairs, random_pairs
 from rmrouter.routers.base import PairBatch, PairJudge
+from rmrouter.routers.judges import ask_eligible
 
 Pairing = Literal["random", "all", "best_vs_worst"]
 
@@ -58,10 +59,12 @@ class LiveJudge:
         truncated: Texts of the responses that did not end with EOS.
         penalty: Score subtracted from a truncated response, >= 0.
         min_gap: Largest margin still counted as a tie, >= 0.
+        num_rms: RMs in the pool (the width of `eligible`).
     """
 
-    def __init__(self, judge: PairJudge, truncated: set[str], penalty: float, min_gap: float) -> None:
+    def __init__(self, judge: PairJudge, truncated: set[str], penalty: float, min_gap: float, num_rms: int) -> None:
         self.judge, self.truncated, self.penalty, self.min_gap = judge, truncated, penalty, min_gap
+        self.num_rms = num_rms
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         margins = self.judge.margins(rm_index, pairs).detach().float().cpu()
@@ -69,6 +72,9 @@ class LiveJudge:
         cut_second = torch.tensor([text in self.truncated for text in pairs.second], dtype=torch.float32)
         margins = margins - self.penalty * (cut_first - cut_second)
         return torch.where(margins.abs() <= self.min_gap, torch.zeros_like(margins), margins)
+
+    def eligible(self, pairs: PairBatch) -> Tensor:
+        return ask_eligible(self.judge, pairs, self.num_rms)
 
 
 def index_pairs(texts: Sequence[str], pairing: Pairing, pairs_per_prompt: int, generator: torch.Generator):

@@ -40,6 +40,13 @@ class RewardModel(nn.Module, ABC):
             tensor = next(self.buffers(), None)
         return tensor.device if tensor is not None else torch.device("cpu")
 
+    def can_judge(self, reference: str | None) -> bool:
+        """Whether this RM can score a row with this reference answer (None: the row has none).
+
+        Routers ask this before choosing an RM, so a pair never goes to an RM that would abstain on it.
+        """
+        return reference is not None or not self.needs_reference
+
     @torch.no_grad()
     def score(
         self,
@@ -55,7 +62,7 @@ class RewardModel(nn.Module, ABC):
         elif len(references) != len(responses):
             raise ValueError(f"{self.name}: got {len(references)} references for {len(responses)} responses")
         scores = torch.full((len(responses),), float("nan"))
-        rows = [i for i, reference in enumerate(references) if reference is not None or not self.needs_reference]
+        rows = [i for i, reference in enumerate(references) if self.can_judge(reference)]
         if rows:
             was_training = self.training
             self.eval()

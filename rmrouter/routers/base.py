@@ -55,7 +55,12 @@ class PairBatch:
 
 
 class PairJudge(Protocol):
-    """Scores pairs with one RM of the pool."""
+    """Scores pairs with one RM of the pool.
+
+    A judge may also say, before any RM is called, which RMs can judge each pair: `eligible(pairs) -> [P, N]` bool
+    (an RM that needs a reference answer cannot judge a pair without one). Routers ask through
+    `rmrouter.routers.judges.ask_eligible`, which treats a judge without that method as one whose RMs judge everything.
+    """
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         """`[len(pairs)]` float: RM `rm_index`'s `score(first) - score(second)`; NaN where it abstains."""

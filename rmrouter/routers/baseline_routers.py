@@ -13,7 +13,7 @@ from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.baselines import LinUCB, majority_vote
 from rmrouter.routers.embedding import LazyEmbedder
-from rmrouter.routers.judges import ask_all, ask_by_rm, preference
+from rmrouter.routers.judges import ask_all, ask_by_rm, ask_eligible, preference
 from rmrouter.routers.normalizer import QuantileNormalizer
 
 
@@ -58,7 +58,7 @@ class SingleRMRouter(Router):
 
 
 class RandomRouter(SeededRouter):
-    """Each pair is labelled by an RM drawn uniformly at random.
+    """Each pair is labelled by an RM drawn uniformly at random among those that can judge it (the judge's `eligible`).
 
     Args:
         rm_names: The pool's RM names, in pool order.
@@ -67,7 +67,11 @@ class RandomRouter(SeededRouter):
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         total, mine = self.global_rows(len(pairs))  # one draw per pair of every rank; this rank keeps its own
-        chosen = torch.randint(0, len(self.rm_names), (total,), generator=self.generator)[mine]
+        draws = torch.rand(total, len(self.rm_names), generator=self.generator)[mine]
+        # uniform over the eligible RMs: the largest of i.i.d. uniform draws among them (all of them if none can judge)
+        eligible = ask_eligible(judge, pairs, len(self.rm_names))
+        eligible = eligible | ~eligible.any(dim=1, keepdim=True)
+        chosen = draws.masked_fill(~eligible, -1.0).argmax(dim=1)
         return self.count(Routing(preference(ask_by_rm(judge, pairs, chosen)), chosen, rm_calls=len(pairs)))
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.embedding import LazyEmbedder
-from rmrouter.routers.judges import ask_by_rm, preference
+from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
 from rmrouter.routers.normalizer import QuantileNormalizer, batch_baseline
 from rmrouter.routers.posterior import GaussianPosteriors
 from rmrouter.routers.prior import RouterPrior
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class BayesianRouter(Router):
-    """Routes each pair to the RM with the highest Thompson score `h^T w_n`, then learns from the pairs' DPO losses.
+    """Routes each pair to the RM with the highest Thompson score `h^T w_n` among the RMs that can judge it (the
+    judge's `eligible`), then learns from the pairs' DPO losses.
 
     `observe` rewards the pairs trained on (finite losses) with `QuantileNormalizer(batch_baseline(losses))` and adds
     them to their RMs' posteriors; non-finite losses of labelled pairs are skipped, counted
@@ -131,7 +132,10 @@ class BayesianRouter(Router):
         h = self.embedder.pairs(pairs)
         # Thompson draws over every rank's pairs, so the generator advances alike everywhere; each keeps its slice.
         every_h, mine = self.all_gather_rows(h)
-        chosen = self.scores(every_h).argmax(dim=1)[mine]
+        scores = self.scores(every_h)[mine]
+        # only among the RMs that can judge each pair: one that would abstain yields no label and teaches nothing
+        eligible = ask_eligible(judge, pairs, len(self.rm_names)).to(scores.device)
+        chosen = scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
         margins = ask_by_rm(judge, pairs, chosen)
         return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=h))
 

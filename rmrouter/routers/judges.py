@@ -63,6 +63,11 @@ class PoolJudge:
             return torch.full((len(pairs),), float("nan"))
         return (first - second).detach().float()
 
+    def eligible(self, pairs: PairBatch) -> Tensor:
+        """`[P, N]` bool: RM `n` can judge pair `p` (`RewardModel.can_judge` of its reference)."""
+        rows = [[rm.can_judge(reference) for rm in self.pool.reward_models] for reference in pairs.references]
+        return torch.tensor(rows, dtype=torch.bool).reshape(len(pairs), len(self.pool))
+
     def _failed(self, name: str, error: Exception, num_pairs: int) -> None:
         self.errors[name] += 1
         logged = self._logged[name]
@@ -113,6 +118,24 @@ class RecordedJudge:
                 )
             return self._margins[:, rm_index]
         return self._margins[torch.as_tensor(pairs.rows, dtype=torch.long), rm_index]
+
+    def eligible(self, pairs: PairBatch) -> Tensor:
+        """`[P, N]` bool: the RMs that judged each pair when it was recorded (a recorded NaN: it could not)."""
+        recorded = self._margins if pairs.rows is None else self._margins[torch.as_tensor(pairs.rows, dtype=torch.long)]
+        if recorded.shape[0] != len(pairs):
+            raise ValueError(f"the recorded margins are for {recorded.shape[0]} pairs, {len(pairs)} were given")
+        return ~recorded.isnan()
+
+
+def ask_eligible(judge: PairJudge, pairs: PairBatch, num_rms: int) -> Tensor:
+    """`[P, N]` bool: which RMs can judge each pair; a judge without `eligible` lets every RM judge every pair."""
+    eligible = getattr(judge, "eligible", None)
+    if eligible is None:
+        return torch.ones(len(pairs), num_rms, dtype=torch.bool)
+    mask = eligible(pairs).detach().cpu().bool()
+    if mask.shape != (len(pairs), num_rms):
+        raise ValueError(f"judge.eligible gave shape {list(mask.shape)} for {len(pairs)} pairs of {num_rms} RMs")
+    return mask
 
 
 def ask_by_rm(judge: PairJudge, pairs: PairBatch, rm_index: Tensor) -> Tensor:

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added bt_scale
 KIND = "rmrouter.RouterPrior"
 # Rows are L2-normalised by the BT head; float32 round-off stays far inside this.
 NORM_TOLERANCE = 1e-3
 PAYLOAD_FIELDS = (
     "rm_names",
     "bt_embeddings",
+    "bt_scale",
     "encoder",
     "pooling",
     "max_length",
@@ -53,6 +54,8 @@ class RouterPrior:
         max_length: Token limit of the encoder's inputs.
         mlp_config: Everything the pair encoder needs to rebuild its MLP (sizes, activation, flags); primitives only.
         mlp_state: The MLP's `state_dict`.
+        bt_scale: The offline BT head's learned logit scale: it trained on `bt_scale * <h, E_bt[n]>`, so score gaps
+            times this scale are its log-odds that one RM is right where another is wrong. 1 is the plain cosine.
         metadata: Provenance and scores (behaviour file, training steps, router accuracy, ...); primitives only.
         version: Format version; always `FORMAT_VERSION` for a prior in memory.
         source: Where the prior was loaded from, for error messages; set by `load`, never saved.
@@ -65,6 +68,7 @@ class RouterPrior:
     max_length: int
     mlp_config: dict[str, Any]
     mlp_state: dict[str, Tensor]
+    bt_scale: float = 1.0
     metadata: dict[str, str | float | int] = field(default_factory=dict)
     version: int = FORMAT_VERSION
     source: str | None = None
@@ -90,6 +94,8 @@ class RouterPrior:
                 f"bt_embeddings rows must be L2-normalised as the BT head used them, got norms {norms.tolist()}: "
                 "save torch.nn.functional.normalize(E_bt, dim=-1)"
             )
+        if isinstance(self.bt_scale, bool) or not isinstance(self.bt_scale, int | float) or not self.bt_scale > 0:
+            raise RouterPriorError(f"bt_scale must be a positive number, got {self.bt_scale!r}")
         if not isinstance(self.encoder, str) or not self.encoder or not isinstance(self.pooling, str):
             raise RouterPriorError(f"encoder and pooling must be names, got {self.encoder!r}, {self.pooling!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
@@ -130,6 +136,7 @@ class RouterPrior:
             "rm_names": list(self.rm_names),
             # Clones drop views into larger storages (torch.save would write those whole) and any autograd graph.
             "bt_embeddings": self.bt_embeddings.detach().cpu().clone(),
+            "bt_scale": float(self.bt_scale),
             "encoder": self.encoder,
             "pooling": self.pooling,
             "max_length": self.max_length,
@@ -172,7 +179,14 @@ class RouterPrior:
         version = payload.get("version")
         if version != FORMAT_VERSION:
             newer = isinstance(version, int) and version > FORMAT_VERSION
-            fix = "written by a newer rmrouter: upgrade rmrouter" if newer else "an unknown version"
+            older = isinstance(version, int) and 0 < version < FORMAT_VERSION
+            fix = (
+                "written by a newer rmrouter: upgrade rmrouter"
+                if newer
+                else "written by an older rmrouter: train the offline router again"
+                if older
+                else "an unknown version"
+            )
             raise RouterPriorError(
                 f"{path}: router prior format version {version!r}, this rmrouter reads version {FORMAT_VERSION} ({fix})"
             )

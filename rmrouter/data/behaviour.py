@@ -1,0 +1,135 @@
+"""Behaviour records: how every RM of a pool judged each labelled preference pair, and their JSON-lines file.
+
+One JSON line per pair: the pair itself (id, domain, source, prompt, chosen, rejected, reference), `scores` (per RM
+name, `[score(chosen), score(rejected)]`, or null where the RM could not judge the pair, e.g. it needs a reference
+answer and the pair has none) and `agree` (per RM, whether it scored `chosen` strictly above `rejected`, as the label
+says). Keeping each side's score, not only the margin, is what score-level ensembles such as UWO need.
+
+An RM that could not judge a pair is *ineligible* for it: a router should never pick it there, and offline metrics
+leave it out of that pair instead of counting it wrong. `agree` is false for it, so routing a pair to it yields no
+usable label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmrouter.data.jsonl import DataError, iter_json_lines
+from rmrouter.data.records import PreferenceRecord
+
+NOT_JUDGED = (math.nan, math.nan)
+RECORD_FIELDS = ("scores", "agree")
+
+
+@dataclass(frozen=True)
+class BehaviourRecord:
+    """One labelled pair and every RM's scores of its two sides.
+
+    Args:
+        pair: The labelled pair (`chosen` is the preferred side).
+        scores: Per RM name, `(score(chosen), score(rejected))`; `NOT_JUDGED` (two NaNs) where the RM could not judge.
+    """
+
+    pair: PreferenceRecord
+    scores: dict[str, tuple[float, float]]
+
+    @property
+    def margin(self) -> dict[str, float]:
+        """Per RM, `score(chosen) - score(rejected)`; NaN where it could not judge."""
+        return {name: chosen - rejected for name, (chosen, rejected) in self.scores.items()}
+
+    @property
+    def eligible(self) -> dict[str, bool]:
+        """Per RM, whether it judged this pair (scored both sides)."""
+        return {
+            name: not (math.isnan(chosen) or math.isnan(rejected)) for name, (chosen, rejected) in self.scores.items()
+        }
+
+    @property
+    def agree(self) -> dict[str, bool]:
+        return {name: margin_agrees(margin) for name, margin in self.margin.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.pair.to_dict(),
+            "scores": {name: None if not judged else list(self.scores[name]) for name, judged in self.eligible.items()},
+            "agree": self.agree,
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> BehaviourRecord:
+        """Parses one line; `agree` must be present and match the scores, so edited labels never pass silently."""
+        if "scores" not in row:
+            raise ValueError(
+                "field 'scores' missing: written by an older rmrouter (margins only, no per-response scores); "
+                "delete the file and collect it again"
+            )
+        pair_fields = {k: v for k, v in row.items() if k not in RECORD_FIELDS}
+        if not isinstance(row["scores"], dict):
+            raise ValueError(f"field 'scores': expected an object of [chosen, rejected] per RM, got {row['scores']!r}")
+        record = cls(
+            PreferenceRecord.from_dict(pair_fields),
+            {name: _side_scores(name, value) for name, value in row["scores"].items()},
+        )
+        agree = row.get("agree")
+        if not isinstance(agree, dict):
+            raise ValueError(f"field 'agree' missing: expected one true/false label per RM of {sorted(record.scores)}")
+        for name, margin in record.margin.items():
+            label = agree.get(name)
+            if not isinstance(label, bool):
+                raise ValueError(f"field 'agree': no true/false label for RM '{name}' (got {label!r})")
+            if label != margin_agrees(margin):
+                raise ValueError(
+                    f"field 'agree': RM '{name}' is labelled {label} but its scores {row['scores'][name]} say "
+                    f"{margin_agrees(margin)}; the file was edited or written by another tool"
+                )
+        return record
+
+
+def _side_scores(name: str, value: Any) -> tuple[float, float]:
+    if value is None:
+        return NOT_JUDGED
+    numbers = isinstance(value, list) and len(value) == 2
+    if not numbers or any(isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) for v in value):
+        raise ValueError(
+            f"field 'scores': RM '{name}' has {value!r}, expected [score(chosen), score(rejected)] or null"
+        )
+    return float(value[0]), float(value[1])
+
+
+def margin_agrees(margin: float) -> bool:
+    """An RM agrees with the label when it ranks `chosen` strictly higher; ties and abstentions do not."""
+    return not math.isnan(margin) and margin > 0
+
+
+def read_behaviour(path: str | Path, rm_names: Sequence[str] | None = None) -> list[BehaviourRecord]:
+    """Reads a behaviour file; with `rm_names`, every row must carry exactly those RMs."""
+    records = []
+    for line_number, line in iter_json_lines(path):
+        try:
+            row = json.loads(line)
+            record = BehaviourRecord.from_dict(row)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise DataError(f"{path}:{line_number}: not a behaviour record ({error})") from None
+        if rm_names is not None and sorted(record.scores) != sorted(rm_names):
+            raise DataError(
+                f"{path}:{line_number}: written by RMs {sorted(record.scores)}, expected {sorted(rm_names)}: "
+                "use another output file for another pool"
+            )
+        records.append(record)
+    return records
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cuts a last line left unfinished by a crash, so appending resumes on a clean line boundary."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    path.write_bytes(data[: data.rfind(b"\n") + 1])
