@@ -1,15 +1,24 @@
-"""How much the offline router's accuracy depends on its training seed, written to `docs/offline_router_seeds.md`.
+"""The offline router over training seeds, against its baselines with a paired test: `docs/offline_router_seeds.md`.
 
-`docs/offline_router.md` is one fit. This script repeats the shipped fit and test through the project CLI once per
-seed, on the same behaviour file and the same train/val/test/ood split (`split_seed` is left alone), with the seed
-of the initial weights (`seed_everything`) and of the training order (`data.init_args.seed`) set to each value:
+`docs/offline_router.md` is one fit. This script repeats the shipped fit, test and predict through the project CLI
+once per seed, on the same behaviour file and the same train/val/test/ood split (`split_seed` is left alone), with
+the seed of the initial weights (`seed_everything`) and of the training order (`data.init_args.seed`) set to each
+value:
 
-    python cli.py fit  --config configs/offline_router.yaml --config OVERLAY --seed_everything S --data.init_args.seed S
-    python cli.py test --config configs/offline_router.yaml --config OVERLAY --ckpt_path OUT_DIR/seed_S/best.ckpt
+    python cli.py fit     --config CONFIG --config OVERLAY --seed_everything S --data.init_args.seed S
+    python cli.py test    --config CONFIG --config OVERLAY --ckpt_path OUT_DIR/seed_S/best.ckpt
+    python cli.py predict --config CONFIG --config OVERLAY --ckpt_path OUT_DIR/seed_S/best.ckpt
 
-The overlay sends each run's checkpoints, prior, logs and results (`metrics.json`, from `OfflineRouterReport`) to
-`<out-dir>/seed_S/`; the tables are built from those files only. The baselines (random, single RMs, majority vote)
-are functions of the split's behaviour labels alone, so they are the same for every seed.
+(CONFIG is `configs/offline_router.yaml` unless `--config` names another.)
+
+The overlay sends each run's checkpoints, prior, logs, results (`metrics.json`, from `OfflineRouterReport`) and
+per-row routing decisions (`predictions.jsonl`, from `RoutingPredictionWriter`) to `<out-dir>/seed_S/`; the tables
+are built from those files only. The baselines (random, single RMs, majority vote, data-label routing) are functions
+of the split's behaviour labels alone, so they are the same for every seed.
+
+The router is compared with the best of the baselines a user would choose instead (the best single RM in hindsight,
+majority vote, data-label routing) on each split, row by row: per row, the share of seeds whose router was right,
+minus the baseline's credit on that row; `rmrouter.stats.paired_test` over the rows where some RM is right.
 
     .venv/bin/python benchmarks/offline_router_seeds.py --seeds 0 1 2 3 4 --output docs/offline_router_seeds.md
 
@@ -31,28 +40,33 @@ import yaml
 from common import redirected_trainer, split_passthrough, write_report
 
 from rmrouter.callbacks.offline_report import ROWS
+from rmrouter.callbacks.routing_predictions import read_predictions
 from rmrouter.cli import main as cli_main
+from rmrouter.stats import paired_test, proportion_se
 
 log = logging.getLogger("offline_router_seeds")
 
 REPORT = "OfflineRouterReport"  # rmrouter.callbacks, by either import path
+PREDICTIONS = "RoutingPredictionWriter"
 (_, ROUTER_KEY), *BASELINES = ROWS  # "router_acc", then the baselines' (label, key)
+COMPARED = ("best single RM", "majority vote (all RMs)", "data-label routing")  # what a user would choose instead
 
 
 def overlay_config(config: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
     """The trainer keys that send one seed's run to `folder`, with the results report also writing `metrics.json`."""
     overlay = redirected_trainer(config, folder)
-    for callback in overlay["trainer"]["callbacks"]:
-        if callback["class_path"].endswith(f".{REPORT}"):
-            callback["init_args"].update(metrics_path=str(folder / "metrics.json"), command=command)
-            break
-    else:
-        raise SystemExit(f"the config has no {REPORT} callback, which writes the results this script reads")
+    names = {callback["class_path"].rsplit(".", 1)[-1]: callback for callback in overlay["trainer"]["callbacks"]}
+    for needed in (REPORT, PREDICTIONS):
+        if needed not in names:
+            raise SystemExit(f"the config has no {needed} callback, which writes what this script reads")
+    names[REPORT]["init_args"].update(metrics_path=str(folder / "metrics.json"), command=command)
+    names[PREDICTIONS]["init_args"].update(path=str(folder / "predictions.jsonl"))
     return overlay
 
 
 def run_seed(args: argparse.Namespace, seed: int, passthrough: list[str]) -> dict[str, Any]:
-    """Fits and tests the router with `seed`; returns the test's `metrics.json` (`splits`, `sizes`, `metrics`)."""
+    """Fits, tests and predicts with `seed`; returns the test's `metrics.json` (`splits`, `sizes`, `metrics`) with
+    the per-row decisions added as `rows`."""
     folder = args.out_dir / f"seed_{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     overlay, results = folder / "overlay.yaml", folder / "metrics.json"
@@ -60,22 +74,56 @@ def run_seed(args: argparse.Namespace, seed: int, passthrough: list[str]) -> dic
     common = ["--config", str(args.config), "--config", str(overlay)]
     fit = ["fit", *common, f"--seed_everything={seed}", f"--data.init_args.seed={seed}", *passthrough]
     test = ["test", *common, f"--ckpt_path={checkpoint}", *passthrough]
-    record = folder / "report_run.json"
-    if args.reuse and record.exists() and results.exists() and json.loads(record.read_text()) == [fit, test]:
+    predict = ["predict", *common, f"--ckpt_path={checkpoint}", *passthrough]
+    record, predictions = folder / "report_run.json", folder / "predictions.jsonl"
+    stages = [fit, test, predict]
+    done = record.exists() and results.exists() and predictions.exists()
+    if args.reuse and done and json.loads(record.read_text()) == stages:
         log.info("seed %d: reusing %s", seed, results)
-        return json.loads(results.read_text())
+        return with_rows(json.loads(results.read_text()), predictions)
     command = "python cli.py " + " ".join(test)
     overlay.write_text(yaml.safe_dump(overlay_config(yaml.safe_load(args.config.read_text()), folder, command)))
-    results.unlink(missing_ok=True)
-    checkpoint.unlink(missing_ok=True)
-    (folder / "last.ckpt").unlink(missing_ok=True)  # a fit finds no earlier run's checkpoint to resume or keep
-    for stage in (fit, test):
+    for stale in (results, predictions, checkpoint, folder / "last.ckpt"):
+        stale.unlink(missing_ok=True)  # a fit finds no earlier run's checkpoint to resume or keep
+    for stage in stages:
         log.info("seed %d: python cli.py %s", seed, " ".join(stage))
         cli_main(stage)
-    if not results.exists():
-        raise RuntimeError(f"seed {seed}: the test wrote no {results}")
-    record.write_text(json.dumps([fit, test], indent=2) + "\n")
-    return json.loads(results.read_text())
+    for output in (results, predictions):
+        if not output.exists():
+            raise RuntimeError(f"seed {seed}: the runs wrote no {output}")
+    record.write_text(json.dumps(stages, indent=2) + "\n")
+    return with_rows(json.loads(results.read_text()), predictions)
+
+
+def with_rows(results: dict[str, Any], predictions: Path) -> dict[str, Any]:
+    header, rows = read_predictions(predictions)
+    return {**results, "rm_names": header["rm_names"], "rows": rows}
+
+
+def baseline_credits(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per compared baseline, its credit on each row (rows where some RM is right), in the order of `rows`."""
+    num_rms = len(rows[0]["right"])
+    alone = [sum(row["right"][n] for row in rows) for n in range(num_rms)]
+    best = max(range(num_rms), key=lambda n: (alone[n], -n))  # the first of equals, as the metrics pick it
+    return {
+        "best single RM": [float(row["right"][best]) for row in rows],
+        "majority vote (all RMs)": [row["majority_credit"] for row in rows],
+        "data-label routing": [float(row["label_route"] >= 0 and row["right"][row["label_route"]]) for row in rows],
+    }
+
+
+def paired_comparisons(runs: dict[int, dict[str, Any]], split: str) -> tuple[str, float, Any]:
+    """The best compared baseline on `split` (name, accuracy) and the paired test of the router against it."""
+    per_seed = [[row for row in run["rows"] if row["split"] == split and any(row["right"])] for run in runs.values()]
+    ids = [row["id"] for row in per_seed[0]]
+    if any([row["id"] for row in rows] != ids for rows in per_seed):
+        raise RuntimeError(f"{split}: the seeds' predictions are not on the same rows in the same order")
+    router = [
+        statistics.fmean(float(rows[i]["right"][rows[i]["routed"]]) for rows in per_seed) for i in range(len(ids))
+    ]
+    credits = baseline_credits(per_seed[0])
+    name = max(COMPARED, key=lambda label: (statistics.fmean(credits[label]), -COMPARED.index(label)))
+    return name, statistics.fmean(credits[name]), paired_test(router, credits[name])
 
 
 def percent(value: float) -> str:
@@ -83,21 +131,27 @@ def percent(value: float) -> str:
 
 
 def summary_table(runs: dict[int, dict[str, Any]]) -> str:
-    """Rows: splits; the router's mean, sample std, min and max over seeds, the baselines, and how often it won."""
+    """Rows: splits; the router's mean (with the standard error of that accuracy), sample std, min and max over seeds,
+    the baselines, the ceiling, and the paired test against the best compared baseline."""
     first = next(iter(runs.values()))
     labels = [label for label, _ in BASELINES]
-    columns = ["rows", "router mean", "router std", "router min", "router max", *labels, "router > best single"]
+    columns = ["rows", "router mean ± se", "router std", "router min–max", *labels, "any RM right",
+               "best baseline", "router − best (95% CI)", "p", "verdict"]  # fmt: skip
     lines = ["| split | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     for split in first["splits"]:
         router = [run["metrics"][f"{split}/{ROUTER_KEY}"] for run in runs.values()]
-        best_single = [run["metrics"][f"{split}/baseline/best_single"] for run in runs.values()]
         spread = statistics.stdev(router) if len(router) > 1 else float("nan")
-        wins = sum(r > b for r, b in zip(router, best_single, strict=True))
         baselines = [percent(statistics.fmean(run["metrics"][f"{split}/{key}"] for run in runs.values()))
                      for _, key in BASELINES]  # fmt: skip
+        best, best_accuracy, test = paired_comparisons(runs, split)
+        mean = statistics.fmean(router)
         cells = [
-            str(first["sizes"].get(split, "n/a")), percent(statistics.fmean(router)), percent(spread),
-            percent(min(router)), percent(max(router)), *baselines, f"{wins} of {len(router)}",
+            str(first["sizes"].get(split, "n/a")), f"{percent(mean)} ± {percent(proportion_se(mean, test.rows))}",
+            percent(spread), f"{percent(min(router))}–{percent(max(router))}", *baselines,
+            percent(first["metrics"][f"{split}/any_right"]), f"{best} {percent(best_accuracy)}",
+            f"{100 * test.mean:+.1f} ({100 * (test.mean - 1.96 * test.se):+.1f}, "
+            f"{100 * (test.mean + 1.96 * test.se):+.1f})",
+            f"{test.p_value:.3g}", test.verdict(),
         ]  # fmt: skip
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -128,9 +182,12 @@ def notes(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> str:
         f"`{args.out_dir}/seed_<S>/`. Each seed sets the initial weights and the training order; the split is the "
         "shipped one, so every seed is judged on the same rows.",
         "Accuracies are over the rows where at least one RM is right, as in "
-        "[`offline_router.md`](offline_router.md); std is the sample standard deviation over seeds; "
-        "`best single RM` is the best in hindsight on each split; the last column counts the seeds whose router "
-        "is strictly above it.",
+        "[`offline_router.md`](offline_router.md) (`any RM right` is that share of all rows); `se` is the standard "
+        "error of the router's mean accuracy on that many rows, std the sample standard deviation over seeds. "
+        "`best single RM` is the best RM used alone, chosen in hindsight on each split. `best baseline` is the best "
+        "of best single RM, majority vote and data-label routing on the split; the router is compared with it row by "
+        "row (the share of seeds right on a row minus the baseline's credit there), with a paired test over the "
+        "rows: `verdict` is `no difference` when p >= 0.05.",
     ]
     varying = baselines_vary(runs)
     if varying:

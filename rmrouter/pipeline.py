@@ -1,6 +1,6 @@
 """The main job on the embedded default: every stage that exists, each skipped when its output is already there.
 
-1. Train the learned safety RM of the default pool (`fit` on its config) unless its checkpoint exists.
+1. Train the learned RMs of the default pool (`fit` on each config) unless their checkpoints exist.
 2. Collect behaviour records of the default pool (resumes a partial file) and write the accuracy table.
 3. Train the offline router on those records unless its prior exists, then `test` it, which writes its results table.
 4. Online DPO with the BayesianRouter on the offline prior (resumed from its last checkpoint after an interruption),
@@ -17,9 +17,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+DEFAULT_LEARNED_RMS = {
+    f"configs/learned_rm/{name}.yaml": f"checkpoints/learned_rm/{name}/best.ckpt" for name in ("safety", "chat", "math")
+}
+
+
 def run_pipeline(
-    learned_rm_config: Path = Path("configs/learned_rm/safety.yaml"),
-    learned_rm_checkpoint: Path = Path("checkpoints/learned_rm/safety/best.ckpt"),
+    learned_rms: dict[str, str] | None = None,
     behaviour_config: Path = Path("configs/behaviour.yaml"),
     offline_router_config: Path = Path("configs/offline_router.yaml"),
     offline_router_prior: Path = Path("checkpoints/offline_router/prior.pt"),
@@ -36,8 +40,8 @@ def run_pipeline(
     """Runs the pipeline's stages in order; each one is skipped or resumed when its output exists.
 
     Args:
-        learned_rm_config: LightningCLI `fit` config of the learned RM the pool needs.
-        learned_rm_checkpoint: Where that fit leaves the checkpoint the pool loads.
+        learned_rms: LightningCLI `fit` config of each learned RM the pool needs -> the checkpoint that fit leaves
+            (and the pool loads); None: `DEFAULT_LEARNED_RMS`, the default pool's safety, chat and math RMs.
         behaviour_config: Config of the `collect` command.
         offline_router_config: LightningCLI config of the offline router (`fit`, then `test`).
         offline_router_prior: Where that fit leaves the prior artifact for the online stage.
@@ -54,12 +58,13 @@ def run_pipeline(
     from rmrouter.cli import main
 
     started = time.perf_counter()
-    if Path(learned_rm_checkpoint).is_file():
-        log.info("[1/4] learned RM: %s exists, not retraining", learned_rm_checkpoint)
-    else:
-        log.info("[1/4] learned RM: training with %s", learned_rm_config)
-        main(["fit", "--config", str(learned_rm_config)])
-        _expect(learned_rm_checkpoint, learned_rm_config)
+    for config, checkpoint in (DEFAULT_LEARNED_RMS if learned_rms is None else learned_rms).items():
+        if Path(checkpoint).is_file():
+            log.info("[1/4] learned RM: %s exists, not retraining", checkpoint)
+        else:
+            log.info("[1/4] learned RM: training with %s", config)
+            main(["fit", "--config", str(config)])
+            _expect(Path(checkpoint), Path(config))
     log.info("[2/4] behaviour collection with %s", behaviour_config)
     main(["collect", "--config", str(behaviour_config), *(behaviour_args or [])])
     if Path(offline_router_prior).is_file():
@@ -75,7 +80,7 @@ def run_pipeline(
         resume = ["--ckpt_path", str(online_checkpoint)] if Path(online_checkpoint).is_file() else []
         log.info("[4/4] online DPO: %s with %s%s", online_config, online_router_config, " (resuming)" if resume else "")
         main(["fit", "--config", str(online_config), "--config", str(online_router_config), *resume,
-              *(online_args or [])])  # fmt: skip
+              *precision_for_this_machine(), *(online_args or [])])  # fmt: skip
         _expect(online_summary, online_config)
     if online_report is not None:
         Path(online_report).parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,17 @@ def run_pipeline(
         Path(online_report).write_text(note + Path(online_summary).read_text())
         show_in_readme(Path(online_summary).read_text(), readme)
     log.info("pipeline done in %.0f s", time.perf_counter() - started)
+
+
+def precision_for_this_machine() -> list[str]:
+    """`--trainer.precision 32-true` where bfloat16 is emulated (AVX2-only CPUs, measured several times slower than
+    float32 there), so the online config's `bf16-mixed` does not make the main job crawl; nothing elsewhere."""
+    from rmrouter.reward_models._hf import native_bfloat16
+
+    if native_bfloat16():
+        return []
+    log.info("[4/4] this machine has no native bfloat16: the online run uses --trainer.precision 32-true")
+    return ["--trainer.precision", "32-true"]
 
 
 README_START, README_END = "<!-- online-demo-summary:start -->", "<!-- online-demo-summary:end -->"

@@ -46,11 +46,20 @@ def build_pool(spec: dict) -> RewardModelPool:
 def test_default_pool_builds_with_tiny_models_and_every_rm_scores(tiny_models):
     spec = yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
     pool = build_pool(with_tiny_models(spec, tiny_models))
-    assert pool.names == ["gsm8k-verifier", "length", "minilm-reference", "smollm2-likelihood", "minilm-bt-safety"]
+    assert pool.names == ["length", "smollm2-likelihood", "minilm-reference", "minilm-bt-safety", "minilm-bt-chat",
+                          "minilm-bt-math"]  # fmt: skip
     margins = pool.margins(["What is 2 + 2?"] * 2, ["4. #### 4", "no idea"], ["5. #### 5", "four"], ["#### 4", None])
-    assert margins.shape == (2, 5)
+    assert margins.shape == (2, 6)
     assert margins[0].isfinite().all()  # with a reference every RM judges
-    assert margins[1].isnan().tolist() == [True, False, True, False, False]  # without one, two RMs abstain
+    assert margins[1].isnan().tolist() == [False, False, True, False, False, False]  # without one, one RM cannot
+
+
+def test_the_pool_with_the_verifier_is_the_default_pool_plus_the_verifier(tiny_models):
+    default = yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
+    spec = yaml.safe_load((CONFIGS / "pool" / "with_verifier.yaml").read_text())
+    assert spec["init_args"]["reward_models"][:-1] == default["init_args"]["reward_models"]
+    pool = build_pool(with_tiny_models(spec, tiny_models))
+    assert pool.names[-1] == "gsm8k-verifier" and len(pool) == 7
 
 
 def test_behaviour_config_parses_and_its_sources_load():
@@ -65,9 +74,9 @@ def test_behaviour_config_parses_and_its_sources_load():
     data_parser = ArgumentParser()
     data_parser.add_function_arguments(collect_behaviour, skip={"pool"})
     data = data_parser.instantiate_classes(data_parser.parse_object(raw)).data
-    # the two GSM8K sources: training pairs of the 175B model, ood pairs of the 6B model on other questions
+    # the two GSM8K sources: pairs of any two solutions, and ood pairs of the 6B model on other questions
     in_distribution, ood = (source.load() for source in data[:2])
-    assert {pair.source for pair in in_distribution} == {"gsm8k/example_model_solutions/175b"}
+    assert {pair.source for pair in in_distribution} == {"gsm8k/example_model_solutions"}
     assert {pair.source for pair in ood} == {"gsm8k/example_model_solutions/6b"}
     assert len(in_distribution) == 120 and len(ood) == 60
     assert not {pair.prompt[0]["content"] for pair in in_distribution} & {pair.prompt[0]["content"] for pair in ood}
@@ -80,20 +89,58 @@ def test_behaviour_config_parses_and_its_sources_load():
     assert [pair.domain for pair in pairs[:9]] == ["math"] * 6 + ["safety"] * 3
 
 
+def sources_of(config: Path, keys: list[str]) -> list:
+    """The data sources a shipped config builds, from its raw YAML (no model is loaded)."""
+    from rmrouter.data.sources import PreferenceSource
+
+    raw = yaml.safe_load(config.read_text())
+    for key in keys:
+        raw = raw[key]
+    parser = ArgumentParser()
+    parser.add_argument("--sources", type=list[PreferenceSource])
+    return parser.instantiate_classes(parser.parse_object({"sources": raw})).sources
+
+
+def test_the_main_jobs_behaviour_pairs_are_a_slice_of_the_large_set():
+    large = {pair.id for source in sources_of(CONFIGS / "behaviour_large.yaml", ["data"]) for pair in source.load()}
+    main = {pair.id for source in sources_of(CONFIGS / "behaviour.yaml", ["data"]) for pair in source.load()}
+    assert len(large) > 3000 and len(main) == 540 and main <= large
+
+
+def test_no_behaviour_prompt_was_trained_or_selected_on_by_a_learned_rm():
+    from rmrouter.data.sources import split_key
+
+    behaviour = {split_key(pair) for source in sources_of(CONFIGS / "behaviour_large.yaml", ["data"])
+                 for pair in source.load()}  # fmt: skip
+    for name in ("safety", "chat", "math"):
+        config = CONFIGS / "learned_rm" / f"{name}.yaml"
+        for side in ("train", "val"):
+            seen = {
+                split_key(pair) for source in sources_of(config, ["data", "init_args", side]) for pair in source.load()
+            }
+            assert seen and not seen & behaviour, (name, side)
+
+
 def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch, tiny_models):
     monkeypatch.chdir(tmp_path)  # the shipped configs write under ./checkpoints and ./docs
     monkeypatch.setattr(sys, "argv", ["cli.py"])
-    learned = yaml.safe_load((CONFIGS / "learned_rm" / "safety.yaml").read_text())
-    learned["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
-    learned["trainer"]["max_epochs"] = 1
-    for side in ("train", "val"):
-        for source in learned["data"]["init_args"][side]:
-            source["init_args"]["limit"] = 8
-    (tmp_path / "learned.yaml").write_text(yaml.safe_dump(learned))
+    learned_rms = {}
+    for name in ("safety", "chat", "math"):
+        learned = yaml.safe_load((CONFIGS / "learned_rm" / f"{name}.yaml").read_text())
+        learned["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
+        learned["trainer"]["max_epochs"] = 1
+        for side in ("train", "val"):
+            for source in learned["data"]["init_args"][side]:
+                source["init_args"]["limit"] = 8
+        (tmp_path / f"learned_{name}.yaml").write_text(yaml.safe_dump(learned))
+        learned_rms[f"learned_{name}.yaml"] = str(tmp_path / "checkpoints" / "learned_rm" / name / "best.ckpt")
 
-    pool = yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text())
-    tiny = {**tiny_models, "LearnedRewardModel": {"checkpoint": "checkpoints/learned_rm/safety/best.ckpt"}}
-    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(with_tiny_models(pool, tiny)))
+    pool = with_tiny_models(yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text()), tiny_models)
+    for entry in pool["init_args"]["reward_models"]:  # the checkpoints the pipeline's first stage trains
+        if entry["class_path"].endswith("LearnedRewardModel"):
+            name = entry["init_args"]["name"].removeprefix("minilm-bt-")
+            entry["init_args"]["checkpoint"] = f"checkpoints/learned_rm/{name}/best.ckpt"
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool))
     behaviour = yaml.safe_load((CONFIGS / "behaviour.yaml").read_text())
     behaviour["pool"] = "pool.yaml"
     for source in behaviour["data"]:
@@ -119,9 +166,10 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     }
 
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
-    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
+    run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
+    assert all(Path(path).is_file() for path in learned_rms.values())
     records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
-    assert len(records) == 20 and set(records[0].margin) == set(build_pool_names(pool))
+    assert len(records) == 20 and set(records[0].scores) == set(build_pool_names(pool))
     assert (tmp_path / "docs" / "behaviour_table.md").is_file()
     prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
     assert prior.is_file() and (tmp_path / "docs" / "offline_router.md").is_file()
@@ -131,9 +179,18 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     assert (tmp_path / "docs" / "online_demo.md").read_text().endswith(summary.read_text())
 
     trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns
-    run_pipeline(Path("learned.yaml"), checkpoint, Path("behaviour.yaml"), **stages)
+    run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
     assert (checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns) == trained_at
 
 
 def build_pool_names(spec: dict) -> list[str]:
     return [entry["init_args"]["name"] for entry in spec["init_args"]["reward_models"]]
+
+
+@pytest.mark.parametrize("native, extra", [(True, []), (False, ["--trainer.precision", "32-true"])])
+def test_the_main_jobs_online_stage_runs_in_float32_where_bfloat16_is_emulated(monkeypatch, native, extra):
+    from rmrouter import pipeline
+    from rmrouter.reward_models import _hf
+
+    monkeypatch.setattr(_hf, "native_bfloat16", lambda: native)
+    assert pipeline.precision_for_this_machine() == extra

@@ -23,14 +23,20 @@ from rmrouter.data import (
 
 ALPACA_DOMAINS = {"helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
 MT_BENCH_DOMAINS = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
-VENDORED_GENERATORS = ["alpaca-7b", "claude-2", "falcon-7b-instruct", "gpt-3.5-turbo-1106", "phi-2", "vicuna-7b-v1.5"]
+BEHAVIOUR_GENERATORS = ["alpaca-7b", "claude-2", "falcon-7b-instruct", "gpt-3.5-turbo-1106", "phi-2", "vicuna-7b-v1.5"]
+CHAT_RM_GENERATORS = ["Mixtral-8x7B-Instruct-v0.1_concise", "OpenHermes-2.5-Mistral-7B", "alpaca-7b_verbose",
+                      "gemma-2b-it", "humpback-llama2-70b", "text_davinci_003", "wizardlm-13b"]  # fmt: skip
 
 SOURCES = [
     pytest.param(GSM8KSolutionPairs(limit=100), {"math"}, id="gsm8k-pairs"),
     pytest.param(GSM8KPrompts(limit=100), {"math"}, id="gsm8k-prompts"),
     pytest.param(HHRLHFHarmlessPairs(on_error="skip", limit=300), {"safety"}, id="hh-rlhf"),
     pytest.param(AlpacaEvalPairs(generators=["claude-2"]), ALPACA_DOMAINS, id="alpaca-reference-vs-model"),
-    pytest.param(AlpacaEvalPairs(pairing="model_vs_model", max_pairs_per_prompt=2), ALPACA_DOMAINS, id="alpaca-mvm"),
+    pytest.param(
+        AlpacaEvalPairs(generators=BEHAVIOUR_GENERATORS, pairing="model_vs_model", max_pairs_per_prompt=2),
+        ALPACA_DOMAINS,
+        id="alpaca-mvm",
+    ),
     pytest.param(AlpacaEvalPrompts(), ALPACA_DOMAINS, id="alpaca-prompts"),
     pytest.param(MTBenchPrompts(), MT_BENCH_DOMAINS, id="mt-bench"),
 ]
@@ -56,7 +62,7 @@ def test_vendored_files_and_licences_are_shipped():
         assert "License" in vendored_path(f"{folder}/LICENSE").read_text()
     assert vendored_path("README.md").is_file()
     names = sorted(path.name.removesuffix(".jsonl.gz") for path in vendored_path("alpaca_eval/annotations").iterdir())
-    assert names == VENDORED_GENERATORS
+    assert names == sorted(BEHAVIOUR_GENERATORS + CHAT_RM_GENERATORS)
 
 
 def test_hh_rlhf_vendored_file_needs_skip(caplog):
@@ -74,12 +80,16 @@ def test_real_pair_counts():
     assert len(GSM8KSolutionPairs(max_pairs_per_question=4).load()) == 2429
     assert len(GSM8KSolutionPairs(model="6b").load()) == 357  # questions where the 6B model's two solutions differ
     assert len(GSM8KSolutionPairs(model="175b").load()) == 436
-    reference_pairs = AlpacaEvalPairs(min_margin=0.25).load()
+    reference_pairs = AlpacaEvalPairs(generators=BEHAVIOUR_GENERATORS, min_margin=0.25).load()
     assert len(reference_pairs) == 4688
     assert Counter(record.reference for record in reference_pairs) == {None: 4688}
-    model_pairs = AlpacaEvalPairs(pairing="model_vs_model", min_margin=0.25).load()
+    model_pairs = AlpacaEvalPairs(generators=BEHAVIOUR_GENERATORS, pairing="model_vs_model", min_margin=0.25).load()
     assert len(model_pairs) == 1331
     assert all(record.reference for record in model_pairs)
+    # two of the chat RM's generators have a few empty answers: read with on_error skip
+    with pytest.raises(DataError, match=r"gemma-2b-it\.jsonl\.gz:\d+: field 'output_2'"):
+        AlpacaEvalPairs(generators=CHAT_RM_GENERATORS).load()
+    assert len(AlpacaEvalPairs(generators=CHAT_RM_GENERATORS, on_error="skip").load()) > 5000
     mt_bench = MTBenchPrompts().load()
     assert len(mt_bench) == 80
     assert {r.domain for r in mt_bench if r.reference} == {"math", "reasoning", "coding"}

@@ -29,7 +29,8 @@ def test_redirected_trainer_moves_every_output_of_the_offline_config(benchmarks,
     assert trainer["default_root_dir"] == str(tmp_path / "run")
     assert trainer["logger"]["init_args"]["save_dir"] == str(tmp_path / "run")
     assert trainer["logger"]["init_args"]["version"] == "tensorboard"  # the rest of the logger is kept
-    checkpoint, prior, report = trainer["callbacks"]
+    checkpoint, prior, predictions, report = trainer["callbacks"]
+    assert predictions["init_args"]["path"] == str(tmp_path / "run" / "predictions.jsonl")
     assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "run")
     assert checkpoint["init_args"]["monitor"] == "val/router_acc"
     assert prior["init_args"]["path"] == str(tmp_path / "run" / "prior.pt")
@@ -37,32 +38,60 @@ def test_redirected_trainer_moves_every_output_of_the_offline_config(benchmarks,
     assert report["init_args"]["command"].startswith("python cli.py test")  # not a path: left alone
 
 
-def run(seed_metrics: dict[int, dict[str, float]]) -> dict[int, dict]:
-    """Results files as `OfflineRouterReport(metrics_path=...)` writes them, one split `test` of 10 rows."""
-    return {seed: {"splits": ["test"], "sizes": {"test": 10}, "metrics": m} for seed, m in seed_metrics.items()}
+def rows(router_right: list[bool]) -> list[dict]:
+    """Ten test rows of two RMs: RM 0 is right on rows 0-5 (the best single RM, 60 %), RM 1 on rows 6-7, no RM on
+    rows 8-9; the router picked RM 0 where `router_right` is true, else RM 1. Data-label routing sends every row to
+    RM 1; majority vote gets half credit everywhere."""
+    out = []
+    for i, good in enumerate(router_right):
+        right = [i < 6, 6 <= i < 8]
+        routed = 0 if good == right[0] else 1
+        out.append({"split": "test", "id": f"r{i}", "routed": routed, "label_route": 1, "right": right,
+                    "eligible": [True, True], "majority_credit": 0.5})  # fmt: skip
+    return out
 
 
-def metrics(router: float) -> dict[str, float]:
-    return {"test/router_acc": router, "test/baseline/random": 0.25, "test/baseline/best_single": 0.6,
-            "test/baseline/majority_vote": 0.5, "test/baseline/data_label": 0.65}  # fmt: skip
+def run(seed_rows: dict[int, list[bool]]) -> dict[int, dict]:
+    """Results as `run_seed` returns them, one split `test` of 10 rows, 8 of them with some RM right."""
+    runs = {}
+    for seed, router_right in seed_rows.items():
+        accuracy = sum(router_right[:8]) / 8
+        metrics = {"test/router_acc": accuracy, "test/baseline/random": 0.5, "test/baseline/best_single": 0.75,
+                   "test/baseline/majority_vote": 0.5, "test/baseline/data_label": 0.25,
+                   "test/any_right": 0.8}  # fmt: skip
+        runs[seed] = {"splits": ["test"], "sizes": {"test": 10}, "metrics": metrics, "rm_names": ["a", "b"],
+                      "rows": rows(router_right)}  # fmt: skip
+    return runs
 
 
 def test_summary_table_on_hand_computed_values(benchmarks):
     _, report = benchmarks
-    runs = run({0: metrics(0.5), 1: metrics(0.7), 2: metrics(0.9)})
+    # router right on 8, 6 and 7 of the 8 routable rows: mean 7/8 = 87.5, sample std 12.5
+    runs = run({0: [True] * 10, 1: [True] * 6 + [False] * 4, 2: [True] * 7 + [False] * 3})
     table = report.summary_table(runs)
-    # mean 0.7, sample std 0.2, two of three seeds strictly above the best single RM's 0.6
-    assert "| test | 10 | 70.0 | 20.0 | 50.0 | 90.0 | 25.0 | 60.0 | 50.0 | 65.0 | 2 of 3 |" in table
-    assert report.per_seed_table(runs).splitlines()[2:] == ["| 0 | 50.0 |", "| 1 | 70.0 |", "| 2 | 90.0 |"]
+    # per row, seeds right: rows 0-5 all 3 (1.0), row 6 two of 3, row 7 one of 3; the best baseline is the best single
+    # RM (right on rows 0-5): differences 0 x 6, 2/3, 1/3 -> mean 0.125, se 0.0877, z 1.43, p 0.154: no difference
+    line = next(line for line in table.splitlines() if line.startswith("| test |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[:4] == ["test", "10", "87.5 ± 11.7", "12.5"] and cells[4] == "75.0–100.0"
+    assert cells[5:11] == ["50.0", "75.0", "50.0", "25.0", "80.0", "best single RM 75.0"]
+    assert cells[11].startswith("+12.5 (") and cells[13] == "no difference"
+    assert float(cells[12]) == pytest.approx(0.154, abs=0.001)
+    assert report.per_seed_table(runs).splitlines()[2:] == ["| 0 | 100.0 |", "| 1 | 75.0 |", "| 2 | 87.5 |"]
     assert report.baselines_vary(runs) == []
-    changed = run({0: metrics(0.5), 1: {**metrics(0.5), "test/baseline/majority_vote": 0.4}})
+    changed = run({0: [True] * 10, 1: [True] * 10})
+    changed[1]["metrics"]["test/baseline/majority_vote"] = 0.4
     assert report.baselines_vary(changed) == ["test/baseline/majority_vote"]
 
 
-def test_one_seed_has_no_spread_and_a_tie_is_no_win(benchmarks):
+def test_one_seed_has_no_spread_and_a_large_gap_on_few_rows_is_no_difference(benchmarks):
     _, report = benchmarks
-    table = report.summary_table(run({3: metrics(0.6)}))
-    assert "| test | 10 | 60.0 | nan | 60.0 | 60.0 | 25.0 | 60.0 | 50.0 | 65.0 | 0 of 1 |" in table
+    table = report.summary_table(run({3: [False] * 6 + [True] * 4}))  # right on rows 6 and 7 only
+    line = next(line for line in table.splitlines() if line.startswith("| test |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[2].startswith("25.0 ±") and cells[3] == "nan"
+    # 50 points below the best single RM, but on 8 rows (differences -1 x 6, +1 x 2): p 0.17
+    assert cells[11] == "-50.0 (-114.2, +14.2)" and cells[13] == "no difference"
 
 
 def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path, monkeypatch, tiny_encoder_dir):
@@ -81,8 +110,10 @@ def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path,
     assert list(runs) == [0, 1]
     for seed, results in runs.items():
         folder = tmp_path / "runs" / f"seed_{seed}"
-        assert json.loads((folder / "metrics.json").read_text()) == results
-        for name in ("best.ckpt", "last.ckpt", "prior.pt", "offline_router.md", "tensorboard"):
+        saved = json.loads((folder / "metrics.json").read_text())
+        assert {key: results[key] for key in saved} == saved
+        assert {row["split"] for row in results["rows"]} == set(results["splits"])
+        for name in ("best.ckpt", "last.ckpt", "prior.pt", "offline_router.md", "predictions.jsonl", "tensorboard"):
             assert (folder / name).exists()
         assert results["splits"] == ["test", "ood", "ood/koala", "ood/math"]
         assert results["sizes"]["ood"] == 15  # 12 koala rows and 3 math rows of write_behaviour
@@ -97,7 +128,7 @@ def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path,
     assert "Written by `python benchmarks/offline_router_seeds.py --seeds 0 1" in text
     router = [runs[seed]["metrics"]["ood/router_acc"] for seed in (0, 1)]
     mean = f"{100 * sum(router) / 2:.1f}"
-    assert any(line.startswith(f"| ood | 15 | {mean} | ") for line in text.splitlines())
+    assert any(line.startswith(f"| ood | 15 | {mean} ± ") for line in text.splitlines())
     assert "differ between seeds" not in text  # the baselines depend on the split only
 
     monkeypatch.setattr(sys, "argv", [*argv[:1], "--reuse", *argv[1:]])

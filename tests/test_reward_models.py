@@ -186,3 +186,13 @@ def test_model_rm_rejects_bad_sizes_and_dtypes(tiny_classifier_dir):
         SequenceClassifierRewardModel("c", model=tiny_classifier_dir, batch_size=0)
     with pytest.raises(ValueError, match="dtype"):
         SequenceClassifierRewardModel("c", model=tiny_classifier_dir, dtype="bfloat")
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_bfloat16_if_native_follows_the_machine(tiny_causal_lm_dir, monkeypatch, native, expected):
+    from rmrouter.reward_models import _hf
+
+    monkeypatch.setattr(_hf, "native_bfloat16", lambda: native)
+    assert _hf.dtype_kwargs("bfloat16_if_native") == {"dtype": expected}
+    rm = LikelihoodRewardModel("lik", tiny_causal_lm_dir, dtype="bfloat16_if_native")
+    assert next(rm.model.parameters()).dtype == expected

@@ -5,5 +5,13 @@ from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
 from rmrouter.callbacks.online_summary import OnlineSummary
 from rmrouter.callbacks.prior_writer import RouterPriorWriter
+from rmrouter.callbacks.routing_predictions import RoutingPredictionWriter
 
-__all__ = ["LabellingTally", "ModelCheckpoint", "OfflineRouterReport", "OnlineSummary", "RouterPriorWriter"]
+__all__ = [
+    "LabellingTally",
+    "ModelCheckpoint",
+    "OfflineRouterReport",
+    "OnlineSummary",
+    "RouterPriorWriter",
+    "RoutingPredictionWriter",
+]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rmrouter.data.common import check_positive, early_limit, seeded_pick, stable_hash
-from rmrouter.data.jsonl import DataError, OnError, RowError, read_records, required, required_text
+from rmrouter.data.jsonl import DataError, RowError, read_records, required, required_text
 from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
 from rmrouter.data.sources import PreferenceSource, PromptSource
 
@@ -150,13 +150,9 @@ class AlpacaEvalPairs(PreferenceSource):
             `model_vs_model` drops pairs whose two preferences differ by min_margin or less.
         max_pairs_per_prompt: `model_vs_model` only: at most this many pairs per instruction (None: all), chosen by
             a seed derived from the instruction.
-        path: The annotations folder, or one annotation file (then `generators` must be None); None reads the
-            vendored folder.
-        limit: Keep at most this many records (after the split is applied).
-        on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
-        split: Keep only this split (a key of `split_fractions`); None keeps every record.
-        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
-        split_seed: Seed of the split assignment.
+        **kwargs: The arguments of `Source`: `path` (the annotations folder, or one annotation file, and then
+            `generators` must be None; None reads the vendored folder), `limit`, `on_error`, `split`,
+            `split_fractions` and `split_seed`.
     """
 
     default_path = "alpaca_eval/annotations"
@@ -167,12 +163,7 @@ class AlpacaEvalPairs(PreferenceSource):
         pairing: Pairing = "reference_vs_model",
         min_margin: float = 0.25,
         max_pairs_per_prompt: int | None = None,
-        path: str | None = None,
-        limit: int | None = None,
-        on_error: OnError = "raise",
-        split: str | None = None,
-        split_fractions: dict[str, float] | None = None,
-        split_seed: int = 0,
+        **kwargs: Any,
     ):
         if pairing not in ("reference_vs_model", "model_vs_model"):
             raise ValueError(f"pairing must be 'reference_vs_model' or 'model_vs_model', got {pairing!r}")
@@ -182,7 +173,7 @@ class AlpacaEvalPairs(PreferenceSource):
         if generators is not None and len(set(generators)) != len(generators):
             raise ValueError(f"generators lists a name twice: {generators}")
         check_positive("max_pairs_per_prompt", max_pairs_per_prompt)
-        super().__init__(path, limit, on_error, split, split_fractions, split_seed)
+        super().__init__(**kwargs)
         self.generators = generators
         self.pairing = pairing
         self.min_margin = min_margin

@@ -240,6 +240,10 @@ class BehaviourDataModule(LightningDataModule):
         """One loader per name of `test_split_names`, in that order."""
         return self._loaders(["test", *(["ood"] if self.has_ood else []), *self.ood_by_domain])
 
+    def predict_dataloader(self) -> list[DataLoader]:
+        """The test loaders (`test_split_names`): `predict` gives the router's decision on every test row."""
+        return self.test_dataloader()
+
     def _loaders(self, names: list[str]) -> list[DataLoader]:
         splits = {**self._splits(), **self.ood_by_domain}
         for name in names:

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, Literal
 
 from rmrouter.data.common import check_positive, early_limit, seeded_pick, stable_hash
-from rmrouter.data.jsonl import OnError, RowError, read_records, required, required_text
+from rmrouter.data.jsonl import RowError, read_records, required, required_text
 from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
 from rmrouter.data.sources import PreferenceSource, PromptSource
 
@@ -114,12 +114,8 @@ class GSM8KSolutionPairs(PreferenceSource):
             wrong); which ones is fixed by a hash of the question.
         model: Pair only the two solutions of this model (`6b` or `175b`), so a question yields at most one pair;
             None pairs any two of the four.
-        path: An `example_model_solutions.jsonl(.gz)` file; None reads the vendored copy.
-        limit: Keep at most this many records (after the split is applied).
-        on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
-        split: Keep only this split (a key of `split_fractions`); None keeps every record.
-        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
-        split_seed: Seed of the split assignment.
+        **kwargs: The arguments of `Source`: `path` (an `example_model_solutions.jsonl(.gz)` file; None reads the
+            vendored copy), `limit`, `on_error`, `split`, `split_fractions` and `split_seed`.
     """
 
     default_path = "gsm8k/example_model_solutions.jsonl.gz"
@@ -128,17 +124,12 @@ class GSM8KSolutionPairs(PreferenceSource):
         self,
         max_pairs_per_question: int = 1,
         model: Model | None = None,
-        path: str | None = None,
-        limit: int | None = None,
-        on_error: OnError = "raise",
-        split: str | None = None,
-        split_fractions: dict[str, float] | None = None,
-        split_seed: int = 0,
+        **kwargs: Any,
     ):
         check_positive("max_pairs_per_question", max_pairs_per_question)
         if model is not None and model not in MODELS:
             raise ValueError(f"model must be one of {MODELS} or None (any two of the four solutions), got {model!r}")
-        super().__init__(path, limit, on_error, split, split_fractions, split_seed)
+        super().__init__(**kwargs)
         self.max_pairs_per_question = max_pairs_per_question
         self.model = model
 

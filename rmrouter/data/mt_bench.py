@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from rmrouter.data.jsonl import OnError, RowError, read_records, required, required_text
+from rmrouter.data.jsonl import RowError, read_records, required, required_text
 from rmrouter.data.records import PromptRecord, as_messages
 from rmrouter.data.sources import PromptSource
 
@@ -66,13 +66,8 @@ class MTBenchPrompts(PromptSource):
     Args:
         references_path: A `reference_answer_gpt-4.jsonl` file; None uses the one next to the questions file when
             there is one (and no references when there is none).
-        path: A `question.jsonl` file; None reads the vendored copy.
-        limit: Keep at most this many records (after the split is applied).
-        on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
-            Applies to both files.
-        split: Keep only this split (a key of `split_fractions`); None keeps every record.
-        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
-        split_seed: Seed of the split assignment.
+        **kwargs: The arguments of `Source`: `path` (a `question.jsonl` file; None reads the vendored copy),
+            `limit`, `on_error` (it applies to both files), `split`, `split_fractions` and `split_seed`.
     """
 
     default_path = "mt_bench/question.jsonl"
@@ -80,14 +75,9 @@ class MTBenchPrompts(PromptSource):
     def __init__(
         self,
         references_path: str | None = None,
-        path: str | None = None,
-        limit: int | None = None,
-        on_error: OnError = "raise",
-        split: str | None = None,
-        split_fractions: dict[str, float] | None = None,
-        split_seed: int = 0,
+        **kwargs: Any,
     ):
-        super().__init__(path, limit, on_error, split, split_fractions, split_seed)
+        super().__init__(**kwargs)
         sibling = self.path.parent / REFERENCES_FILE
         if references_path is not None:
             self.references_path: Path | None = Path(references_path)

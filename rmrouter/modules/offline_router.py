@@ -33,7 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt
-from rmrouter.losses import disagreement_pairs, masked_bce_with_logits, router_bt_loss
+from rmrouter.losses import disagreement_pairs, majority_vote_credit, masked_bce_with_logits, router_bt_loss
 from rmrouter.models.encoder import Pooling
 from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
 from rmrouter.models.pair_encoder import PairEncoder
@@ -220,6 +220,35 @@ class OfflineRouterModule(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         return self._common_step(batch, self._test_stage(dataloader_idx))
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        """Per row of a test split: the router's scores and choice among the eligible RMs, next to what each RM and
+        the data-label routing got right, so routing decisions can be compared row by row (paired tests).
+
+        Rows are those of `datamodule.test_split_names[dataloader_idx]` (`predict_dataloader` serves the test splits).
+        """
+        scores = self(batch["prompt"], batch["chosen"], batch["rejected"])
+        eligible = batch["eligible"]
+        chosen = scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+        right = (batch["agree"] == 1) & eligible
+        majority = majority_vote_credit(batch["margin"])
+        split = self._test_stage(dataloader_idx)
+        return [
+            {
+                "split": split,
+                "id": batch["id"][i],
+                "domain": batch["domain"][i],
+                "source": batch["source"][i],
+                "routed": int(chosen[i]),
+                "label_route": int(batch["label_route"][i]),
+                "scores": scores[i].tolist(),
+                "right": right[i].tolist(),
+                "eligible": eligible[i].tolist(),
+                "majority_credit": float(majority[i]),
+            }  # fmt: skip
+            for i in range(len(chosen))
+        ]
 
     def _test_stage(self, dataloader_idx: int) -> str:
         """A test dataloader's split: `datamodule.test_split_names[i]`, else `test` (`test_<i>` after the first)."""

@@ -55,15 +55,33 @@ def load_frozen(auto_class, model: str, dtype: str | None):
     return tokenizer, network
 
 
+BFLOAT16_IF_NATIVE = "bfloat16_if_native"
+
+
+def native_bfloat16() -> bool:
+    """Whether this machine computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere (AVX2-only CPUs) bfloat16 is emulated and measured several times slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
 def dtype_kwargs(dtype: str | None) -> dict:
-    """`from_pretrained` keyword for a dtype given by name (`"bfloat16"`, `"float16"`, `"float32"`, `"auto"`)."""
+    """`from_pretrained` keyword for a dtype given by name (`"bfloat16"`, `"float16"`, `"float32"`, `"auto"`), or
+    `"bfloat16_if_native"`: bfloat16 where `native_bfloat16()`, else float32."""
     if dtype is None:
         return {}
     if dtype == "auto":
         return {"dtype": "auto"}
+    if dtype == BFLOAT16_IF_NATIVE:
+        return {"dtype": torch.bfloat16 if native_bfloat16() else torch.float32}
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"dtype '{dtype}' is not a torch floating-point dtype; use e.g. 'bfloat16', 'float32', 'auto'")
+        raise ValueError(
+            f"dtype '{dtype}' is not a torch floating-point dtype; use e.g. 'bfloat16', 'float32', 'auto', "
+            f"'{BFLOAT16_IF_NATIVE}'"
+        )
     return {"dtype": value}
 
 

@@ -33,7 +33,8 @@ class LikelihoodRewardModel(HFRewardModel):
         model: A packaged model name, a local folder or a Hugging Face id of a causal LM with a chat template.
         batch_size: Rows per forward pass; `score` takes any number of rows.
         max_length: Most tokens per row (prompt + response).
-        dtype: Weights' dtype, e.g. `bfloat16` on GPUs; None keeps the checkpoint's default (float32 in transformers).
+        dtype: Weights' dtype, e.g. `bfloat16` on GPUs, or `bfloat16_if_native` (bfloat16 on a GPU or a CPU with
+            AVX512-BF16 or AMX, float32 elsewhere); None keeps the checkpoint's default (float32 in transformers).
     """
 
     def __init__(

@@ -31,7 +31,8 @@ class SequenceClassifierRewardModel(HFRewardModel):
         model: A packaged model name, a local folder or a Hugging Face id (e.g. `Skywork/Skywork-Reward-V2-Qwen3-0.6B`).
         batch_size: Rows per forward pass; `score` takes any number of rows.
         max_length: Most tokens per conversation; longer ones are cut from the left.
-        dtype: Weights' dtype, e.g. `bfloat16` on GPUs; None keeps the checkpoint's default (float32 in transformers).
+        dtype: Weights' dtype, e.g. `bfloat16` on GPUs, or `bfloat16_if_native` (bfloat16 on a GPU or a CPU with
+            AVX512-BF16 or AMX, float32 elsewhere); None keeps the checkpoint's default (float32 in transformers).
     """
 
     def __init__(
