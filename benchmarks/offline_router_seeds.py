@@ -70,7 +70,7 @@ def run_seed(args: argparse.Namespace, seed: int, passthrough: list[str]) -> dic
     folder = args.out_dir / f"seed_{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     overlay, results = folder / "overlay.yaml", folder / "metrics.json"
-    checkpoint = folder / "best.ckpt"
+    checkpoint = folder / args.checkpoint
     common = ["--config", str(args.config), "--config", str(overlay)]
     fit = ["fit", *common, f"--seed_everything={seed}", f"--data.init_args.seed={seed}", *passthrough]
     test = ["test", *common, f"--ckpt_path={checkpoint}", *passthrough]
@@ -83,7 +83,7 @@ def run_seed(args: argparse.Namespace, seed: int, passthrough: list[str]) -> dic
         return with_rows(json.loads(results.read_text()), predictions)
     command = "python cli.py " + " ".join(test)
     overlay.write_text(yaml.safe_dump(overlay_config(yaml.safe_load(args.config.read_text()), folder, command)))
-    for stale in (results, predictions, checkpoint, folder / "last.ckpt"):
+    for stale in (results, predictions, folder / "best.ckpt", folder / "last.ckpt"):
         stale.unlink(missing_ok=True)  # a fit finds no earlier run's checkpoint to resume or keep
     for stage in stages:
         log.info("seed %d: python cli.py %s", seed, " ".join(stage))
@@ -179,7 +179,9 @@ def notes(args: argparse.Namespace, runs: dict[int, dict[str, Any]]) -> str:
     lines = [
         f"Config `{args.config}` (encoder `{model['encoder']}`, {model['pooling']} pooling, "
         f"{'frozen' if model['freeze_encoder'] else 'fine-tuned'} encoder); seeds {list(runs)}; runs under "
-        f"`{args.out_dir}/seed_<S>/`. Each seed sets the initial weights and the training order; the split is the "
+        f"`{args.out_dir}/seed_<S>/`, evaluated at `{args.checkpoint}` ("
+        + ("the monitored best on val, as the prior" if args.checkpoint == "best.ckpt" else "the final weights")
+        + "). Each seed sets the initial weights and the training order; the split is the "
         "shipped one, so every seed is judged on the same rows.",
         "Accuracies are over the rows where at least one RM is right, as in "
         "[`offline_router.md`](offline_router.md) (`any RM right` is that share of all rows); `se` is the standard "
@@ -203,6 +205,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out-dir", type=Path, default=Path("checkpoints/offline_router_seeds"), help="run folders")
     parser.add_argument("--output", type=Path, default=Path("docs/offline_router_seeds.md"), help="the report")
     parser.add_argument("--reuse", action="store_true", help="keep a seed's finished run made with the same args")
+    parser.add_argument(
+        "--checkpoint", choices=["best.ckpt", "last.ckpt"], default="best.ckpt",
+        help="what test and predict evaluate: the checkpoint model selection kept (the prior's), or the final weights",
+    )  # fmt: skip
     return parser.parse_args(own), passthrough
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from behaviour_helpers import record_of
 from lightning.pytorch import LightningModule, Trainer
 
@@ -21,6 +22,7 @@ RM_NAMES = ["verifier", "length", "safety"]
 DOMAINS = {"math": "gsm8k/solutions", "safety": "hh-rlhf/harmless-base", "chat": "alpaca_eval/koala"}
 HALVES = {"train": 0.5, "test": 0.5}
 REAL_FILE = Path(__file__).resolve().parents[1] / "checkpoints" / "behaviour" / "default.jsonl"
+OFFLINE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "offline_router.yaml"
 
 
 def margins_of(i: int) -> dict[str, float]:
@@ -259,10 +261,10 @@ def test_trainer_runs_test_then_ood_in_test_split_names_order(behaviour_file):
     not REAL_FILE.is_file(), reason="the default pool's behaviour file is not collected in this checkout"
 )
 def test_real_behaviour_file_holds_out_safety():
-    rm_names = ["gsm8k-verifier", "length", "minilm-reference", "smollm2-likelihood", "minilm-bt-safety"]
+    rm_names = yaml.safe_load(OFFLINE_CONFIG.read_text())["model"]["init_args"]["rm_names"]
     module = make_module(str(REAL_FILE), rm_names=rm_names, ood_domains=["safety"])
     sizes = module.split_sizes
     assert sizes["ood"] == 120 and sum(sizes.values()) == 540
     batch = next(iter(module.train_dataloader()))
     in_distribution = {"math", "helpful_base", "koala", "oasst", "selfinstruct", "vicuna"}
-    assert batch["agree"].shape == (4, 5) and set(batch["domain"]) <= in_distribution
+    assert batch["agree"].shape == (4, len(rm_names)) and set(batch["domain"]) <= in_distribution

@@ -25,15 +25,15 @@ DOMAINS = ["math", "safety", "koala", "oasst"]
 
 
 def write_length_right_behaviour(path: Path, rows: int) -> None:
-    """`length` is right on every pair, `gsm8k-verifier` on math only, every other RM never: so a single router on
-    `length` labels 100 % right and the majority of the five RMs (at most two right) 0 %."""
+    """`length` is right on every pair, `minilm-bt-math` on math only, every other RM never: so a single router on
+    `length` labels 100 % right and the majority of the six RMs (at most two right) 0 %."""
     lines = []
     for i in range(rows):
         domain = DOMAINS[i % len(DOMAINS)]
         pair = PreferenceRecord(
             f"r{i}", [{"role": "user", "content": f"{domain} question {i}"}], f"good {i}", f"bad {i}", domain, "test"
         )
-        right = {"length"} | ({"gsm8k-verifier"} if domain == "math" else set())
+        right = {"length"} | ({"minilm-bt-math"} if domain == "math" else set())
         margin = {name: (1.0 if name in right else -1.0) for name in RM_NAMES}
         lines.append(json.dumps(record_of(pair, margin).to_dict()) + "\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def test_report_script_writes_exact_accuracies_of_each_method(workdir, tiny_caus
     single, majority = results["single"], results["majority"]
     assert single["pairs"]["overall"] == majority["pairs"]["overall"] == 8  # two batches of 4, each pair routed once
     assert single["accuracy"] == {key: 1.0 for key in single["pairs"]}  # the always-right RM, every domain
-    assert majority["accuracy"] == {key: 0.0 for key in majority["pairs"]}  # at most 2 of 5 RMs right on any pair
+    assert majority["accuracy"] == {key: 0.0 for key in majority["pairs"]}  # at most 2 of 6 RMs right on any pair
     assert single["rm_calls_per_pair"] == 1.0 and majority["rm_calls_per_pair"] == len(RM_NAMES)
     assert single["select_rate"]["length"] == 1.0 and majority["select_rate"] == {}
     assert single["global_step"] == majority["global_step"] == 2

@@ -104,3 +104,19 @@ def test_the_prior_holds_the_weights_of_the_checkpoint_model_selection_kept(work
     assert prior.metadata["selected"].endswith("offline_router/best.ckpt")
     assert prior.metadata["epoch"] == 0 and prior.metadata["monitor"] == "step" and prior.metadata["step"] > 0
     assert torch.load(folder / "last.ckpt", weights_only=False)["epoch"] == 2
+
+
+def test_predict_writes_one_routing_decision_per_test_row(workdir, tiny_encoder_dir):
+    from rmrouter.callbacks.routing_predictions import read_predictions
+
+    cli("fit", encoder=tiny_encoder_dir)
+    cli("predict", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
+    header, rows = read_predictions(workdir / "checkpoints" / "offline_router" / "predictions.jsonl")
+    assert header["rm_names"] == RM_NAMES and header["checkpoint"].endswith("best.ckpt")
+    by_split = {split: [row for row in rows if row["split"] == split] for split in {row["split"] for row in rows}}
+    assert sorted(by_split) == ["ood", "ood/koala", "ood/math", "test"]
+    assert len(by_split["ood"]) == 15 and len(by_split["ood/koala"]) == 12  # write_behaviour's held-out rows
+    for row in rows:
+        assert len(row["scores"]) == len(RM_NAMES) and row["eligible"][row["routed"]]
+        assert row["routed"] == max(range(len(RM_NAMES)), key=lambda n: row["scores"][n])  # every RM can judge here
+    assert all(row["right"][2] for row in by_split["ood/koala"])  # write_behaviour: RM 2 is right on koala

@@ -156,7 +156,7 @@ class OfflineRouterModule(LightningModule):
         return {
             "rm_names": list(self.rm_names),
             "bt_embeddings": self.normalized_bt_embeddings().detach().cpu().clone(),
-            "bt_scale": float(self.bt_scale()),
+            "bt_scale": float(self.bt_scale().detach()),
             "encoder": encoder_name,
             "pooling": encoder.pooling,
             "max_length": encoder.max_length,
