@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rmrouter.data import AlpacaEvalPairs, GSM8KSolutionPairs, HHRLHFHarmlessPairs, PreferenceRecord
+from rmrouter.machine import describe_machine
 
 PAIRS_ORIGIN = "GSM8K solutions + HH-RLHF harmless + AlpacaEval, round-robin"
 
@@ -26,9 +23,10 @@ def real_pairs(count: int) -> list[PreferenceRecord]:
 def write_report(path: Path, title: str, notes: str, table: str) -> None:
     """A markdown report that names the exact command and machine that produced `table`."""
     command = " ".join(["python", *sys.argv])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {title}\n\nWritten by `{command}` ({machine}); do not edit by hand.\n{notes}\n\n{table}\n")
+    path.write_text(
+        f"# {title}\n\nWritten by `{command}` ({describe_machine()}); do not edit by hand.\n{notes}\n\n{table}\n"
+    )
 
 
 def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 
@@ -194,3 +195,12 @@ def test_the_main_jobs_online_stage_runs_in_float32_where_bfloat16_is_emulated(m
 
     monkeypatch.setattr(_hf, "native_bfloat16", lambda: native)
     assert pipeline.precision_for_this_machine() == extra
+
+
+def test_reports_name_the_machine(monkeypatch):
+    from rmrouter import machine
+    from rmrouter.reward_models import _hf
+
+    monkeypatch.setattr(_hf, "native_bfloat16", lambda: False)
+    line = machine.describe_machine()
+    assert " cores, " in line and "no native bfloat16" in line and f"torch {torch.__version__}" in line

@@ -20,6 +20,7 @@ from rmrouter.behaviour.table import format_table
 from rmrouter.data.behaviour import BehaviourRecord, drop_torn_tail, read_behaviour
 from rmrouter.data.records import PreferenceRecord
 from rmrouter.data.sources import PreferenceSource
+from rmrouter.machine import describe_machine
 from rmrouter.reward_models.pool import RewardModelPool
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# Reward-model pool: accuracy (%) by domain\n\n"
-        f"Share of labelled pairs each RM ranks as the label does, from `{source}`.\n"
+        f"Share of labelled pairs each RM ranks as the label does, from `{source}`; written on {describe_machine()}.\n"
         "Written by `python cli.py collect` (the default: `python cli.py collect --config configs/behaviour.yaml`,\n"
         "which `bash scripts/run.sh` runs); do not edit by hand: rerun it (it only rescores missing pairs).\n"
         "An RM's accuracy is over the pairs it could judge, its coverage (second table) the share it could judge. "

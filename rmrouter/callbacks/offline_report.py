@@ -9,6 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from rmrouter.callbacks.smoke_run import writes_artifacts
+from rmrouter.machine import describe_machine
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class OfflineRouterReport(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(
             "# Offline router: accuracy (%) against its baselines\n\n"
-            f"Written by `{self.command}`; do not edit by hand.\n"
+            f"Written by `{self.command}` ({describe_machine()}); do not edit by hand.\n"
             f"Encoder `{hparams.encoder}` ({hparams.pooling} pooling, {mode}); checkpoint `{trainer.ckpt_path}`; "
             f"split sizes {sizes}.\n"
             "Router, random, single, majority-vote and data-label accuracies are over the rows where at least one RM "
