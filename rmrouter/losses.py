@@ -77,6 +77,12 @@ def router_bt_loss(scores: Tensor, agree: Tensor, eligible: Tensor | None = None
     return -F.logsigmoid(scores[rows, better] - scores[rows, worse]).mean()
 
 
+def best_eligible(scores: Tensor, eligible: Tensor) -> Tensor:
+    """`[B]` long: per row, the column of the highest score among the eligible ones (the routed RM); with no eligible
+    column, column 0, whose RM then yields no label."""
+    return scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+
+
 def masked_bce_with_logits(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Binary cross-entropy averaged over the entries where `mask` is True; a finite zero with a graph when none is."""
     if not (logits.shape == targets.shape == mask.shape):

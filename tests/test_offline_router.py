@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from rmrouter.behaviour.table import majority_credit
-from rmrouter.losses import disagreement_pairs, majority_vote_credit, router_bt_loss
+from rmrouter.losses import best_eligible, disagreement_pairs, majority_vote_credit, router_bt_loss
 from rmrouter.models.pair_encoder import PairEncoder, build_mlp, build_text_encoder, pair_representation, pair_text
 from rmrouter.modules.offline_router import OfflineRouterModule
 
@@ -103,6 +103,12 @@ def test_disagreement_pairs_are_exactly_right_wrong_pairs_per_row():
     assert pairs == [(0, 0, 1), (0, 0, 2), (1, 0, 2), (1, 1, 2), (4, 1, 0), (4, 1, 2)]
     with pytest.raises(ValueError, match=r"\[batch, rms\]"):
         disagreement_pairs(torch.ones(3))
+
+
+def test_best_eligible_skips_rms_that_cannot_judge():
+    scores = torch.tensor([[3.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    eligible = torch.tensor([[True, True, True], [False, True, True], [False, False, False]])
+    assert best_eligible(scores, eligible).tolist() == [0, 2, 0]
 
 
 def test_router_bt_loss_on_hand_computed_values():

@@ -182,7 +182,7 @@ class BehaviourDataModule(LightningDataModule):
             log.warning(
                 "%s: the train split is empty: data-label routing is fitted on %s", self.path, self.train_splits
             )
-        right = fitted_on.agree.bool() & fitted_on.eligible
+        right = fitted_on.agree.bool()  # agree is already False where the RM could not judge
         self.data_label_routing = DataLabelRouting.fit(fitted_on.domains, fitted_on.sources, right, fitted_on.eligible)
         for dataset in {*self.splits.values(), *self.ood_by_domain.values(), self.train_pairs}:
             dataset.label_route = self.data_label_routing.route(dataset.domains, dataset.sources, dataset.eligible)

@@ -33,7 +33,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt
-from rmrouter.losses import disagreement_pairs, majority_vote_credit, masked_bce_with_logits, router_bt_loss
+from rmrouter.losses import (
+    best_eligible,
+    disagreement_pairs,
+    majority_vote_credit,
+    masked_bce_with_logits,
+    router_bt_loss,
+)
 from rmrouter.models.encoder import Pooling
 from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
 from rmrouter.models.pair_encoder import PairEncoder
@@ -230,7 +236,7 @@ class OfflineRouterModule(LightningModule):
         """
         scores = self(batch["prompt"], batch["chosen"], batch["rejected"])
         eligible = batch["eligible"]
-        chosen = scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+        chosen = best_eligible(scores, eligible)
         right = (batch["agree"] == 1) & eligible
         majority = majority_vote_credit(batch["margin"])
         split = self._test_stage(dataloader_idx)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MultilabelAUROC
 
-from rmrouter.losses import disagreement_pairs, majority_vote_credit
+from rmrouter.losses import best_eligible, disagreement_pairs, majority_vote_credit
 
 LOSSES = ("loss", "bt_loss", "cls_loss")
 MEANS = (
@@ -104,7 +104,7 @@ class RoutingMetrics(nn.Module):
             self.means[name].update(losses[name].detach(), weight=rows)
         routable = right.any(dim=1)
         self._mean("any_right", routable.float())
-        chosen = scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+        chosen = best_eligible(scores, eligible)
         self._mean("router_acc", right[index, chosen][routable].float())
         random_credit = right.sum(dim=1).float() / eligible.sum(dim=1).clamp_min(1).float()  # uniform over eligible
         self._mean("baseline/random", random_credit[routable])

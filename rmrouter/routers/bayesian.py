@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from rmrouter.losses import best_eligible
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.embedding import LazyEmbedder
@@ -135,7 +136,7 @@ class BayesianRouter(Router):
         scores = self.scores(every_h)[mine]
         # only among the RMs that can judge each pair: one that would abstain yields no label and teaches nothing
         eligible = ask_eligible(judge, pairs, len(self.rm_names)).to(scores.device)
-        chosen = scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+        chosen = best_eligible(scores, eligible)
         margins = ask_by_rm(judge, pairs, chosen)
         return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=h))
 
