@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ def real_pairs(count: int) -> list[PreferenceRecord]:
 
 def write_report(path: Path, title: str, notes: str, table: str) -> None:
     """A markdown report that names the exact command and machine that produced `table`."""
-    command = " ".join(["python", *sys.argv])
+    command = shlex.join(["python", *sys.argv])  # quoted as a shell needs it, e.g. a list argument
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"# {title}\n\nWritten by `{command}` ({describe_machine()}); do not edit by hand.\n{notes}\n\n{table}\n"

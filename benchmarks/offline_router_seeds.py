@@ -52,52 +52,70 @@ PREDICTIONS = "RoutingPredictionWriter"
 COMPARED = ("best single RM", "majority vote (all RMs)", "data-label routing")  # what a user would choose instead
 
 
-def overlay_config(config: dict[str, Any], folder: Path, command: str) -> dict[str, Any]:
-    """The trainer keys that send one seed's run to `folder`, with the results report also writing `metrics.json`."""
+def overlay_config(
+    config: dict[str, Any], folder: Path, command: str, predictions: str = "predictions.jsonl"
+) -> dict[str, Any]:
+    """The trainer keys that send one seed's run to `folder`, with the results report also writing `metrics.json`
+    and the routing decisions going to `folder / predictions`."""
     overlay = redirected_trainer(config, folder)
     names = {callback["class_path"].rsplit(".", 1)[-1]: callback for callback in overlay["trainer"]["callbacks"]}
     for needed in (REPORT, PREDICTIONS):
         if needed not in names:
             raise SystemExit(f"the config has no {needed} callback, which writes what this script reads")
     names[REPORT]["init_args"].update(metrics_path=str(folder / "metrics.json"), command=command)
-    names[PREDICTIONS]["init_args"].update(path=str(folder / "predictions.jsonl"))
+    names[PREDICTIONS]["init_args"].update(path=str(folder / predictions))
     return overlay
+
+
+def other_checkpoint(checkpoint: str) -> str:
+    """The checkpoint model selection is compared with: the final weights for the monitored best, and back."""
+    return "last.ckpt" if checkpoint == "best.ckpt" else "best.ckpt"
 
 
 def run_seed(args: argparse.Namespace, seed: int, passthrough: list[str]) -> dict[str, Any]:
     """Fits, tests and predicts with `seed`; returns the test's `metrics.json` (`splits`, `sizes`, `metrics`) with
-    the per-row decisions added as `rows`."""
+    the per-row decisions added as `rows`, and those of the other checkpoint (`other_checkpoint`) as `other_rows`."""
     folder = args.out_dir / f"seed_{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    overlay, results = folder / "overlay.yaml", folder / "metrics.json"
-    checkpoint = folder / args.checkpoint
+    overlay, other_overlay, results = folder / "overlay.yaml", folder / "overlay_other.yaml", folder / "metrics.json"
+    checkpoint, other = folder / args.checkpoint, folder / other_checkpoint(args.checkpoint)
     common = ["--config", str(args.config), "--config", str(overlay)]
     fit = ["fit", *common, f"--seed_everything={seed}", f"--data.init_args.seed={seed}", *passthrough]
     test = ["test", *common, f"--ckpt_path={checkpoint}", *passthrough]
     predict = ["predict", *common, f"--ckpt_path={checkpoint}", *passthrough]
+    predict_other = ["predict", "--config", str(args.config), "--config", str(other_overlay), f"--ckpt_path={other}",
+                     *passthrough]  # fmt: skip
     record, predictions = folder / "report_run.json", folder / "predictions.jsonl"
-    stages = [fit, test, predict]
-    done = record.exists() and results.exists() and predictions.exists()
+    other_predictions = folder / "predictions_other.jsonl"
+    stages = [fit, test, predict, predict_other]
+    done = record.exists() and results.exists() and predictions.exists() and other_predictions.exists()
     if args.reuse and done and json.loads(record.read_text()) == stages:
         log.info("seed %d: reusing %s", seed, results)
-        return with_rows(json.loads(results.read_text()), predictions)
+        return with_rows(json.loads(results.read_text()), predictions, other_predictions)
     command = "python cli.py " + " ".join(test)
-    overlay.write_text(yaml.safe_dump(overlay_config(yaml.safe_load(args.config.read_text()), folder, command)))
-    for stale in (results, predictions, folder / "best.ckpt", folder / "last.ckpt"):
+    config = yaml.safe_load(args.config.read_text())
+    overlay.write_text(yaml.safe_dump(overlay_config(config, folder, command)))
+    other_overlay.write_text(yaml.safe_dump(overlay_config(config, folder, command, other_predictions.name)))
+    for stale in (results, predictions, other_predictions, folder / "best.ckpt", folder / "last.ckpt"):
         stale.unlink(missing_ok=True)  # a fit finds no earlier run's checkpoint to resume or keep
     for stage in stages:
         log.info("seed %d: python cli.py %s", seed, " ".join(stage))
         cli_main(stage)
-    for output in (results, predictions):
+    for output in (results, predictions, other_predictions):
         if not output.exists():
             raise RuntimeError(f"seed {seed}: the runs wrote no {output}")
     record.write_text(json.dumps(stages, indent=2) + "\n")
-    return with_rows(json.loads(results.read_text()), predictions)
+    return with_rows(json.loads(results.read_text()), predictions, other_predictions)
 
 
-def with_rows(results: dict[str, Any], predictions: Path) -> dict[str, Any]:
+def with_rows(results: dict[str, Any], predictions: Path, other_predictions: Path) -> dict[str, Any]:
     header, rows = read_predictions(predictions)
-    return {**results, "rm_names": header["rm_names"], "rows": rows}
+    return {
+        **results,
+        "rm_names": header["rm_names"],
+        "rows": rows,
+        "other_rows": read_predictions(other_predictions)[1],
+    }
 
 
 def baseline_credits(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -112,15 +130,25 @@ def baseline_credits(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     }
 
 
-def paired_comparisons(runs: dict[int, dict[str, Any]], split: str) -> tuple[str, float, Any]:
-    """The best compared baseline on `split` (name, accuracy) and the paired test of the router against it."""
-    per_seed = [[row for row in run["rows"] if row["split"] == split and any(row["right"])] for run in runs.values()]
+def routable_rows(runs: dict[int, dict[str, Any]], split: str, key: str = "rows") -> list[list[dict[str, Any]]]:
+    """Per seed, its predictions on the rows of `split` where some RM is right, checked to be the same rows."""
+    per_seed = [[row for row in run[key] if row["split"] == split and any(row["right"])] for run in runs.values()]
     ids = [row["id"] for row in per_seed[0]]
     if any([row["id"] for row in rows] != ids for rows in per_seed):
         raise RuntimeError(f"{split}: the seeds' predictions are not on the same rows in the same order")
-    router = [
-        statistics.fmean(float(rows[i]["right"][rows[i]["routed"]]) for rows in per_seed) for i in range(len(ids))
-    ]
+    return per_seed
+
+
+def router_credit(per_seed: list[list[dict[str, Any]]]) -> list[float]:
+    """Per row, the share of seeds whose router was right."""
+    return [statistics.fmean(float(rows[i]["right"][rows[i]["routed"]]) for rows in per_seed)
+            for i in range(len(per_seed[0]))]  # fmt: skip
+
+
+def paired_comparisons(runs: dict[int, dict[str, Any]], split: str) -> tuple[str, float, Any]:
+    """The best compared baseline on `split` (name, accuracy) and the paired test of the router against it."""
+    per_seed = routable_rows(runs, split)
+    router = router_credit(per_seed)
     credits = baseline_credits(per_seed[0])
     name = max(COMPARED, key=lambda label: (statistics.fmean(credits[label]), -COMPARED.index(label)))
     return name, statistics.fmean(credits[name]), paired_test(router, credits[name])
@@ -128,6 +156,12 @@ def paired_comparisons(runs: dict[int, dict[str, Any]], split: str) -> tuple[str
 
 def percent(value: float) -> str:
     return f"{100 * value:.1f}"
+
+
+def difference_cells(test: Any) -> list[str]:
+    """A paired test's cells: the mean difference in points with its 95 % interval, p, and the verdict."""
+    low, high = test.mean - 1.96 * test.se, test.mean + 1.96 * test.se
+    return [f"{100 * test.mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f})", f"{test.p_value:.3g}", test.verdict()]
 
 
 def summary_table(runs: dict[int, dict[str, Any]]) -> str:
@@ -148,10 +182,24 @@ def summary_table(runs: dict[int, dict[str, Any]]) -> str:
         cells = [
             str(first["sizes"].get(split, "n/a")), f"{percent(mean)} ± {percent(proportion_se(mean, test.rows))}",
             percent(spread), f"{percent(min(router))}–{percent(max(router))}", *baselines,
-            percent(first["metrics"][f"{split}/any_right"]), f"{best} {percent(best_accuracy)}",
-            f"{100 * test.mean:+.1f} ({100 * (test.mean - 1.96 * test.se):+.1f}, "
-            f"{100 * (test.mean + 1.96 * test.se):+.1f})",
-            f"{test.p_value:.3g}", test.verdict(),
+            percent(first["metrics"][f"{split}/any_right"]), f"{best} {percent(best_accuracy)}", *difference_cells(test),
+        ]  # fmt: skip
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def selection_table(runs: dict[int, dict[str, Any]], checkpoint: str) -> str:
+    """Rows: splits; the router at `checkpoint` against the same fits at the other checkpoint, row by row."""
+    other = other_checkpoint(checkpoint)
+    first = next(iter(runs.values()))
+    columns = ["routable rows", f"at {checkpoint}", f"at {other}", f"{checkpoint} − {other} (95% CI)", "p", "verdict"]
+    lines = ["| split | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for split in first["splits"]:
+        main = router_credit(routable_rows(runs, split))
+        compared = router_credit(routable_rows(runs, split, "other_rows"))
+        test = paired_test(main, compared)
+        cells = [
+            str(len(main)), percent(statistics.fmean(main)), percent(statistics.fmean(compared)), *difference_cells(test),
         ]  # fmt: skip
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -219,7 +267,14 @@ def main() -> dict[int, dict[str, Any]]:
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds repeats a seed: {args.seeds}")
     runs = {seed: run_seed(args, seed, passthrough) for seed in args.seeds}
-    tables = summary_table(runs) + "\n\nRouter accuracy (%) per seed:\n\n" + per_seed_table(runs)
+    other = other_checkpoint(args.checkpoint)
+    tables = (
+        summary_table(runs)
+        + "\n\nRouter accuracy (%) per seed:\n\n"
+        + per_seed_table(runs)
+        + f"\n\nModel selection: the same fits evaluated at `{args.checkpoint}` and at `{other}`, row by row (the "
+        "share of seeds right on each row):\n\n" + selection_table(runs, args.checkpoint)
+    )
     print(tables)
     write_report(args.output, "Offline router: accuracy (%) over training seeds", notes(args, runs), tables)
     log.info("wrote %s", args.output)

@@ -2,6 +2,7 @@
 
     python cli.py fit --config configs/learned_rm/safety.yaml
     python cli.py collect --config configs/behaviour.yaml
+    python cli.py table --behaviour checkpoints/behaviour/large.jsonl --output docs/behaviour_table_large.md
     python cli.py pipeline --config configs/pipeline.yaml
 
 `rmrouter` (the console script) is the same entry point.
@@ -30,12 +31,13 @@ class RMRouterCLI(LightningCLI):
 
 def _project_commands() -> dict[str, Callable]:
     from rmrouter.behaviour.collect import collect_behaviour
+    from rmrouter.behaviour.table import write_behaviour_table
     from rmrouter.pipeline import run_pipeline
 
-    return {"collect": collect_behaviour, "pipeline": run_pipeline}
+    return {"collect": collect_behaviour, "table": write_behaviour_table, "pipeline": run_pipeline}
 
 
-PROJECT_COMMANDS = ("collect", "pipeline")
+PROJECT_COMMANDS = ("collect", "table", "pipeline")
 
 
 def main(args: list[str] | None = None) -> None:

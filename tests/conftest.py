@@ -20,6 +20,12 @@ CORPUS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def own_embedding_cache(tmp_path, monkeypatch):
+    """Each test its own on-disk embedding store (`rmrouter.models.frozen`): none reads another's, nor the user's."""
+    monkeypatch.setenv("RMROUTER_EMBEDDING_CACHE", str(tmp_path / "embedding_cache"))
+
+
 def build_tiny_tokenizer():
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast

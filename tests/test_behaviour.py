@@ -19,6 +19,7 @@ from rmrouter.behaviour.table import (
     coverage_table,
     format_table,
     majority_credit,
+    write_behaviour_table,
 )
 from rmrouter.data.behaviour import NOT_JUDGED, BehaviourRecord, read_behaviour
 from rmrouter.data.jsonl import DataError
@@ -182,6 +183,25 @@ def test_accuracy_table_by_hand(tmp_path):
     assert "| a | 50.0 | **66.7** | **60.0** |" in markdown  # ref is best on x, over the one pair it judged
     assert "| any RM right | 50.0 | 100.0 | 80.0 |" in markdown
     assert "| ref | **100.0** | 0.0 | 50.0 |" in markdown and "| ref | 50.0 | 33.3 | 40.0 |" in markdown
+
+
+def test_the_table_of_a_smaller_pool_votes_and_routes_with_its_rms_alone(tmp_path):
+    behaviour = tmp_path / "b.jsonl"
+    pairs = [*PAIRS, pair(5, "b", "bbbb", "x", reference="b")]  # a: tie, b: wrong, ref: right
+    collect_behaviour(make_pool(), [ListSource(pairs)], behaviour, table=tmp_path / "all.md")
+    write_behaviour_table(behaviour, tmp_path / "ab.md", rm_names=["b", "a"])
+    smaller = [record.restricted(["b", "a"]) for record in read_behaviour(behaviour)]
+    markdown = (tmp_path / "ab.md").read_text()
+    assert format_table(smaller, ["b", "a"]) in markdown and "| ref |" not in markdown
+    assert "python cli.py table --behaviour" in markdown and "--rm_names '[b, a]'" in markdown
+    # votes of a and b alone: (+1, 0) -> 1; (0, -1) -> 0; (+1, 0) -> 1; (-1, +1) -> 0.5; (+1, -1) -> 0.5;
+    # (0, -1) -> 0, where ref's vote would have made it a tie; and no RM right on p5 without ref
+    table = accuracy_table(smaller, ["b", "a"])
+    assert table[MAJORITY] == {"x": 1 / 3, "y": 2 / 3, OVERALL: 1 / 2}
+    assert table[ANY_RIGHT] == {"x": 1 / 3, "y": 1.0, OVERALL: 4 / 6}
+    assert "| majority vote | 33.3 | 66.7 | 50.0 |" in markdown
+    write_behaviour_table(behaviour, tmp_path / "every.md")
+    assert (tmp_path / "every.md").read_text().split("\n")[4:] == (tmp_path / "all.md").read_text().split("\n")[4:]
 
 
 def test_behaviour_record_round_trip_keeps_each_sides_score():

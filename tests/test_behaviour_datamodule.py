@@ -202,18 +202,30 @@ def test_an_empty_train_split_is_refused_naming_the_keys_to_change(behaviour_fil
         BehaviourDataModule(behaviour_file, RM_NAMES, split_fractions={"val": 1.0})
 
 
-def test_a_file_of_another_pool_is_refused_naming_both_rm_lists(behaviour_file):
+def test_a_pool_without_an_rm_of_the_file_is_refused_naming_the_missing_rm(behaviour_file):
     with pytest.raises(DataError) as error:
         make_module(behaviour_file, rm_names=["verifier", "length", "judge"])
     message = str(error.value)
     assert f"{behaviour_file}:1:" in message
-    assert str(sorted(RM_NAMES)) in message and str(sorted(["verifier", "length", "judge"])) in message
+    assert "no scores of RMs ['judge']" in message and str(sorted(RM_NAMES)) in message
+
+
+def test_a_smaller_pool_reads_its_columns_of_a_bigger_pools_file(behaviour_file, caplog):
+    full = make_module(behaviour_file)
+    with caplog.at_level(logging.INFO, logger="rmrouter.data.behaviour_datamodule"):
+        smaller = make_module(behaviour_file, rm_names=["safety", "verifier"])
+    assert "the file's other RMs ['length'] are left out" in caplog.text
+    assert split_ids(smaller) == split_ids(full)
+    columns = [RM_NAMES.index("safety"), RM_NAMES.index("verifier")]
+    for name, dataset in smaller.splits.items():
+        assert torch.equal(dataset.agree, full.splits[name].agree[:, columns]), name
+        assert all(list(record.scores) == ["safety", "verifier"] for record in dataset.records)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("scores", {"verifier": [-1.0, 0.0], "length": [2.0, 0.0]}, "written by RMs"),  # no scores for safety
+        ("scores", {"verifier": [-1.0, 0.0], "length": [2.0, 0.0]}, r"no scores of RMs \['safety'\]"),
         ("scores", {"verifier": -1.0, "length": [2.0, 0.0], "safety": None}, "RM 'verifier' has -1.0"),
         ("agree", {"verifier": False, "length": True}, "no true/false label for RM 'safety'"),
         ("agree", None, "field 'agree' missing"),

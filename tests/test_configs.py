@@ -90,15 +90,15 @@ def test_behaviour_config_parses_and_its_sources_load():
     assert [pair.domain for pair in pairs[:9]] == ["math"] * 6 + ["safety"] * 3
 
 
-def sources_of(config: Path, keys: list[str]) -> list:
+def sources_of(config: Path, keys: list[str], prompts: bool = False) -> list:
     """The data sources a shipped config builds, from its raw YAML (no model is loaded)."""
-    from rmrouter.data.sources import PreferenceSource
+    from rmrouter.data.sources import PreferenceSource, PromptSource
 
     raw = yaml.safe_load(config.read_text())
     for key in keys:
         raw = raw[key]
     parser = ArgumentParser()
-    parser.add_argument("--sources", type=list[PreferenceSource])
+    parser.add_argument("--sources", type=list[PromptSource if prompts else PreferenceSource])
     return parser.instantiate_classes(parser.parse_object({"sources": raw})).sources
 
 
@@ -108,11 +108,15 @@ def test_the_main_jobs_behaviour_pairs_are_a_slice_of_the_large_set():
     assert len(large) > 3000 and len(main) == 540 and main <= large
 
 
-def test_no_behaviour_prompt_was_trained_or_selected_on_by_a_learned_rm():
+def test_no_behaviour_or_online_prompt_was_trained_or_selected_on_by_a_learned_rm():
     from rmrouter.data.sources import split_key
 
     behaviour = {split_key(pair) for source in sources_of(CONFIGS / "behaviour_large.yaml", ["data"])
                  for pair in source.load()}  # fmt: skip
+    online = sources_of(CONFIGS / "online" / "live.yaml", ["data", "init_args", "train"], prompts=True)
+    online_keys = {split_key(prompt) for source in online for prompt in source.load()}
+    assert len(online_keys) == 3 * 64
+    behaviour |= online_keys
     for name in ("safety", "chat", "math"):
         config = CONFIGS / "learned_rm" / f"{name}.yaml"
         for side in ("train", "val"):
@@ -150,7 +154,10 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())
     offline["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
     offline["trainer"]["max_epochs"] = 1
-    offline["data"]["init_args"].update(ood_domains=[], ood_sources=[])  # too few rows here to hold any out
+    # too few rows here to hold any out, and larger val and test splits so that neither is empty
+    offline["data"]["init_args"].update(
+        ood_domains=[], ood_sources=[], split_fractions={"train": 0.4, "val": 0.3, "test": 0.3}
+    )
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
     online = yaml.safe_load((CONFIGS / "online" / "live.yaml").read_text())
     online["model"]["init_args"].update(policy=tiny_models["LikelihoodRewardModel"]["model"], pool="pool.yaml",

@@ -92,3 +92,13 @@ def test_pairs_that_share_a_prompt_share_a_split():
     assert all(prompts.values())
     assert not prompts["train"] & prompts["test"]
     assert sum(len(pairs) for pairs in splits.values()) > sum(len(p) for p in prompts.values())  # prompts repeat
+
+
+def test_a_named_split_scheme_splits_exactly_as_its_fractions():
+    from rmrouter.data.sources import SPLIT_SCHEMES
+
+    named = GSM8KPrompts(split="behaviour", split_fractions="gsm8k").load()
+    spelt = GSM8KPrompts(split="behaviour", split_fractions=dict(SPLIT_SCHEMES["gsm8k"])).load()
+    assert named and [record.id for record in named] == [record.id for record in spelt]
+    with pytest.raises(ValueError, match="split_fractions 'gsm8kk' names no split scheme: use one of"):
+        GSM8KPrompts(split="behaviour", split_fractions="gsm8kk")

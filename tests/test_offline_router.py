@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from rmrouter.behaviour.table import majority_credit
 from rmrouter.losses import best_eligible, disagreement_pairs, majority_vote_credit, router_bt_loss
+from rmrouter.models.frozen import EmbeddingCache
 from rmrouter.models.pair_encoder import PairEncoder, build_mlp, build_text_encoder, pair_representation, pair_text
 from rmrouter.modules.offline_router import OfflineRouterModule
 
@@ -235,7 +236,8 @@ class RoutedTo(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.cache: list = []
+        self.cache = EmbeddingCache()
+        self.stores_embeddings = False
 
     def forward(self, prompts: list[str], first: list[str], second: list[str], use_cache: bool = False) -> Tensor:
         return torch.eye(3)[[int(prompt.split()[-1]) for prompt in prompts]]

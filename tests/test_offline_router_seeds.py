@@ -84,6 +84,18 @@ def test_summary_table_on_hand_computed_values(benchmarks):
     assert report.baselines_vary(changed) == ["test/baseline/majority_vote"]
 
 
+def test_selection_table_compares_the_two_checkpoints_of_the_same_fits_row_by_row(benchmarks):
+    _, report = benchmarks
+    runs = run({0: [True] * 10, 1: [True] * 10})
+    runs[0]["other_rows"] = rows([True] * 6 + [False] * 4)  # seed 0's last.ckpt: wrong on rows 6 and 7
+    runs[1]["other_rows"] = rows([True] * 7 + [False] * 3)  # seed 1's: wrong on row 7
+    line = report.selection_table(runs, "best.ckpt").splitlines()[2]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    # per routable row, best minus last: 0 x 6, 1/2 (row 6), 1 (row 7): mean 0.1875
+    assert cells[:4] == ["test", "8", "100.0", "81.2"] and cells[4].startswith("+18.8 (")
+    assert report.selection_table(runs, "best.ckpt").splitlines()[0].count("last.ckpt") == 2
+
+
 def test_one_seed_has_no_spread_and_a_large_gap_on_few_rows_is_no_difference(benchmarks):
     _, report = benchmarks
     table = report.summary_table(run({3: [False] * 6 + [True] * 4}))  # right on rows 6 and 7 only
@@ -113,7 +125,9 @@ def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path,
         saved = json.loads((folder / "metrics.json").read_text())
         assert {key: results[key] for key in saved} == saved
         assert {row["split"] for row in results["rows"]} == set(results["splits"])
-        for name in ("best.ckpt", "last.ckpt", "prior.pt", "offline_router.md", "predictions.jsonl", "tensorboard"):
+        names = ("best.ckpt", "last.ckpt", "prior.pt", "offline_router.md", "predictions.jsonl",
+                 "predictions_other.jsonl", "tensorboard")  # fmt: skip
+        for name in names:
             assert (folder / name).exists()
         assert results["splits"] == ["test", "ood", "ood/koala", "ood/math"]
         assert results["sizes"]["ood"] == 15  # 12 koala rows and 3 math rows of write_behaviour
@@ -130,6 +144,8 @@ def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path,
     mean = f"{100 * sum(router) / 2:.1f}"
     assert any(line.startswith(f"| ood | 15 | {mean} ± ") for line in text.splitlines())
     assert "differ between seeds" not in text  # the baselines depend on the split only
+    assert "Model selection: the same fits evaluated at `best.ckpt` and at `last.ckpt`" in text
+    assert len(runs[0]["other_rows"]) == len(runs[0]["rows"])
 
     monkeypatch.setattr(sys, "argv", [*argv[:1], "--reuse", *argv[1:]])
     before = (tmp_path / "runs" / "seed_0" / "best.ckpt").stat().st_mtime_ns

@@ -16,14 +16,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from rmrouter.behaviour.table import format_table
+from rmrouter.behaviour.table import write_table
 from rmrouter.data.behaviour import BehaviourRecord, drop_torn_tail, read_behaviour
 from rmrouter.data.records import PreferenceRecord
 from rmrouter.data.sources import PreferenceSource
-from rmrouter.machine import describe_machine
 from rmrouter.reward_models.pool import RewardModelPool
 
 log = logging.getLogger(__name__)
+
+COLLECT_COMMAND = (
+    "`python cli.py collect` (the default: `python cli.py collect --config configs/behaviour.yaml`, which "
+    "`bash scripts/run.sh` runs; it only rescores missing pairs)"
+)
 
 
 def load_pairs(data: list[PreferenceSource]) -> list[PreferenceRecord]:
@@ -87,7 +91,7 @@ def collect_behaviour(
         timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
         log.info("scored %d batches; time per RM: %s", len(todo), timing)
     if table is not None and records:
-        write_table(records, pool.names, Path(table), output)
+        write_table(records, pool.names, Path(table), output, COLLECT_COMMAND)
     return records
 
 
@@ -116,22 +120,3 @@ def _score_batch(pool: RewardModelPool, batch: list[PreferenceRecord], seconds: 
         seconds[rm.name] += time.perf_counter() - start
         columns.append(torch.stack([scores_chosen, scores_rejected], dim=1))
     return torch.stack(columns, dim=1)
-
-
-def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path, source: Path) -> None:
-    markdown = format_table(records, rm_names)
-    print(markdown)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        "# Reward-model pool: accuracy (%) by domain\n\n"
-        f"Share of labelled pairs each RM ranks as the label does, from `{source}`; written on {describe_machine()}.\n"
-        "Written by `python cli.py collect` (the default: `python cli.py collect --config configs/behaviour.yaml`,\n"
-        "which `bash scripts/run.sh` runs); do not edit by hand: rerun it (it only rescores missing pairs).\n"
-        "An RM's accuracy is over the pairs it could judge, its coverage (second table) the share it could judge. "
-        "Majority vote gives half credit on a tied vote; an RM that could not judge casts no vote. Data-label routing "
-        "sends each pair to the RM best on its domain (else its dataset) over these same pairs, so like the bold best "
-        "single RM it is chosen in hindsight. Any RM right is the routing ceiling.\n\n"
-        f"{markdown}\n",
-        encoding="utf-8",
-    )
-    log.info("wrote %s", path)

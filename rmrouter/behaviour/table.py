@@ -8,14 +8,19 @@ hindsight, like the best single RM of a column), so it is an upper bound for tha
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from rmrouter.data.behaviour import BehaviourRecord, margin_agrees
+from rmrouter.data.behaviour import BehaviourRecord, margin_agrees, read_behaviour, rm_names_of
+from rmrouter.machine import describe_machine
 from rmrouter.routers.data_label import DataLabelRouting
+
+log = logging.getLogger(__name__)
 
 MAJORITY = "majority vote"
 DATA_LABEL = "data-label routing"
@@ -114,3 +119,42 @@ def format_table(records: Sequence[BehaviourRecord], rm_names: Sequence[str]) ->
 
 def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def write_table(records: list[BehaviourRecord], rm_names: list[str], path: Path, source: Path, command: str) -> None:
+    """Writes the markdown table of `records` to `path`, saying it comes from `source` by `command`."""
+    markdown = format_table(records, rm_names)
+    print(markdown)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Reward-model pool: accuracy (%) by domain\n\n"
+        f"Share of labelled pairs each RM ranks as the label does, from `{source}`; written on {describe_machine()}.\n"
+        f"Written by {command}; do not edit by hand: rerun it.\n"
+        "An RM's accuracy is over the pairs it could judge, its coverage (second table) the share it could judge. "
+        "Majority vote gives half credit on a tied vote; an RM that could not judge casts no vote. Data-label routing "
+        "sends each pair to the RM best on its domain (else its dataset) over these same pairs, so like the bold best "
+        "single RM it is chosen in hindsight. Any RM right is the routing ceiling. The standard error of a column's "
+        "accuracy p over n pairs is sqrt(p (1 - p) / n): about 2 points at n = 500, 5 at n = 100.\n\n"
+        f"{markdown}\n",
+        encoding="utf-8",
+    )
+    log.info("wrote %s", path)
+
+
+def write_behaviour_table(behaviour: Path, output: Path, rm_names: list[str] | None = None) -> None:
+    """Writes the RM x domain table of an existing behaviour file, for all its RMs or a smaller pool of them.
+
+    Args:
+        behaviour: The behaviour file (JSON lines, from `python cli.py collect`).
+        output: The markdown file to write.
+        rm_names: The RMs to tabulate, in this order (majority vote, data-label routing and the ceiling use these
+            alone); None: all of the file's.
+    """
+    names = list(rm_names) if rm_names is not None else rm_names_of(behaviour)
+    records = read_behaviour(behaviour, names, exact=False)
+    shown = " ".join(names)
+    command = f"`python cli.py table --behaviour {behaviour} --output {output} --rm_names '[{', '.join(names)}]'`"
+    if rm_names is None:
+        command = f"`python cli.py table --behaviour {behaviour} --output {output}`"
+    log.info("%s: %d pairs, RMs %s", behaviour, len(records), shown)
+    write_table(records, names, Path(output), Path(behaviour), command)

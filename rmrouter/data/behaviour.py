@@ -54,6 +54,10 @@ class BehaviourRecord:
     def agree(self) -> dict[str, bool]:
         return {name: margin_agrees(margin) for name, margin in self.margin.items()}
 
+    def restricted(self, rm_names: Sequence[str]) -> BehaviourRecord:
+        """The same pair judged by the RMs `rm_names` alone (a smaller pool read from a bigger pool's file)."""
+        return BehaviourRecord(self.pair, {name: self.scores[name] for name in rm_names})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.pair.to_dict(),
@@ -107,8 +111,11 @@ def margin_agrees(margin: float) -> bool:
     return not math.isnan(margin) and margin > 0
 
 
-def read_behaviour(path: str | Path, rm_names: Sequence[str] | None = None) -> list[BehaviourRecord]:
-    """Reads a behaviour file; with `rm_names`, every row must carry exactly those RMs."""
+def read_behaviour(
+    path: str | Path, rm_names: Sequence[str] | None = None, exact: bool = True
+) -> list[BehaviourRecord]:
+    """Reads a behaviour file; with `rm_names`, every row must carry exactly those RMs, or with `exact=False` at
+    least those, and the records keep those alone (the file of a pool with more RMs, read as the smaller pool)."""
     records = []
     for line_number, line in iter_json_lines(path):
         try:
@@ -116,13 +123,28 @@ def read_behaviour(path: str | Path, rm_names: Sequence[str] | None = None) -> l
             record = BehaviourRecord.from_dict(row)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DataError(f"{path}:{line_number}: not a behaviour record ({error})") from None
-        if rm_names is not None and sorted(record.scores) != sorted(rm_names):
+        if rm_names is not None and exact and sorted(record.scores) != sorted(rm_names):
             raise DataError(
                 f"{path}:{line_number}: written by RMs {sorted(record.scores)}, expected {sorted(rm_names)}: "
                 "use another output file for another pool"
             )
+        if rm_names is not None and not exact:
+            missing = [name for name in rm_names if name not in record.scores]
+            if missing:
+                raise DataError(
+                    f"{path}:{line_number}: no scores of RMs {missing} (the file has {sorted(record.scores)}): "
+                    "collect behaviour with a pool that has them"
+                )
+            record = record.restricted(rm_names)
         records.append(record)
     return records
+
+
+def rm_names_of(path: str | Path) -> list[str]:
+    """The RMs of a behaviour file's first record, in its order ([] for an empty file)."""
+    for _, line in iter_json_lines(path):
+        return list(json.loads(line).get("scores", {}))
+    return []
 
 
 def drop_torn_tail(path: Path) -> None:

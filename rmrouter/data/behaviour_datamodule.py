@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from rmrouter.data.behaviour import BehaviourRecord, read_behaviour
+from rmrouter.data.behaviour import BehaviourRecord, read_behaviour, rm_names_of
 from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import as_text
 from rmrouter.data.sources import assign_split, split_key
@@ -83,8 +83,9 @@ class BehaviourDataModule(LightningDataModule):
 
     Args:
         path: The behaviour file (JSON lines, as written by behaviour collection).
-        rm_names: The pool's RM names in pool order; it fixes the columns of `agree` and `margin`, and the file
-            must carry exactly these RMs.
+        rm_names: The RMs to route between, in pool order; it fixes the columns of `agree` and `margin`. The file
+            must carry these RMs; others it has are left out (e.g. the verifier of `configs/pool/with_verifier.yaml`
+            for the default pool's router).
         split_fractions: Relative sizes of `train` (required), `val` and `test`; None means
             `{train: 0.8, val: 0.1, test: 0.1}`.
         split_seed: Seed of the prompt-keyed split assignment.
@@ -150,7 +151,10 @@ class BehaviourDataModule(LightningDataModule):
         # Idempotent: every split comes from one read of one small file, done on the first call whatever the stage.
         if self.splits is not None:
             return
-        records = read_behaviour(self.path, self.rm_names)
+        records = read_behaviour(self.path, self.rm_names, exact=False)
+        extra = [name for name in rm_names_of(self.path) if name not in self.rm_names]
+        if extra:
+            log.info("%s: routing among %s; the file's other RMs %s are left out", self.path, self.rm_names, extra)
         names = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if self.has_ood else [])]
         grouped: dict[str, list[BehaviourRecord]] = {name: [] for name in names}
         for record in records:

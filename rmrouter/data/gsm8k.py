@@ -146,7 +146,7 @@ class GSM8KPrompts(PromptSource):
         limit: Keep at most this many records (after the split is applied).
         on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
         split: Keep only this split (a key of `split_fractions`); None keeps every record.
-        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
+        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`, or a scheme of `SPLIT_SCHEMES`.
         split_seed: Seed of the split assignment.
     """
 

@@ -55,6 +55,30 @@ def assign_split(key: str, fractions: dict[str, float], seed: int) -> str:
     return name  # only reached through float rounding at the very top of the range
 
 
+# The split schemes of the vendored kit that several configs share: a learned RM trains on the `rm_train`/`train` and
+# `rm_val`/`val` splits of its scheme, and the behaviour and online configs read the other splits of the same scheme,
+# so naming the scheme (`split_fractions: gsm8k`) instead of restating it keeps those prompts apart by construction.
+# The order of a scheme's splits is part of it (`assign_split` maps a hash onto the cumulative fractions in order),
+# and a name also survives tools that sort mapping keys when they rewrite a YAML file.
+SPLIT_SCHEMES: dict[str, dict[str, float]] = {
+    "gsm8k": {"rm_train": 0.3, "rm_val": 0.05, "behaviour": 0.4, "ood": 0.25},
+    "alpaca_eval": {"rm_train": 0.3, "rm_val": 0.05, "behaviour": 0.65},
+    "hh_rlhf": {"train": 0.4, "val": 0.1, "behaviour": 0.5},
+}
+
+
+def resolve_split_fractions(split_fractions: dict[str, float] | str | None) -> dict[str, float] | None:
+    """The fractions themselves, or those of the scheme a string names in `SPLIT_SCHEMES`."""
+    if not isinstance(split_fractions, str):
+        return split_fractions
+    if split_fractions not in SPLIT_SCHEMES:
+        raise ValueError(
+            f"split_fractions '{split_fractions}' names no split scheme: use one of {sorted(SPLIT_SCHEMES)} or give "
+            "the fractions, e.g. {train: 0.5, test: 0.5}"
+        )
+    return dict(SPLIT_SCHEMES[split_fractions])
+
+
 class Source(ABC, Generic[R]):
     """Loads records of one kind from one place, optionally one split of them.
 
@@ -63,7 +87,8 @@ class Source(ABC, Generic[R]):
         limit: Keep at most this many records (after the split is applied).
         on_error: `raise` stops at the first bad row naming file, line and field; `skip` drops and counts them.
         split: Keep only this split (a key of `split_fractions`); None keeps every record.
-        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`.
+        split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`, or the name of a shared
+            scheme of `SPLIT_SCHEMES` (`gsm8k`, `alpaca_eval`, `hh_rlhf`).
         split_seed: Seed of the split assignment.
     """
 
@@ -75,9 +100,10 @@ class Source(ABC, Generic[R]):
         limit: int | None = None,
         on_error: OnError = "raise",
         split: str | None = None,
-        split_fractions: dict[str, float] | None = None,
+        split_fractions: dict[str, float] | str | None = None,
         split_seed: int = 0,
     ):
+        split_fractions = resolve_split_fractions(split_fractions)
         if split is not None and (not split_fractions or split not in split_fractions):
             raise ValueError(f"split '{split}' is not one of split_fractions {sorted(split_fractions or {})}")
         if limit is not None and limit < 0:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt, as_text
 from rmrouter.models.encoder import Pooling, TextEncoder
-from rmrouter.models.frozen import EmbeddingCache
+from rmrouter.models.frozen import EmbeddingCache, EmbeddingStore, weight_fingerprint
 
 RESPONSE_SEPARATOR = "\n\nAssistant: "
 
@@ -77,10 +77,19 @@ class PairEncoder(nn.Module):
         output_size: Size of `h`, the routing embedding.
         freeze_encoder: Keep the encoder fixed (eval mode, no gradients) and cache its embeddings by text; otherwise
             it is fine-tuned with the MLP, in train mode.
+        store_embeddings: With a frozen encoder, also keep the cached embeddings on disk (`EmbeddingStore`), for the
+            next process that embeds the same texts with the same encoder.
     """
 
     def __init__(
-        self, encoder: str, pooling: Pooling, max_length: int, hidden_size: int, output_size: int, freeze_encoder: bool
+        self,
+        encoder: str,
+        pooling: Pooling,
+        max_length: int,
+        hidden_size: int,
+        output_size: int,
+        freeze_encoder: bool,
+        store_embeddings: bool = False,
     ):
         super().__init__()
         if hidden_size < 1 or output_size < 1:
@@ -93,7 +102,15 @@ class PairEncoder(nn.Module):
         self.encoder.requires_grad_(not freeze_encoder)
         # from_pretrained returns eval mode; a fine-tuned encoder needs dropout like any trained layer
         self.encoder.train(not freeze_encoder)
-        self.cache = EmbeddingCache()
+        store = None
+        if freeze_encoder and store_embeddings:
+            store = EmbeddingStore.for_encoder(encoder, pooling, max_length, weight_fingerprint(self.encoder))
+        self.cache = EmbeddingCache(store)
+
+    @property
+    def stores_embeddings(self) -> bool:
+        """Whether frozen embeddings persist on disk, which makes caching pay even for texts seen once per process."""
+        return self.cache.store is not None
 
     def mlp_config(self) -> dict[str, int]:
         """Primitives `build_mlp` rebuilds the MLP from."""

@@ -11,8 +11,9 @@ never changes a ranking; see `BT_SCALE_INIT` for the toy-problem measurement beh
 A classification head `Linear(h) -> [N]` predicts `agree` with BCE; `L = L_bt + cls_weight * L_cls`. An RM that could
 not judge a row (`eligible` False: it abstained) is left out of that row in both losses and in the metrics, as
 neither right nor wrong; routing picks among the eligible RMs only.
-With a frozen encoder, its embeddings are cached by text during a fit and its weights are left out of checkpoints
-(rebuilt from the encoder name on load, checked against a saved fingerprint), as in `learned_reward.py`.
+With a frozen encoder, its embeddings are cached by text during a fit (and, with `store_embeddings`, kept on disk for
+the next fit, test or predict) and its weights are left out of checkpoints (rebuilt from the encoder name on load,
+checked against a saved fingerprint), as in `learned_reward.py`.
 
 Metrics (`RoutingMetrics`) are logged at each epoch's end as `<stage>/<name>`: stage `train`, `val`, and for test
 loader `i` the name `datamodule.test_split_names[i]` (`test`, `ood`, `ood/<domain>`); `<stage>/bt_pairs` is logged
@@ -79,6 +80,9 @@ class OfflineRouterModule(LightningModule):
         cls_weight: lambda, the weight of the classification loss (the authors use 0, 0.2 and 0.9).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay (not applied to the BT logit scale).
+        store_embeddings: With a frozen encoder, keep its embeddings on disk under `embedding_cache_dir()`
+            (`$RMROUTER_EMBEDDING_CACHE`, else `~/.cache/rmrouter/embeddings`), by encoder and text, so a later fit,
+            test or predict on the same texts skips the encoder; false embeds again in every process.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class OfflineRouterModule(LightningModule):
         cls_weight: float,
         learning_rate: float,
         weight_decay: float,
+        store_embeddings: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -102,7 +107,9 @@ class OfflineRouterModule(LightningModule):
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
         self.rm_names = list(rm_names)
         self.freeze_encoder = freeze_encoder
-        self.pair_encoder = PairEncoder(encoder, pooling, max_length, hidden_size, embedding_size, freeze_encoder)
+        self.pair_encoder = PairEncoder(
+            encoder, pooling, max_length, hidden_size, embedding_size, freeze_encoder, store_embeddings
+        )
         self.bt_embeddings = nn.Parameter(F.normalize(torch.randn(len(rm_names), embedding_size), dim=-1))
         self.bt_log_scale = nn.Parameter(torch.tensor(math.log(BT_SCALE_INIT)))
         self.cls_head = nn.Linear(embedding_size, len(rm_names))
@@ -186,9 +193,7 @@ class OfflineRouterModule(LightningModule):
                 f"{tuple(eligible.shape)} must all be [batch, {len(self.rm_names)}], one column per RM of "
                 f"rm_names={self.rm_names}: build the data with these RMs"
             )
-        # cache frozen embeddings while fitting, where the same train and val texts come back every epoch
-        use_cache = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
-        scores, cls_logits = self._route(batch["prompt"], batch["chosen"], batch["rejected"], use_cache)
+        scores, cls_logits = self._route(batch["prompt"], batch["chosen"], batch["rejected"], self._use_cache())
         bt_loss = router_bt_loss(self.bt_scale() * scores, agree, eligible)
         cls_loss = masked_bce_with_logits(cls_logits, agree, eligible)
         # a cls_weight of 0 still multiplies: the head stays in the graph (zero gradients), as DDP needs
@@ -209,6 +214,11 @@ class OfflineRouterModule(LightningModule):
             add_dataloader_idx=False,
         )  # fmt: skip
         return loss
+
+    def _use_cache(self) -> bool:
+        # while fitting the same train and val texts come back every epoch; a store keeps them for the next process
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        return fitting or self.pair_encoder.stores_embeddings
 
     def _metrics(self, stage: str) -> RoutingMetrics:
         key = _metrics_key(stage)
@@ -234,7 +244,7 @@ class OfflineRouterModule(LightningModule):
 
         Rows are those of `datamodule.test_split_names[dataloader_idx]` (`predict_dataloader` serves the test splits).
         """
-        scores = self(batch["prompt"], batch["chosen"], batch["rejected"])
+        scores = self._route(batch["prompt"], batch["chosen"], batch["rejected"], self._use_cache())[0]
         eligible = batch["eligible"]
         chosen = best_eligible(scores, eligible)
         right = (batch["agree"] == 1) & eligible
@@ -267,12 +277,18 @@ class OfflineRouterModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch(["train"])
+        self.pair_encoder.cache.flush()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch(["val"])
+        self.pair_encoder.cache.flush()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch([stage for stage in self._stages_to_log if stage not in ("train", "val")])
+        self.pair_encoder.cache.flush()
+
+    def on_predict_epoch_end(self) -> None:
+        self.pair_encoder.cache.flush()
 
     def _log_epoch(self, stages: list[str]) -> None:
         # stages in first-seen order, the same on every rank, as each compute is a collective under DDP
