@@ -182,7 +182,8 @@ def summary_table(runs: dict[int, dict[str, Any]]) -> str:
         cells = [
             str(first["sizes"].get(split, "n/a")), f"{percent(mean)} ± {percent(proportion_se(mean, test.rows))}",
             percent(spread), f"{percent(min(router))}–{percent(max(router))}", *baselines,
-            percent(first["metrics"][f"{split}/any_right"]), f"{best} {percent(best_accuracy)}", *difference_cells(test),
+            percent(first["metrics"][f"{split}/any_right"]), f"{best} {percent(best_accuracy)}",
+            *difference_cells(test),
         ]  # fmt: skip
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -199,7 +200,8 @@ def selection_table(runs: dict[int, dict[str, Any]], checkpoint: str) -> str:
         compared = router_credit(routable_rows(runs, split, "other_rows"))
         test = paired_test(main, compared)
         cells = [
-            str(len(main)), percent(statistics.fmean(main)), percent(statistics.fmean(compared)), *difference_cells(test),
+            str(len(main)), percent(statistics.fmean(main)), percent(statistics.fmean(compared)),
+            *difference_cells(test),
         ]  # fmt: skip
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

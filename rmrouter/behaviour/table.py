@@ -152,9 +152,7 @@ def write_behaviour_table(behaviour: Path, output: Path, rm_names: list[str] | N
     """
     names = list(rm_names) if rm_names is not None else rm_names_of(behaviour)
     records = read_behaviour(behaviour, names, exact=False)
-    shown = " ".join(names)
-    command = f"`python cli.py table --behaviour {behaviour} --output {output} --rm_names '[{', '.join(names)}]'`"
-    if rm_names is None:
-        command = f"`python cli.py table --behaviour {behaviour} --output {output}`"
-    log.info("%s: %d pairs, RMs %s", behaviour, len(records), shown)
+    chosen = f" --rm_names '[{', '.join(names)}]'" if rm_names is not None else ""
+    command = f"`python cli.py table --behaviour {behaviour} --output {output}{chosen}`"
+    log.info("%s: %d pairs, RMs %s", behaviour, len(records), names)
     write_table(records, names, Path(output), Path(behaviour), command)
