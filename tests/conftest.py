@@ -147,3 +147,27 @@ def tiny_learned_checkpoint(tmp_path_factory, tiny_encoder_dir):
     trainer.fit(module, datamodule=PreferenceDataModule(train=[Pairs(path="unused")], batch_size=4))
     trainer.save_checkpoint(folder / "best.ckpt")
     return str(folder / "best.ckpt")
+
+
+@pytest.fixture
+def prior_path(tmp_path, tiny_encoder_dir):
+    """A prior over the router tests' toy pairs (`router_helpers`): its BT embeddings point RM 0 along the pairs' mean
+    `h` and RM 1 away from it."""
+    import random
+
+    import torch.nn.functional as F
+    from router_helpers import RMS, make_pairs
+
+    from rmrouter.models.pair_encoder import build_mlp
+    from rmrouter.routers.embedding import LazyEmbedder
+    from rmrouter.routers.prior import RouterPrior
+
+    torch.manual_seed(0)
+    config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
+    state = build_mlp(config).state_dict()
+    fields = dict(encoder=tiny_encoder_dir, pooling="mean", max_length=64, mlp_config=config, mlp_state=state)
+    embedder = LazyEmbedder(tiny_encoder_dir, "mean", 64, config, state)
+    direction = F.normalize(embedder.pairs(make_pairs(random.Random(0), 64)).mean(dim=0).float(), dim=0)
+    path = tmp_path / "prior.pt"
+    RouterPrior(RMS, torch.stack([direction, -direction]), **fields).save(path)
+    return path

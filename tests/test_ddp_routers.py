@@ -40,6 +40,10 @@ class FakeJudge:
         size = torch.tensor([1.0 + (len(first) * (rm_index + 2)) % 7 for first in pairs.first])
         return torch.where(right == rm_index, 1.0, -1.0) * size
 
+    def scores(self, rm_index: int, pairs: PairBatch) -> torch.Tensor:
+        margins = self.margins(rm_index, pairs)
+        return torch.stack([margins, torch.zeros_like(margins)], dim=1)
+
 
 def batches(rank: int, step: int) -> PairBatch:
     """Rank `rank`'s pairs at `step`: different texts and a different number of pairs per rank (and step)."""

@@ -14,7 +14,7 @@ import pytest
 import torch
 from router_helpers import RMS, make_pairs
 from test_online_dpo import RM_NAMES, Prompts, WeightedLength, fit, make_module, policy_weights
-from test_routers import bayes, prior_path, roundtrip  # noqa: F401 (prior_path: a fixture, requested by name)
+from test_routers import bayes, roundtrip
 
 from rmrouter import dpo
 from rmrouter.data.prompt_datamodule import PromptDataModule

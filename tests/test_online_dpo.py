@@ -59,10 +59,10 @@ class FixedRouter(Router):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(outputs["loss"].detach().clone())
 
-    def route(self, pairs, judge):
+    def label(self, pairs, judge):
         margins = judge.margins(self.rm, pairs)
         preference = torch.nan_to_num(torch.sign(margins), nan=0.0)
-        return self.count(Routing(preference, torch.full((len(pairs),), self.rm), len(pairs)))
+        return Routing(preference, torch.full((len(pairs),), self.rm), len(pairs))
 
     def observe(self, routing, losses):
         self.observed.append(losses.clone())
@@ -73,13 +73,13 @@ class Tiny(OnlineDPOModule):
     def live_judge(self):
         return self.fake_judge
 
-    def recorded_judge(self, margins):
+    def recorded_judge(self, scores):
         module = self
 
         class Recorded:
             def margins(self, rm_index, pairs):
-                module.judged = margins
-                return margins[:, rm_index]
+                module.judged = scores[..., 0] - scores[..., 1]
+                return module.judged[:, rm_index]
 
         return Recorded()
 

@@ -7,10 +7,8 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 from router_helpers import RMS, make_pairs
 
-from rmrouter.models.pair_encoder import build_mlp
 from rmrouter.routers.base import PairBatch
 from rmrouter.routers.baseline_routers import (
     LASERRouter,
@@ -18,11 +16,10 @@ from rmrouter.routers.baseline_routers import (
     RandomRouter,
     SingleRMRouter,
     UWORouter,
-    uwo_margins,
+    uwo_pair_margins,
 )
 from rmrouter.routers.bayesian import BayesianRouter
 from rmrouter.routers.judges import RecordedJudge, ask_by_rm
-from rmrouter.routers.prior import RouterPrior
 
 
 def right_rm(pairs: PairBatch) -> torch.Tensor:
@@ -39,6 +36,10 @@ class FakeJudge:
         self.calls.append((rm_index, len(pairs)))
         return torch.where(right_rm(pairs) == rm_index, 1.0, -1.0)
 
+    def scores(self, rm_index: int, pairs: PairBatch) -> torch.Tensor:
+        margins = self.margins(rm_index, pairs)
+        return torch.stack([margins / 2, -margins / 2], dim=1)
+
 
 def dpo_losses(preference: torch.Tensor) -> torch.Tensor:
     """Low loss for a right label, high for a wrong one, NaN for no label."""
@@ -50,21 +51,6 @@ def no_prior_router(encoder: str, seed: int = 0) -> BayesianRouter:
         RMS, prior_path=None, sigma2=0.05, lambda0=1.0, warmup=20, use_prior=False, online_updates=True,
         integration="prior_injection", offline_weight=0.0, seed=seed, encoder=encoder, pooling="mean", max_length=64,
     )  # fmt: skip
-
-
-@pytest.fixture
-def prior_path(tmp_path, tiny_encoder_dir):
-    """A prior whose BT embeddings point RM 0 along the toy pairs' mean `h` and RM 1 away from it."""
-    torch.manual_seed(0)
-    config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
-    state = build_mlp(config).state_dict()
-    fields = dict(encoder=tiny_encoder_dir, pooling="mean", max_length=64, mlp_config=config, mlp_state=state)
-    path = tmp_path / "prior.pt"
-    RouterPrior(RMS, F.normalize(torch.ones(2, 4), dim=1), **fields).save(path)
-    router = bayes(path, use_prior=True, online_updates=True, integration="prior_injection")
-    direction = F.normalize(router.embedder.pairs(make_pairs(random.Random(0), 64)).mean(dim=0).float(), dim=0)
-    RouterPrior(RMS, torch.stack([direction, -direction]), **fields).save(path)
-    return path
 
 
 def bayes(path, use_prior, online_updates, integration, offline_weight=0.0, lambda0=1e4) -> BayesianRouter:
@@ -185,12 +171,33 @@ def test_all_rm_routers_call_every_rm_and_select_none():
         assert router.metrics()["router/rm_calls_per_pair"] == 2.0
 
 
-def test_uwo_margins_shrink_toward_zero_and_never_flip():
-    margins = torch.tensor([[2.0, 2.0], [2.0, -2.0], [4.0, 0.5], [float("nan"), -1.0], [float("nan")] * 2])
-    aggregated = uwo_margins(margins, coeff=0.5)
-    assert aggregated[0] > 0 and aggregated[1] == 0 and aggregated[2] > 0 and aggregated[3] < 0
-    assert aggregated[4].isnan()
-    assert torch.equal(uwo_margins(-margins, 0.5)[:4], -aggregated[:4])  # symmetric in the two sides
+def test_uwo_orders_pairs_by_each_responses_penalised_mean_of_standardised_scores():
+    # Two RMs on raw scales 1 and 100 score two pairs (a vs b, c vs d): RM 0 gives a 4, b 3, c 2, d 1; RM 1 gives
+    # a 400, b 200, c 300, d 100. Standardised over the four responses, each RM's column is z = (x - mean) / std.
+    scores = torch.tensor([[[4.0, 3.0], [400.0, 200.0]], [[2.0, 1.0], [300.0, 100.0]]])  # [P, N, (first, second)]
+    responses = torch.tensor([[4.0, 400.0], [2.0, 300.0], [3.0, 200.0], [1.0, 100.0]])  # a, c, b, d
+    z = (responses - responses.mean(0)) / responses.std(0, unbiased=False)
+    uwo = z.mean(1) - 0.5 * z.var(1, unbiased=False)
+    expected = torch.stack([uwo[0] - uwo[2], uwo[1] - uwo[3]]).double()  # a - b, c - d
+    assert torch.allclose(uwo_pair_margins(scores, coeff=0.5), expected)
+    assert (uwo_pair_margins(scores, coeff=0.5) > 0).all()  # both RMs prefer a to b and c to d
+    # The variance penalty decides disputed pairs: RM 0 and RM 1 disagree on both pairs here, and the response the
+    # RMs disagree on most loses once the penalty weighs in.
+    disputed = torch.tensor([[[3.0, 1.0], [0.0, 1.2]], [[2.0, 0.0], [1.0, 3.0]]])
+    assert torch.sign(uwo_pair_margins(disputed, 0.0)).tolist() == [1.0, -1.0]
+    assert torch.sign(uwo_pair_margins(disputed, 0.5)).tolist() == [-1.0, 1.0]
+    assert torch.allclose(uwo_pair_margins(disputed, 0.5), -uwo_pair_margins(disputed.flip(-1), 0.5))  # side order
+    assert uwo_pair_margins(torch.full((1, 2, 2), float("nan")), 0.5).isnan().all()
+
+
+def test_uwo_router_labels_every_pair_from_per_response_scores_and_refuses_margins_only():
+    router, pairs = UWORouter(RMS, coeff=0.5), make_pairs(random.Random(8), 6)
+    scores = torch.tensor([[[2.0, 1.0], [5.0, 9.0]]] * 3 + [[[1.0, 3.0], [9.0, 4.0]]] * 3)
+    expected = torch.sign(uwo_pair_margins(scores.double(), 0.5)).float()
+    routing = router.route(pairs, RecordedJudge(scores))
+    assert torch.equal(routing.preference, expected) and (routing.preference != 0).all()
+    with pytest.raises(ValueError, match="margins only"):
+        router.route(pairs, RecordedJudge(scores[..., 0] - scores[..., 1]))
 
 
 def test_single_rm_router():
@@ -210,16 +217,62 @@ def test_random_router_uses_both_rms():
 
 
 def test_laser_picks_one_arm_per_batch_and_learns(tiny_encoder_dir):
-    # alpha 1.0, not LASER's 0.1: rewards are >= 0 and the arms start at 0, so a small alpha can stay on its first arm
-    router, rng, arms = LASERRouter(RMS, 1.0, tiny_encoder_dir, "mean", 64, warmup=2, seed=0), random.Random(7), []
+    router, rng, arms = LASERRouter(RMS, 0.1, tiny_encoder_dir, "mean", 64, warmup=2, seed=0), random.Random(7), []
     for _ in range(20):
         pairs = make_pairs(rng, 8)
         judge = FakeJudge()
         routing = router.route(pairs, judge)
         assert len(set(routing.rm_index.tolist())) == 1 and len(judge.calls) == 1
         arms.append(int(routing.rm_index[0]))
-        router.observe(routing, torch.full((8,), 0.1 if arms[-1] == 1 else 1.0))  # RM 1 always does better
-    assert 1 in arms[:5] and arms[-5:] == [1] * 5
+        noise = 0.05 * torch.rand(8, generator=torch.Generator().manual_seed(len(arms)))
+        router.observe(routing, (0.1 if arms[-1] == 1 else 1.0) + noise)  # RM 1 always does better
+    assert arms[:2] == [0, 1]  # the round-robin start tries every arm once
+    assert arms[-5:] == [1] * 5
+
+
+def test_laser_leaves_its_warmup_and_learns_the_warmup_batches_with_their_real_rewards(tiny_encoder_dir):
+    def run(warmup, round_robin, centred):
+        router = LASERRouter(RMS, 0.1, tiny_encoder_dir, "mean", 64, warmup, 0, round_robin, centred)
+        rng, arms, router.contexts = random.Random(7), [], []
+        for step in range(12):
+            routing = router.route(make_pairs(rng, 8), FakeJudge())
+            arms.append(int(routing.rm_index[0]))
+            router.contexts.append(routing.context[1])
+            router.observe(routing, torch.full((8,), 0.1 if arms[-1] == 1 else 1.0) + 0.01 * (step % 3))
+            assert len(router.held) == (0 if step >= warmup - 1 else step + 1)  # held until `warmup` batch rewards
+        return router, arms
+
+    router, arms = run(3, True, True)
+    assert arms[:2] == [0, 1] and arms[-4:] == [1] * 4
+    # Every batch, the warm-up's three included, reached its arm's A = I + sum x x^T.
+    precision, eye = router.linucb.arms.precision, torch.eye(router.linucb.arms.dim, dtype=torch.float64)
+    traces = (precision - eye).diagonal(dim1=1, dim2=2).sum(dim=1)
+    squared_norms = torch.stack([x.square().sum() for x in router.contexts])
+    assert torch.allclose(traces, torch.stack([squared_norms[torch.tensor(arms) == n].sum() for n in (0, 1)]))
+    assert ((traces > 0) == torch.tensor([0 in arms, 1 in arms])).all()
+    # LASeR's own [0, 1] rewards and no round robin: the first arm pulled scores above the untried one and stays;
+    # centred rewards make its average reward the arms' zero start, so the other arm gets tried.
+    assert len(set(run(1, False, False)[1])) == 1
+    assert set(run(1, False, True)[1]) == {0, 1}
+
+
+def test_laser_warmup_state_survives_a_checkpoint(tiny_encoder_dir):
+    def build():
+        return LASERRouter(RMS, 0.1, tiny_encoder_dir, "mean", 64, 4, 0)
+
+    original, rng = build(), random.Random(3)
+    for _ in range(2):
+        routing = original.route(make_pairs(rng, 4), FakeJudge())
+        original.observe(routing, dpo_losses(routing.preference))
+    restored = build()
+    restored.load_state_dict(roundtrip(original.state_dict()))
+    assert len(restored.held) == 2 and restored.batches_routed == 2
+    for router in (original, restored):
+        rng = random.Random(5)
+        for _ in range(4):
+            routing = router.route(make_pairs(rng, 4), FakeJudge())
+            router.observe(routing, dpo_losses(routing.preference))
+    assert torch.equal(original.linucb.arms.vector, restored.linucb.arms.vector)
 
 
 def test_bayesian_config_errors(tmp_path, tiny_encoder_dir, prior_path):

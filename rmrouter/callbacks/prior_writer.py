@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rmrouter.callbacks.smoke_run import writes_artifacts
+from rmrouter.routers.calibration import fit_prior_scale
 from rmrouter.routers.prior import RouterPrior
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,11 @@ class RouterPriorWriter(Callback):
     The prior holds exactly the weights of the checkpoint that model selection kept: the trainer's monitored
     `ModelCheckpoint` best (`best.ckpt` in the shipped config, the one `test` and the offline report evaluate), not
     the weights the fit ends with, which may be many epochs past it. Its metadata names that checkpoint, its epoch and
-    step, the monitored metric and its value, and the BT scale. Without a monitored checkpoint (checkpointing off, or
-    no `monitor`), the final weights are saved and the metadata says `selected: final`. A fine-tuned encoder is saved
-    beside the prior (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
+    step, the monitored metric and its value, and `reward_scale`: the factor that puts the prior on the online
+    reward's scale, fitted on the validation split (`rmrouter.routers.calibration`; BayesianRouter's
+    `prior_scale: calibrated`). Without a monitored checkpoint (checkpointing off, or no `monitor`), the final weights
+    are saved and the metadata says `selected: final`. A fine-tuned encoder is saved beside the prior
+    (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
 
     Args:
         path: Where the prior goes, e.g. `checkpoints/offline_router/prior.pt`.
@@ -40,6 +43,9 @@ class RouterPriorWriter(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "path"):
             metadata["behaviour_file"] = str(datamodule.path)
+        scale = reward_scale(selected, datamodule)
+        if scale is not None:
+            metadata["reward_scale"] = scale
         encoder_dir = self.path.parent / f"{self.path.stem}-encoder"
         prior = RouterPrior(**selected.prior_state(encoder_dir=encoder_dir), metadata=metadata)
         prior.save(self.path)
@@ -63,3 +69,24 @@ def selected_module(trainer: Trainer, pl_module: LightningModule) -> tuple[Light
         "monitor": checkpoint.monitor,
         checkpoint.monitor: float(score) if score is not None else float("nan"),
     }
+
+
+def reward_scale(module: LightningModule, datamodule: Any) -> float | None:
+    """`fit_prior_scale` of the selected router's scores on the validation split; None (logged) where it cannot be."""
+    splits = getattr(datamodule, "splits", None) or {}
+    val = splits.get("val")
+    if val is None or len(val) == 0 or not hasattr(module, "router_scores"):
+        log.warning("no validation rows: the router prior gets no reward_scale (prior_scale: calibrated needs one)")
+        return None
+    pairs = [record.pair for record in val.records]
+    was_training = module.training
+    module.eval()
+    try:
+        scores = module.router_scores([p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs])
+    finally:
+        module.train(was_training)
+    try:
+        return fit_prior_scale(scores.detach().cpu(), val.agree.bool(), val.eligible)
+    except ValueError as error:
+        log.warning("the router prior gets no reward_scale: %s", error)
+        return None

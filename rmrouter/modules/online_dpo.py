@@ -31,6 +31,7 @@ from rmrouter.modules.online_pairs import (
 from rmrouter.modules.trainable_checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairJudge, Router
+from rmrouter.routers.step import route_and_observe
 
 
 class OnlineDPOModule(LightningModule):
@@ -170,10 +171,10 @@ class OnlineDPOModule(LightningModule):
             self._pool_judge = PoolJudge(self.pool)
         return self._pool_judge
 
-    def recorded_judge(self, margins: Tensor) -> PairJudge:
+    def recorded_judge(self, scores: Tensor) -> PairJudge:
         from rmrouter.routers.judges import RecordedJudge
 
-        return RecordedJudge(margins)
+        return RecordedJudge(scores)
 
     def _router(self) -> Router:
         router = next((cb for cb in self.trainer.callbacks if isinstance(cb, Router)), None)
@@ -234,10 +235,36 @@ class OnlineDPOModule(LightningModule):
         self.step_values = {}
         candidates, completions = self._candidates(batch)
         router = self._router()
-        routing = router.route(candidates.pairs, candidates.judge)
+        step: dict[str, Any] = {}
+
+        def train(preference: Tensor) -> Tensor:
+            losses, step["loss"], step["pairs"], step["policy"] = self._dpo_on_labels(candidates, preference)
+            return losses
+
+        # route -> label -> loss -> observe, before the optimizer step: the same path as every simulated stream
+        routing, _ = route_and_observe(router, candidates.pairs, candidates.judge, train)
         # This rank's `(domain, chosen RM index)` per routed pair (-1: no single RM), for the closing summary.
         self.last_routing = list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True))
         preference = routing.preference.detach().float().cpu()
+        loss, pairs = step["loss"], step["pairs"]
+        self._trained_pairs = pairs
+        if loss is None:
+            loss = self._idle_loss(step["policy"])
+        self._log("train/pairs", float(pairs))
+        self._log("train/candidate_pairs", float(len(preference)))
+        if completions is not None:
+            log_completions(self._log, completions, self.live_judge())
+            log_samples(self.logger, batch, completions, self.global_step, self.hparams.log_text_every_n_steps)
+        if candidates.truth is not None:
+            # This rank's outcome per routed pair, for exact run totals (`rmrouter.callbacks.LabellingTally`).
+            self.last_labelling = log_labelling(self._log, candidates, preference)
+        for name, value in router.metrics().items():
+            self._log(name, float(value))
+        return loss
+
+    def _dpo_on_labels(self, candidates: Candidates, preference: Tensor):
+        """DPO on the routed labels: `(per-pair losses [P], NaN where not trained; mean loss or None; pairs trained;
+        the policy log-probs, or None when no forward ran)`."""
         if self.hparams.pairing == "best_vs_worst" and not self.hparams.simulated:
             rows = best_vs_worst_rows(candidates.groups, candidates.indices, preference)
         else:
@@ -262,21 +289,7 @@ class OnlineDPOModule(LightningModule):
                 loss = out.losses.mean()
                 both = torch.cat([trained, trained + n])
                 log_dpo(self._log, out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
-        router.observe(routing, losses)
-        self._trained_pairs = pairs
-        if loss is None:
-            loss = self._idle_loss(policy)
-        self._log("train/pairs", float(pairs))
-        self._log("train/candidate_pairs", float(len(preference)))
-        if completions is not None:
-            log_completions(self._log, completions, self.live_judge())
-            log_samples(self.logger, batch, completions, self.global_step, self.hparams.log_text_every_n_steps)
-        if candidates.truth is not None:
-            # This rank's outcome per routed pair, for exact run totals (`rmrouter.callbacks.LabellingTally`).
-            self.last_labelling = log_labelling(self._log, candidates, preference)
-        for name, value in router.metrics().items():
-            self._log(name, float(value))
-        return loss
+        return losses, loss, pairs, policy
 
     def _idle_loss(self, policy: Tensor | None) -> Tensor:
         """The loss of a step with no usable pair: 0, never the NaN of a mean over nothing, with a grad path to every

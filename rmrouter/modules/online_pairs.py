@@ -120,20 +120,29 @@ def simulated_candidates(batch: dict, generator: torch.Generator, encode_prompt,
     """Labelled pairs with each side order drawn by coin flip, so the router never sees which side was chosen.
 
     Args:
-        batch: A `BehaviourDataModule` batch (`prompt`, `chosen`, `rejected`, `domain` lists; `margin` `[B, N]`).
+        batch: A `BehaviourDataModule` batch (`prompt`, `chosen`, `rejected`, `domain`, `source` lists; `scores`
+            `[B, N, 2]` of chosen and rejected).
         generator: Draws the side order.
         encode_prompt: Chat messages to prompt ids.
         encode_response: Response text to response ids.
-        make_judge: Recorded margins `[B, N]` (of `first` minus `second`) to a judge.
+        make_judge: Recorded scores `[B, N, 2]` (of `first` and `second`) to a judge.
     """
     count = len(batch["chosen"])
     swapped = (torch.rand(count, generator=generator) < 0.5).tolist()
     first = [r if s else c for c, r, s in zip(batch["chosen"], batch["rejected"], swapped, strict=True)]
     second = [c if s else r for c, r, s in zip(batch["chosen"], batch["rejected"], swapped, strict=True)]
     truth = torch.tensor([-1.0 if s else 1.0 for s in swapped])
-    margins = batch["margin"].detach().float().cpu() * truth.unsqueeze(1)  # recorded as chosen - rejected
+    recorded = batch["scores"].detach().float().cpu()  # [B, N, 2]: (chosen, rejected)
+    scores = torch.where(torch.tensor(swapped)[:, None, None], recorded.flip(-1), recorded)  # (first, second)
     prompts = [as_messages(p) for p in batch["prompt"]]
-    pairs = PairBatch(prompts=prompts, first=first, second=second, references=[None] * count, domains=batch["domain"])
+    pairs = PairBatch(
+        prompts=prompts,
+        first=first,
+        second=second,
+        references=[None] * count,
+        domains=batch["domain"],
+        sources=batch.get("source"),
+    )
     return Candidates(
         pairs=pairs,
         prompt_ids=[encode_prompt(p) for p in prompts],
@@ -141,7 +150,7 @@ def simulated_candidates(batch: dict, generator: torch.Generator, encode_prompt,
         second_ids=[encode_response(text) for text in second],
         groups=list(range(count)),
         indices=[(0, 1)] * count,
-        judge=make_judge(margins),
+        judge=make_judge(scores),
         truth=truth,
     )
 

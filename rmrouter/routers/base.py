@@ -1,12 +1,12 @@
 """The contract between the online DPO loop and every router (BayesianRouter and the baselines).
 
 Each training step the OnlineDPOModule builds candidate pairs (two responses to one prompt, not yet ordered) and asks
-the trainer's router to label them: `route(pairs, judge)` returns, per pair, which response is preferred and by which
-RM. The router calls RMs only through `judge`, so the same router runs live (the judge scores with a
-`RewardModelPool`) and in the simulated mode (the judge reads recorded behaviour margins). After the DPO forward
-pass, and before the optimizer step, the module hands the per-pair losses back with `observe`, which is where
-learning routers update. Routers are Lightning callbacks: their state (posteriors, normaliser history, counters, RNG)
-is checkpointed through `state_dict` and restored by `--ckpt_path`.
+the router to label them: `route(pairs, judge)` returns, per pair, which response is preferred and by which RM (each
+router writes `label`; `route` adds the counting). The router calls RMs only through `judge`, so the same router runs
+live (the judge scores with a `RewardModelPool`) and in the simulated mode (the judge reads recorded behaviour
+scores). After the DPO forward pass, and before the optimizer step, the module hands the per-pair losses back with
+`observe`, which is where learning routers update. Routers are Lightning callbacks: their state (posteriors, normaliser
+history, counters, RNG) is checkpointed through `state_dict` and restored by `--ckpt_path`.
 
 Under DDP/FSDP every rank holds its own copy of the router and must keep it IDENTICAL to the others (each rank saves
 and restores it). So a router works on the GLOBAL batch: `all_gather_rows` collects a per-pair tensor from every rank
@@ -34,8 +34,9 @@ from rmrouter.data.records import Message
 class PairBatch:
     """Unordered candidate pairs: `first[i]` and `second[i]` answer `prompts[i]`.
 
-    `rows` is None for a batch the module built, and for a `subset` the positions of its pairs in that batch, so a
-    judge holding per-batch data (`RecordedJudge`) can answer for any subset a router sends it.
+    `sources` are the pairs' data sources (`gsm8k/...`), where known, for routing by data label. `rows` is None for
+    a batch the module built, and for a `subset` the positions of its pairs in that batch, so a judge holding
+    per-batch data (`RecordedJudge`) can answer for any subset a router sends it.
     """
 
     prompts: list[list[Message]]
@@ -44,6 +45,7 @@ class PairBatch:
     references: list[str | None]
     domains: list[str]
     rows: list[int] | None = None
+    sources: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.first)
@@ -51,7 +53,8 @@ class PairBatch:
     def subset(self, rows: list[int]) -> PairBatch:
         fields = ("prompts", "first", "second", "references", "domains")
         origin = rows if self.rows is None else [self.rows[i] for i in rows]
-        return PairBatch(*([getattr(self, f)[i] for i in rows] for f in fields), rows=list(origin))
+        sources = None if self.sources is None else [self.sources[i] for i in rows]
+        return PairBatch(*([getattr(self, f)[i] for i in rows] for f in fields), rows=list(origin), sources=sources)
 
 
 class PairJudge(Protocol):
@@ -64,6 +67,14 @@ class PairJudge(Protocol):
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         """`[len(pairs)]` float: RM `rm_index`'s `score(first) - score(second)`; NaN where it abstains."""
+        ...
+
+
+class ScoringJudge(PairJudge, Protocol):
+    """A judge that also gives each response's own score, which score-level ensembles (UWO) need."""
+
+    def scores(self, rm_index: int, pairs: PairBatch) -> Tensor:
+        """`[len(pairs), 2]` float: RM `rm_index`'s `(score(first), score(second))`; NaN where it abstains."""
         ...
 
 
@@ -171,9 +182,13 @@ class Router(Callback, ABC):
     def state_key(self) -> str:
         return f"{type(self).__name__}[{','.join(self.rm_names)}]"
 
-    @abstractmethod
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        """Labels every pair; implementations call `self.count(routing)` before returning."""
+        """Labels every pair (`label`) and adds the batch to the counters."""
+        return self.count(self.label(pairs, judge))
+
+    @abstractmethod
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+        """Each router's own decision: which RM labels each pair, and the labels it gives."""
 
     def observe(self, routing: Routing, losses: Tensor) -> None:
         """Learns from the per-pair DPO losses (`[P]`, NaN for pairs not trained on); the default learns nothing."""

@@ -11,10 +11,11 @@ from torch import Tensor
 
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
-from rmrouter.routers.baselines import LinUCB, majority_vote
+from rmrouter.routers.baselines import LinUCB, majority_vote, uwo_scores
+from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.routers.embedding import LazyEmbedder
-from rmrouter.routers.judges import ask_all, ask_by_rm, ask_eligible, preference
-from rmrouter.routers.normalizer import QuantileNormalizer
+from rmrouter.routers.judges import ask_all, ask_all_scores, ask_by_rm, ask_eligible, preference
+from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer
 
 
 class SeededRouter(Router):
@@ -51,10 +52,10 @@ class SingleRMRouter(Router):
             raise ValueError(f"SingleRMRouter: rm {rm!r} is not in the pool {self.rm_names}; pick one of those names")
         self.rm_index = self.rm_names.index(rm)
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         chosen = torch.full((len(pairs),), self.rm_index, dtype=torch.long)
         margins = judge.margins(self.rm_index, pairs).detach().float().cpu()
-        return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs)))
+        return Routing(preference(margins), chosen, rm_calls=len(pairs))
 
 
 class RandomRouter(SeededRouter):
@@ -65,14 +66,38 @@ class RandomRouter(SeededRouter):
         seed: Seed of the router's generator.
     """
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         total, mine = self.global_rows(len(pairs))  # one draw per pair of every rank; this rank keeps its own
         draws = torch.rand(total, len(self.rm_names), generator=self.generator)[mine]
         # uniform over the eligible RMs: the largest of i.i.d. uniform draws among them (all of them if none can judge)
         eligible = ask_eligible(judge, pairs, len(self.rm_names))
         eligible = eligible | ~eligible.any(dim=1, keepdim=True)
         chosen = draws.masked_fill(~eligible, -1.0).argmax(dim=1)
-        return self.count(Routing(preference(ask_by_rm(judge, pairs, chosen)), chosen, rm_calls=len(pairs)))
+        return Routing(preference(ask_by_rm(judge, pairs, chosen)), chosen, rm_calls=len(pairs))
+
+
+class DataLabelRouter(Router):
+    """Routing by data label (verl's `data_source` dispatch): each pair goes to the RM best on its label in training
+    data (`rmrouter.routers.data_label.DataLabelRouting`), the first of its label's ranking that can judge it. It
+    learns nothing online. A batch without `sources` routes by domain, else by the overall ranking.
+
+    Args:
+        rm_names: The pool's RM names, in pool order.
+        routing: The rankings, fitted on training rows (`DataLabelRouting.fit`).
+    """
+
+    def __init__(self, rm_names: list[str], routing: DataLabelRouting) -> None:
+        super().__init__(rm_names)
+        self.routing = routing
+
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+        eligible = ask_eligible(judge, pairs, len(self.rm_names))
+        sources = pairs.sources if pairs.sources is not None else [""] * len(pairs)
+        chosen = self.routing.route(pairs.domains, sources, eligible)
+        routed = chosen >= 0
+        margins = torch.full((len(pairs),), float("nan"))
+        margins[routed] = ask_by_rm(judge, pairs.subset(torch.nonzero(routed).flatten().tolist()), chosen[routed])
+        return Routing(preference(margins), chosen, rm_calls=int(routed.sum()))
 
 
 class MajorityVoteRouter(SeededRouter):
@@ -84,43 +109,41 @@ class MajorityVoteRouter(SeededRouter):
         seed: Seed of the tie-breaking coins.
     """
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         # The coins are drawn over every rank's pairs (one per pair), so the generators stay in lockstep.
         margins, mine = self.all_gather_rows(ask_all(judge, pairs, len(self.rm_names)))
         labels = majority_vote(margins, self.generator)[mine].float()
         unattributed = torch.full((len(pairs),), -1, dtype=torch.long)
-        return self.count(Routing(labels, unattributed, rm_calls=len(self.rm_names) * len(pairs)))
+        return Routing(labels, unattributed, rm_calls=len(self.rm_names) * len(pairs))
 
 
-def uwo_margins(margins: Tensor, coeff: float) -> Tensor:
-    """`[P]` an uncertainty-weighted ensemble margin per pair, from margins alone (UWO needs scores; see below).
+def uwo_pair_margins(scores: Tensor, coeff: float) -> Tensor:
+    """`[P]` UWO margins `uwo(first) - uwo(second)`, each response's UWO reward taken over the batch's `2P` responses.
 
-    UWO (Coste et al.) penalises each response's score by the RMs' variance on it; with margins only, a plain
-    `mean - coeff * var` would push every disputed pair toward `second`, an arbitrary side of an unordered pair. So:
-    each RM's margins are divided by their root mean square over the batch (a common scale that keeps the sign; a
-    column of zeros stays 0), and the penalty shrinks the mean toward 0 without crossing it:
-    `sign(mean) * max(|mean| - coeff * var, 0)` over the RMs that did not abstain. Disagreement can drop a label
-    (0, not trained on), never flip it. A pair every RM abstained on is NaN.
+    UWO (Coste et al. 2023) rewards each response by the mean minus `coeff` times the variance of the RMs' scores on a
+    common scale (`rmrouter.routers.baselines.uwo_scores`: each RM standardised over the batch's responses), and a pair
+    is ordered by its two responses' rewards. Every pair gets a label unless every RM abstained on it or the two
+    rewards tie. A pair every RM abstained on is NaN.
 
     Args:
-        margins: `[P, N]` margins, NaN where an RM abstained.
+        scores: `[P, N, 2]` RM `n`'s scores of pair `i`'s `first` and `second`, NaN where it abstained.
         coeff: Weight of the variance penalty.
     """
-    if margins.ndim != 2:
-        raise ValueError(f"margins must be [P, N], got shape {list(margins.shape)}")
-    margins = margins.detach().to(torch.float64)
-    voted = ~margins.isnan()
-    values = torch.where(voted, margins, 0.0)
-    rms = (values.square().sum(dim=0) / voted.sum(dim=0).clamp_min(1)).sqrt()
-    scaled = torch.where(rms > 0, values / rms.clamp_min(1e-300), 0.0)
-    count = voted.sum(dim=1)
-    mean = scaled.sum(dim=1) / count
-    var = torch.where(voted, scaled - mean.unsqueeze(1), 0.0).square().sum(dim=1) / count
-    return torch.sign(mean) * (mean.abs() - coeff * var).clamp_min(0.0)
+    if scores.ndim != 3 or scores.shape[2] != 2:
+        raise ValueError(f"scores must be [P, N, 2], got shape {list(scores.shape)}")
+    pairs = scores.shape[0]
+    responses = torch.cat([scores[:, :, 0], scores[:, :, 1]])  # [2P, N]: every first, then every second
+    rewards = uwo_scores(responses, coeff)
+    return rewards[:pairs] - rewards[pairs:]
 
 
 class UWORouter(Router):
-    """Every RM labels every pair; the label is the sign of `uwo_margins` (0, not trained on, when too uncertain).
+    """UWO: every RM scores both responses of every pair; the pair is ordered by the responses' UWO rewards
+    (`uwo_pair_margins`). O(N) RM calls per pair; no RM is credited.
+
+    The common scale is each RM's standardised score over the batch's responses, so the batch is the unit UWO works
+    on: under several processes the global batch (every rank's pairs), so a pair gets the same label whichever rank it
+    lands on.
 
     Args:
         rm_names: The pool's RM names, in pool order.
@@ -133,19 +156,27 @@ class UWORouter(Router):
             raise ValueError(f"coeff must be a finite non-negative penalty weight, got {coeff}")
         self.coeff = float(coeff)
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        # Each RM's scale is its root mean square over the global batch (every rank's pairs), so a pair gets the same
-        # label whichever rank it lands on and however the batch is split.
-        margins, mine = self.all_gather_rows(ask_all(judge, pairs, len(self.rm_names)))
-        aggregated = uwo_margins(margins, self.coeff)[mine]
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+        scores, mine = self.all_gather_rows(ask_all_scores(judge, pairs, len(self.rm_names)))
+        margins = uwo_pair_margins(scores, self.coeff)[mine]
         unattributed = torch.full((len(pairs),), -1, dtype=torch.long)
-        return self.count(Routing(preference(aggregated), unattributed, rm_calls=len(self.rm_names) * len(pairs)))
+        return Routing(preference(margins), unattributed, rm_calls=len(self.rm_names) * len(pairs))
 
 
 class LASERRouter(SeededRouter):
-    """LASER: ONE RM per batch, chosen by LinUCB on the batch's mean prompt embedding; reward `-mean loss` of the
-    batch's trained pairs, quantile-normalised. Exact UCB ties are broken at random by the router's generator. Under
-    several processes the batch is the global one (every rank's pairs), so every rank picks the same arm.
+    """LASER (Nguyen et al. 2024): ONE RM per batch, chosen by LinUCB on the batch's mean prompt embedding; the reward
+    is `-mean loss` of the batch's trained pairs, quantile-normalised over the history of batch rewards.
+
+    Three things the LASeR paper's LinUCB relies on, each a switch:
+    - the warm-up is counted in batch rewards (one per batch), and the batches routed before the normaliser has
+      `warmup` of them are learned once it has, with their normalised rewards, never as placeholders;
+    - `round_robin`: the first `N` batches try each arm once, in pool order, so no arm wins by a tie-break;
+    - `centred_rewards`: rewards on `[-1, 1]` (`2r - 1` of the normalised `r`), so the arms' zero start is the
+      average reward rather than the worst; `false` keeps `[0, 1]`, LASeR's code, on which an arm once pulled
+      outscores every untried one and the first arm tends to stay.
+
+    Exact UCB ties are broken at random by the router's generator. Under several processes the batch is the global
+    one (every rank's pairs), so every rank picks the same arm.
 
     Args:
         rm_names: The pool's RM names, in pool order.
@@ -153,18 +184,32 @@ class LASERRouter(SeededRouter):
         encoder: Text encoder of the prompts (model name or folder).
         pooling: Its pooling (`mean` or `last_token`).
         max_length: Its token limit per prompt.
-        warmup: Batch rewards seen before the quantile normaliser starts (0.5 before that).
+        warmup: Batch rewards seen before the quantile normaliser starts (LASeR's code: 2).
         seed: Seed of the tie-breaking generator.
+        round_robin: Try each arm once, in order, before LinUCB chooses.
+        centred_rewards: Learn from rewards on `[-1, 1]` instead of `[0, 1]`.
     """
 
     def __init__(
-        self, rm_names: list[str], alpha: float, encoder: str, pooling: Pooling, max_length: int, warmup: int, seed: int
+        self,
+        rm_names: list[str],
+        alpha: float,
+        encoder: str,
+        pooling: Pooling,
+        max_length: int,
+        warmup: int,
+        seed: int,
+        round_robin: bool = True,
+        centred_rewards: bool = True,
     ) -> None:
         super().__init__(rm_names, seed)
         self.alpha = float(alpha)
+        self.round_robin, self.centred_rewards = round_robin, centred_rewards
         self.embedder = LazyEmbedder(encoder, pooling, max_length, None, None)
         self.normalizer = QuantileNormalizer(warmup=warmup)
         self.linucb: LinUCB | None = None  # built once the context size is known
+        self.batches_routed = 0
+        self.held = HeldRewards()  # batches routed before the normaliser warmed up
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -175,15 +220,21 @@ class LASERRouter(SeededRouter):
             self.linucb = LinUCB(len(self.rm_names), dim, self.alpha)
         return self.linucb
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        # One arm per GLOBAL batch: the context is the mean prompt embedding over every rank's prompts.
-        context = self.all_gather_rows(self.embedder.prompts(pairs))[0].mean(dim=0)
+    def _arm(self, context: Tensor) -> int:
+        if self.round_robin and self.batches_routed < len(self.rm_names):
+            return self.batches_routed
         ucb = self._linucb(context.shape[0]).ucb(context)
         best = torch.nonzero(ucb == ucb.max()).flatten()
-        arm = int(best[torch.randint(0, len(best), (1,), generator=self.generator)])
+        return int(best[torch.randint(0, len(best), (1,), generator=self.generator)])
+
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+        # One arm per GLOBAL batch: the context is the mean prompt embedding over every rank's prompts.
+        context = self.all_gather_rows(self.embedder.prompts(pairs))[0].mean(dim=0)
+        arm = self._arm(context)
+        self.batches_routed += 1
         chosen = torch.full((len(pairs),), arm, dtype=torch.long)
         margins = judge.margins(arm, pairs).detach().float().cpu()
-        return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=(arm, context)))
+        return Routing(preference(margins), chosen, rm_calls=len(pairs), context=(arm, context))
 
     def observe(self, routing: Routing, losses: Tensor) -> None:
         losses, _ = self.all_gather_rows(losses.detach().to("cpu", torch.float64))  # the global batch's losses
@@ -191,11 +242,26 @@ class LASERRouter(SeededRouter):
         if trained.numel() == 0:
             return
         arm, context = routing.context
-        reward = self.normalizer(-trained.mean().reshape(1))
-        self._linucb(context.shape[0]).update(arm, context, float(reward[0]))
+        raw = -trained.mean().reshape(1)
+        self.normalizer(raw)
+        self.held.add(torch.tensor([arm]), context.unsqueeze(0), raw)
+        if not self.normalizer.warm:
+            return
+        arms, contexts, raws = self.held.take()
+        rewards = self.normalizer.normalize(raws)
+        if self.centred_rewards:
+            rewards = 2 * rewards - 1
+        linucb = self._linucb(context.shape[0])
+        for n, x, r in zip(arms.tolist(), contexts, rewards.tolist(), strict=True):
+            linucb.update(n, x, r)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), "normalizer": self.normalizer.state_dict()}
+        state = {
+            **super().state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "batches_routed": self.batches_routed,
+            "held": self.held.state_dict(),
+        }
         if self.linucb is not None:
             state["linucb"] = self.linucb.state_dict()
         return state
@@ -204,4 +270,6 @@ class LASERRouter(SeededRouter):
         if "linucb" in state_dict:
             self._linucb(state_dict["linucb"]["vector"].shape[1]).load_state_dict(state_dict["linucb"])
         self.normalizer.load_state_dict(state_dict["normalizer"])
+        self.batches_routed = int(state_dict["batches_routed"])
+        self.held.load_state_dict(state_dict["held"])
         super().load_state_dict(state_dict)

@@ -7,6 +7,7 @@ a prior, from the mean of the two sides' text embeddings); the posteriors, rewar
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Literal
 
 import torch
@@ -18,7 +19,7 @@ from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
-from rmrouter.routers.normalizer import QuantileNormalizer, batch_baseline
+from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, batch_baseline
 from rmrouter.routers.posterior import GaussianPosteriors
 from rmrouter.routers.prior import RouterPrior
 
@@ -32,6 +33,14 @@ class BayesianRouter(Router):
     `observe` rewards the pairs trained on (finite losses) with `QuantileNormalizer(batch_baseline(losses))` and adds
     them to their RMs' posteriors; non-finite losses of labelled pairs are skipped, counted
     (`router/nonfinite_losses`) and warned about, and never reach the posterior.
+
+    What the paper leaves implicit, each a switch (the paper's form is the default; `configs/routers/bayesian.yaml`
+    sets the project's): `prior_scale` puts the prior on the reward scale (`mu0 = prior_scale * E_bt`, e.g. fitted on
+    validation data by `rmrouter.routers.calibration.fit_prior_scale`; the paper: 1); `warmup_rewards: held` learns
+    the pairs routed during the normaliser's warm-up once it has its scale, with their real rewards (the paper's
+    `placeholder` learns the neutral 0.5 for them as if observed); `centred_rewards` learns `2r - 1` on `[-1, 1]`, so
+    an average pair pulls an RM's score toward 0 rather than up toward 0.5; `eligible_only` never routes a pair to an
+    RM that cannot judge it (false: the argmax over every RM, as the paper writes it; such a pair gets no label).
 
     Ablations: `use_prior: false` starts the posteriors at mean 0 (no offline prior); `online_updates: false` routes
     by the offline BT scores `argmax_n h^T E_bt[n]` alone and never changes its state; `integration: weighted_score`
@@ -53,6 +62,12 @@ class BayesianRouter(Router):
         encoder: Text encoder for `h` when no prior is given (a prior brings its own); None with a prior.
         pooling: That encoder's pooling (`mean` or `last_token`); None with a prior.
         max_length: That encoder's token limit per text; None with a prior.
+        prior_scale: `c` in `mu0 = c * E_bt` (and on the offline score under `weighted_score`); >= 0, or
+            `calibrated` for the prior's own `reward_scale` (fitted on the offline validation split when the prior
+            was written).
+        warmup_rewards: `placeholder` (the paper) or `held` (see above).
+        centred_rewards: Learn rewards on `[-1, 1]` instead of `[0, 1]`.
+        eligible_only: Choose only among the RMs that can judge each pair.
     """
 
     def __init__(
@@ -70,13 +85,28 @@ class BayesianRouter(Router):
         encoder: str | None = None,
         pooling: Pooling | None = None,
         max_length: int | None = None,
+        prior_scale: float | Literal["calibrated"] = 1.0,
+        warmup_rewards: Literal["placeholder", "held"] = "placeholder",
+        centred_rewards: bool = False,
+        eligible_only: bool = True,
     ) -> None:
         super().__init__(rm_names)
         if integration not in ("prior_injection", "weighted_score"):
             raise ValueError(f"integration must be 'prior_injection' or 'weighted_score', got {integration!r}")
         if not 0.0 <= offline_weight <= 1.0:
             raise ValueError(f"offline_weight (alpha) must lie in [0, 1], got {offline_weight}")
+        if prior_scale != "calibrated" and not (
+            isinstance(prior_scale, (int, float)) and math.isfinite(prior_scale) and prior_scale >= 0
+        ):
+            raise ValueError(f"prior_scale must be a finite factor >= 0 or 'calibrated', got {prior_scale!r}")
+        if prior_scale == "calibrated" and prior_path is None:
+            raise ValueError("prior_scale: calibrated reads the prior's reward_scale; it needs prior_path")
+        if warmup_rewards not in ("placeholder", "held"):
+            raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
         self.sigma2, self.lambda0 = float(sigma2), float(lambda0)
+        self.warmup_rewards = warmup_rewards
+        self.prior_scale = 1.0 if prior_scale == "calibrated" else float(prior_scale)
+        self.centred_rewards, self.eligible_only = centred_rewards, eligible_only
         self.online_updates, self.integration, self.offline_weight = online_updates, integration, float(offline_weight)
         self.offline_scores: Tensor | None = None  # [N, d] float64 E_bt, when a prior is given
         if prior_path is None:
@@ -99,16 +129,19 @@ class BayesianRouter(Router):
                 raise ValueError("use_prior: false is the prior-injection ablation; it needs online_updates: true")
             prior = RouterPrior.load(prior_path)
             prior.check_pool(self.rm_names)
+            if prior_scale == "calibrated":
+                self.prior_scale = calibrated_scale(prior)
             self.embedder = LazyEmbedder(
                 prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state
             )  # type: ignore[arg-type]
             self.offline_scores = prior.bt_embeddings.detach().double().cpu()
             inject = use_prior and integration == "prior_injection"
-            means = self.offline_scores if inject else torch.zeros_like(self.offline_scores)
+            means = self.prior_scale * self.offline_scores if inject else torch.zeros_like(self.offline_scores)
             self.posteriors = GaussianPosteriors.prior(means, self.lambda0, self.sigma2)
         self.normalizer = QuantileNormalizer(warmup=warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_losses = 0
+        self.held = HeldRewards()  # pairs routed during the normaliser's warm-up (`warmup_rewards: held`)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -126,19 +159,22 @@ class BayesianRouter(Router):
             return h @ self.offline_scores.T
         sampled = self._posteriors(h.shape[1]).sample_scores(h, self.generator)
         if self.integration == "weighted_score":
-            return self.offline_weight * (h @ self.offline_scores.T) + (1 - self.offline_weight) * sampled
+            offline = self.prior_scale * (h @ self.offline_scores.T)
+            return self.offline_weight * offline + (1 - self.offline_weight) * sampled
         return sampled
 
-    def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
+    def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         h = self.embedder.pairs(pairs)
         # Thompson draws over every rank's pairs, so the generator advances alike everywhere; each keeps its slice.
         every_h, mine = self.all_gather_rows(h)
         scores = self.scores(every_h)[mine]
         # only among the RMs that can judge each pair: one that would abstain yields no label and teaches nothing
-        eligible = ask_eligible(judge, pairs, len(self.rm_names)).to(scores.device)
-        chosen = best_eligible(scores, eligible)
+        if self.eligible_only:
+            chosen = best_eligible(scores, ask_eligible(judge, pairs, len(self.rm_names)).to(scores.device))
+        else:
+            chosen = scores.argmax(dim=1)
         margins = ask_by_rm(judge, pairs, chosen)
-        return self.count(Routing(preference(margins), chosen, rm_calls=len(pairs), context=h))
+        return Routing(preference(margins), chosen, rm_calls=len(pairs), context=h)
 
     def observe(self, routing: Routing, losses: Tensor) -> None:
         if not self.online_updates:
@@ -157,9 +193,17 @@ class BayesianRouter(Router):
         keep = finite & labelled & (rm_index >= 0)
         if not keep.any():
             return
-        reward = self.normalizer(batch_baseline(losses[keep]))
-        h = h[keep]
-        self._posteriors(h.shape[1]).update(rm_index[keep], h, reward)
+        raw = batch_baseline(losses[keep])
+        reward, rm_index, h = self.normalizer(raw), rm_index[keep], h[keep]
+        if self.warmup_rewards == "held":
+            self.held.add(rm_index, h, raw)
+            if not self.normalizer.warm:
+                return
+            rm_index, h, raw = self.held.take()
+            reward = self.normalizer.normalize(raw)
+        if self.centred_rewards:
+            reward = 2 * reward - 1
+        self._posteriors(h.shape[1]).update(rm_index, h, reward)
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "router/nonfinite_losses": float(self.nonfinite_losses)}
@@ -170,6 +214,7 @@ class BayesianRouter(Router):
             "normalizer": self.normalizer.state_dict(),
             "generator": self.generator.get_state(),
             "nonfinite_losses": self.nonfinite_losses,
+            "held": self.held.state_dict(),
         }
         if self.posteriors is not None:
             state["posteriors"] = self.posteriors.state_dict()
@@ -186,4 +231,16 @@ class BayesianRouter(Router):
         self.normalizer.load_state_dict(state_dict["normalizer"])
         self.generator.set_state(state_dict["generator"])
         self.nonfinite_losses = int(state_dict["nonfinite_losses"])
+        self.held.load_state_dict(state_dict["held"])
         super().load_state_dict(state_dict)
+
+
+def calibrated_scale(prior: RouterPrior) -> float:
+    """The prior's `reward_scale` metadata, checked."""
+    scale = prior.metadata.get("reward_scale")
+    if not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(
+            f"prior_scale: calibrated, but the prior {prior.source or ''} has no reward_scale (got {scale!r}; the "
+            "offline fit writes it from its validation split): refit the offline router, or give prior_scale a number"
+        )
+    return float(scale)

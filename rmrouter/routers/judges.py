@@ -1,6 +1,6 @@
 """The two `PairJudge`s (live RMs, recorded margins) and the helpers routers use to ask them.
 
-`PoolJudge` scores pairs with the pool's RMs (live mode). `RecordedJudge` answers from the behaviour margins recorded
+`PoolJudge` scores pairs with the pool's RMs (live mode). `RecordedJudge` answers from the behaviour scores recorded
 for one batch (simulated mode: the module builds one per batch). Routers ask through `ask_by_rm`, which groups the
 pairs by the RM chosen for them so each RM used is called once per batch, on its own pairs only.
 """
@@ -51,6 +51,11 @@ class PoolJudge:
         self._logged: dict[str, set[str]] = {name: set() for name in pool.names}
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
+        scores = self.scores(rm_index, pairs)
+        return scores[:, 0] - scores[:, 1]
+
+    def scores(self, rm_index: int, pairs: PairBatch) -> Tensor:
+        """`[P, 2]` RM `rm_index`'s scores of `first` and `second` (NaN where it failed)."""
         if not 0 <= rm_index < len(self.pool):
             raise IndexError(f"rm_index {rm_index} is outside the pool of {len(self.pool)} RMs {self.pool.names}")
         rm = self.pool[rm_index]
@@ -60,8 +65,8 @@ class PoolJudge:
             raise
         except Exception as error:
             self._failed(rm.name, error, len(pairs))
-            return torch.full((len(pairs),), float("nan"))
-        return (first - second).detach().float()
+            return torch.full((len(pairs), 2), float("nan"))
+        return torch.stack([first.detach().float().cpu(), second.detach().float().cpu()], dim=1)
 
     def eligible(self, pairs: PairBatch) -> Tensor:
         """`[P, N]` bool: RM `n` can judge pair `p` (`RewardModel.can_judge` of its reference)."""
@@ -93,38 +98,60 @@ class PoolJudge:
 
 
 class RecordedJudge:
-    """Simulated judge: the recorded margins of one batch, `margins[i, n]` for pair `i` of that batch and RM `n`.
+    """Simulated judge: what the pool's RMs recorded for one batch of pairs.
 
-    A subset of the batch (`PairBatch.subset`, which keeps `rows`) gets the margins of its own pairs.
+    Given per-response scores (`[P, N, 2]`: RM `n`'s scores of pair `i`'s `first` and `second`) it answers margins and
+    scores; given margins alone (`[P, N]`) it answers margins, and a score-level router (UWO) is refused. A subset of
+    the batch (`PairBatch.subset`, which keeps `rows`) gets its own pairs' values.
 
     Args:
-        margins: `[P, N]` recorded margins `score(first) - score(second)` of the batch's pairs, NaN for abstentions.
+        recorded: `[P, N, 2]` scores or `[P, N]` margins `score(first) - score(second)`, NaN for abstentions.
     """
 
-    def __init__(self, margins: Tensor) -> None:
-        if margins.ndim != 2 or not margins.is_floating_point():
-            raise ValueError(f"recorded margins must be a float tensor [P, N], got shape {list(margins.shape)}")
-        self._margins = margins.detach()
+    def __init__(self, recorded: Tensor) -> None:
+        if (
+            recorded.ndim not in (2, 3)
+            or not recorded.is_floating_point()
+            or (recorded.ndim == 3 and recorded.shape[2] != 2)
+        ):
+            raise ValueError(
+                f"recorded behaviour must be a float tensor of scores [P, N, 2] or margins [P, N], got shape "
+                f"{list(recorded.shape)}"
+            )
+        recorded = recorded.detach()
+        self._scores = recorded if recorded.ndim == 3 else None
+        self._margins = recorded[..., 0] - recorded[..., 1] if recorded.ndim == 3 else recorded
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
-        num_pairs, num_rms = self._margins.shape
-        if not 0 <= rm_index < num_rms:
-            raise IndexError(f"rm_index {rm_index} is outside the {num_rms} RMs of the recorded margins")
-        if pairs.rows is None:
-            if len(pairs) != num_pairs:
-                raise ValueError(
-                    f"the recorded margins are for a batch of {num_pairs} pairs, but {len(pairs)} pairs without "
-                    "`rows` were given: pass the batch itself or a `PairBatch.subset` of it"
-                )
-            return self._margins[:, rm_index]
-        return self._margins[torch.as_tensor(pairs.rows, dtype=torch.long), rm_index]
+        return self._rows(self._margins, pairs)[:, self._check_rm(rm_index)]
+
+    def scores(self, rm_index: int, pairs: PairBatch) -> Tensor:
+        if self._scores is None:
+            raise ValueError(
+                "this RecordedJudge holds margins only: a score-level router (UWO) needs each response's score; "
+                "build the judge from the recorded scores [P, N, 2]"
+            )
+        return self._rows(self._scores, pairs)[:, self._check_rm(rm_index)]
 
     def eligible(self, pairs: PairBatch) -> Tensor:
         """`[P, N]` bool: the RMs that judged each pair when it was recorded (a recorded NaN: it could not)."""
-        recorded = self._margins if pairs.rows is None else self._margins[torch.as_tensor(pairs.rows, dtype=torch.long)]
-        if recorded.shape[0] != len(pairs):
-            raise ValueError(f"the recorded margins are for {recorded.shape[0]} pairs, {len(pairs)} were given")
-        return ~recorded.isnan()
+        return ~self._rows(self._margins, pairs).isnan()
+
+    def _check_rm(self, rm_index: int) -> int:
+        num_rms = self._margins.shape[1]
+        if not 0 <= rm_index < num_rms:
+            raise IndexError(f"rm_index {rm_index} is outside the {num_rms} RMs of the recorded margins")
+        return rm_index
+
+    def _rows(self, values: Tensor, pairs: PairBatch) -> Tensor:
+        if pairs.rows is None:
+            if len(pairs) != values.shape[0]:
+                raise ValueError(
+                    f"the recorded margins are for a batch of {values.shape[0]} pairs, but {len(pairs)} pairs without "
+                    "`rows` were given: pass the batch itself or a `PairBatch.subset` of it"
+                )
+            return values
+        return values[torch.as_tensor(pairs.rows, dtype=torch.long)]
 
 
 def ask_eligible(judge: PairJudge, pairs: PairBatch, num_rms: int) -> Tensor:
@@ -150,6 +177,16 @@ def ask_by_rm(judge: PairJudge, pairs: PairBatch, rm_index: Tensor) -> Tensor:
 def ask_all(judge: PairJudge, pairs: PairBatch, num_rms: int) -> Tensor:
     """`[P, N]` margins of every RM for every pair (N judge calls)."""
     return torch.stack([judge.margins(n, pairs).detach().float().cpu() for n in range(num_rms)], dim=1)
+
+
+def ask_all_scores(judge: PairJudge, pairs: PairBatch, num_rms: int) -> Tensor:
+    """`[P, N, 2]` every RM's scores of both sides of every pair (N judge calls); the judge must give `scores`."""
+    scores = getattr(judge, "scores", None)
+    if scores is None:
+        raise ValueError(
+            f"{type(judge).__name__} gives margins only: a score-level router (UWO) needs each response's score"
+        )
+    return torch.stack([scores(n, pairs).detach().float().cpu() for n in range(num_rms)], dim=1)
 
 
 def preference(margins: Tensor) -> Tensor:

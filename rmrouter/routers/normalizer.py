@@ -73,6 +73,11 @@ class QuantileNormalizer:
         self.history = self._trim(torch.cat([self.history, values]))
         return self.normalize(values).to(device=raw.device, dtype=raw.dtype if raw.is_floating_point() else None)
 
+    @property
+    def warm(self) -> bool:
+        """Whether the history holds `warmup` values, so `normalize` maps by quantiles rather than to 0.5."""
+        return self.history.numel() >= self.warmup
+
     def normalize(self, raw: Tensor) -> Tensor:
         """Normalises `raw` by the current history without adding to it (float64, on the CPU)."""
         values = raw.detach().to("cpu", torch.float64)
@@ -103,3 +108,42 @@ class QuantileNormalizer:
         if self.max_history is not None and history.numel() > self.max_history:
             return history[-self.max_history :].clone()  # a clone drops the old values' storage
         return history
+
+
+class HeldRewards:
+    """Rows a router routed before its normaliser warmed up, kept to be learned once it has: `(rm, h, raw reward)`.
+
+    Learning them then, with their normalised rewards, instead of learning the normaliser's placeholder 0.5 for them,
+    loses no observation and invents none.
+    """
+
+    def __init__(self) -> None:
+        self.rm_index = torch.empty(0, dtype=torch.long)
+        self.h: Tensor | None = None
+        self.raw = torch.empty(0, dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return self.rm_index.numel()
+
+    def add(self, rm_index: Tensor, h: Tensor, raw: Tensor) -> None:
+        """Appends rows: `rm_index [M]`, `h [M, d]`, `raw [M]`."""
+        h = h.detach().to("cpu", torch.float64)
+        self.rm_index = torch.cat([self.rm_index, rm_index.detach().cpu().long()])
+        self.h = h.clone() if self.h is None else torch.cat([self.h, h])
+        self.raw = torch.cat([self.raw, raw.detach().to("cpu", torch.float64)])
+
+    def take(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every held row `(rm_index, h, raw)`, oldest first; the store is empty afterwards."""
+        if self.h is None:
+            raise ValueError("no rows are held")
+        rows = (self.rm_index, self.h, self.raw)
+        self.__init__()
+        return rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rm_index": self.rm_index.clone(), "h": None if self.h is None else self.h.clone(), "raw": self.raw}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rm_index = state["rm_index"].clone()
+        self.h = None if state["h"] is None else state["h"].clone()
+        self.raw = state["raw"].clone()

@@ -1,0 +1,208 @@
+"""The online routing benchmark: every router and ablation on simulated streams of held-out pairs, over seeds.
+
+    python benchmarks/routing_benchmark.py --behaviour checkpoints/behaviour/large.jsonl \
+        --priors checkpoints/offline_router_seeds_large --seeds 0 1 2 3 4 --output docs/routing_benchmark.md
+
+The stream is the `test` and `ood` splits of the offline router's config (pairs no prior trained or was selected on),
+in reshuffled passes until it has `--pairs` pairs. Seed `s` fixes the stream's order and side flips, the routers' own
+generators, and which prior the prior-based routers load (`--priors DIR` holds `seed_<s>/prior.pt`, as
+`benchmarks/offline_router_seeds.py --out-dir DIR` writes them; `--prior FILE` gives every seed one prior). Every
+method of a seed routes the very same batches, so outcomes pair row by row. Two fidelities (rmrouter.simulation):
+`oracle` (the loss is whether the label is wrong) and `log_linear_dpo` (a log-linear DPO policy over the frozen
+MiniLM embeddings of each side, whose per-pair loss before its update is the reward). The LM policy is the third
+(`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml`), not run here.
+
+Routers are built from `configs/routers/*.yaml` with the seed's prior and generator seed; the ablations of the
+switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is fitted here on the offline validation
+split with the seed's prior (`rmrouter.routers.calibration.fit_prior_scale`). Each run's log is kept under
+`--runs-dir` and reused, so an interrupted benchmark resumes; `routing_report.py` turns the logs into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from routing_report import write_benchmark_report
+
+from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.models.frozen import EmbeddingCache
+from rmrouter.routers.base import PairBatch
+from rmrouter.routers.baseline_routers import DataLabelRouter
+from rmrouter.routers.calibration import fit_prior_scale
+from rmrouter.routers.data_label import rank_rms
+from rmrouter.routers.embedding import LazyEmbedder
+from rmrouter.routers.prior import RouterPrior
+from rmrouter.simulation import LogLinearDPO, OracleLearner, PairStream, reward_auroc, run_stream, stream_summary
+
+log = logging.getLogger("routing_benchmark")
+ROOT = Path(__file__).resolve().parents[1]
+ROUTERS = ROOT / "configs" / "routers"
+FIDELITIES = ("oracle", "log_linear_dpo")
+
+# (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`.
+METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
+    ("single_best", "best single RM (on train)", "single.yaml", {}),
+    ("random", "random RM", "random.yaml", {}),
+    ("majority", "majority vote (all RMs)", "majority.yaml", {}),
+    ("uwo", "UWO (all RMs)", "uwo.yaml", {}),
+    ("data_label", "routing by data label", None, {}),
+    ("laser", "LASER", "laser.yaml", {}),
+    ("laser_code", "LASER, LASeR's code ([0, 1] rewards, no round robin)", "laser.yaml",
+     {"round_robin": False, "centred_rewards": False}),
+    ("bayesian", "BayesianRouter", "bayesian.yaml", {}),
+    ("bayesian_paper", "BayesianRouter, the paper's form", "bayesian_paper.yaml", {}),
+    ("no_online", "- online updates", "ablation_no_online_updates.yaml", {}),
+    ("no_prior", "- offline prior", "ablation_no_prior.yaml", {}),
+    ("weighted_score", "weighted score instead of prior injection", "ablation_weighted_score.yaml", {}),
+    ("scale_one", "- calibrated prior scale (c = 1)", "bayesian.yaml", {"prior_scale": 1.0}),
+    ("placeholder", "- held warm-up rewards (placeholders)", "bayesian.yaml", {"warmup_rewards": "placeholder"}),
+    ("uncentred", "- centred rewards ([0, 1])", "bayesian.yaml", {"centred_rewards": False}),
+    ("any_rm", "- eligible RMs only", "bayesian.yaml", {"eligible_only": False}),
+]  # fmt: skip
+
+
+class Benchmark:
+    """The data every run of one benchmark shares: the splits, the stream, the embedding caches."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        offline = yaml.safe_load(Path(args.offline_config).read_text())["data"]["init_args"]
+        self.rm_names = list(offline["rm_names"])
+        settings = {key: offline[key] for key in ("split_fractions", "split_seed", "ood_domains", "ood_sources")}
+        data = BehaviourDataModule(str(args.behaviour), self.rm_names, **settings)
+        data.setup("fit")
+        self.splits = data.splits
+        self.data_label = data.data_label_routing
+        self.stream = PairStream([*data.splits["test"].records, *data.splits["ood"].records], self.rm_names)
+        train = data.splits["train"]
+        self.best_single = self.rm_names[rank_rms(train.agree.bool(), train.eligible)[0]]
+        self.caches: dict[str, EmbeddingCache] = {}
+        self.scales: dict[int, float] = {}  # fitted prior scales, by seed
+
+    def prior_path(self, seed: int) -> str:
+        if self.args.prior is not None:
+            return str(self.args.prior)
+        return str(Path(self.args.priors) / f"seed_{seed}" / "prior.pt")
+
+    def embedder(self, encoder: str, pooling: str, max_length: int, mlp_config=None, mlp_state=None) -> LazyEmbedder:
+        embedder = LazyEmbedder(encoder, pooling, max_length, mlp_config, mlp_state)
+        embedder.cache = self.caches.setdefault(f"{encoder}|{pooling}|{max_length}", EmbeddingCache())
+        return embedder
+
+    def prior_scale(self, seed: int) -> float:
+        """`fit_prior_scale` of the seed's prior on the offline validation split."""
+        if seed not in self.scales:
+            prior = RouterPrior.load(self.prior_path(seed))
+            embedder = self.embedder(prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state)
+            val = self.splits["val"]
+            pairs = [record.pair for record in val.records]
+            batch = PairBatch([p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs],
+                              [p.reference for p in pairs], [p.domain for p in pairs])  # fmt: skip
+            scores = embedder.pairs(batch) @ prior.bt_embeddings.double().T
+            self.scales[seed] = fit_prior_scale(scores, val.agree.bool(), val.eligible)
+        return self.scales[seed]
+
+    def router(self, key: str, config: str | None, overrides: dict[str, Any], seed: int):
+        """The router of a method for a seed, and the arguments it was built with (kept in the run's file)."""
+        if key == "data_label":
+            return DataLabelRouter(self.rm_names, self.data_label), {"top_rm": self.data_label.describe(self.rm_names)}
+        router = yaml.safe_load((ROUTERS / config).read_text())["model"]["init_args"]["router"]
+        module, name = router["class_path"].rsplit(".", 1)
+        init_args = {**router["init_args"], **overrides}
+        if key == "single_best":
+            init_args["rm"] = self.best_single
+        if "seed" in init_args:
+            init_args["seed"] = seed
+        if init_args.get("prior_path") is not None:
+            init_args["prior_path"] = self.prior_path(seed)
+        if init_args.get("prior_scale") == "calibrated":
+            init_args["prior_scale"] = self.prior_scale(seed)
+        if "encoder" in init_args and self.args.encoder is not None:
+            init_args["encoder"] = self.args.encoder
+        built = getattr(importlib.import_module(module), name)(**init_args)
+        embedder = getattr(built, "embedder", None)
+        if embedder is not None:
+            key = f"{embedder.encoder_name}|{embedder.pooling}|{embedder.max_length}"
+            embedder.cache = self.caches.setdefault(key, EmbeddingCache())
+        return built, init_args
+
+    def learner(self, fidelity: str):
+        if fidelity == "oracle":
+            return OracleLearner()
+        encoder = self.args.encoder or "all-minilm-l6-v2"
+        features = self.embedder(encoder, "mean", 256)
+        dim = features.texts(["x"]).shape[1]
+        return LogLinearDPO(features.texts, dim, beta=0.1, learning_rate=self.args.learning_rate)
+
+
+def run_one(bench: Benchmark, fidelity: str, key: str, config, overrides, seed: int) -> dict[str, Any]:
+    path = bench.args.runs_dir / fidelity / key / f"seed_{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    (router, router_args), learner = bench.router(key, config, overrides, seed), bench.learner(fidelity)
+    stream_log = run_stream(router, bench.stream, learner, bench.args.pairs, bench.args.batch_size, seed, progress=True)
+    result = {
+        "router": router_args,
+        "summary": stream_summary(stream_log, bench.stream),
+        "auroc": reward_auroc(stream_log, bench.args.window),
+        "log": stream_log.to_dict(),
+    }
+    if isinstance(learner, LogLinearDPO):  # the policy's implicit reward against the true labels, once per pair
+        every = next(bench.stream.batches(len(bench.stream), len(bench.stream), seed))
+        result["summary"]["policy_agreement"] = float(learner.agreement(every).double().mean())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    log.info("%s %s seed %d: accuracy %.3f", fidelity, key, seed, result["summary"]["accuracy"])
+    return result
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--behaviour", type=Path, default=Path("checkpoints/behaviour/large.jsonl"))
+    priors = parser.add_mutually_exclusive_group()
+    priors.add_argument("--priors", type=Path, default=Path("checkpoints/offline_router_seeds_large"))
+    priors.add_argument("--prior", type=Path, default=None, help="one prior for every seed")
+    parser.add_argument("--offline-config", type=Path, default=ROOT / "configs" / "offline_router.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream (passes repeat the held-out set)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fidelities", nargs="+", choices=FIDELITIES, default=list(FIDELITIES))
+    parser.add_argument("--methods", nargs="+", default=[key for key, *_ in METHODS])
+    parser.add_argument("--window", type=int, default=25, help="steps per window of the reward's AUROC")
+    parser.add_argument("--learning-rate", type=float, default=10.0, help="SGD step of the log-linear DPO policy")
+    parser.add_argument("--encoder", default=None, help="replace every text encoder (tests: a tiny one)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("checkpoints/routing_benchmark"))
+    parser.add_argument("--output", type=Path, default=Path("docs/routing_benchmark.md"))
+    parser.add_argument("--plots-dir", type=Path, default=None, help="PNG folder; default: beside --output")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse(sys.argv[1:] if argv is None else argv)
+    unknown = sorted(set(args.methods) - {key for key, *_ in METHODS})
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; known: {[key for key, *_ in METHODS]}")
+    bench = Benchmark(args)
+    methods = [method for method in METHODS if method[0] in args.methods]
+    runs: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for fidelity in args.fidelities:
+        for key, _, config, overrides in methods:
+            for seed in args.seeds:
+                runs.setdefault(fidelity, {}).setdefault(key, {})[seed] = run_one(
+                    bench, fidelity, key, config, overrides, seed
+                )
+    labels = {key: label for key, label, *_ in METHODS}
+    write_benchmark_report(args, bench, runs, labels, argv)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

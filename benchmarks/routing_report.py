@@ -1,0 +1,272 @@
+"""The routing benchmark's report: tables over seeds, paired tests, the goals' verdicts, and the PNG plots.
+
+Every figure comes from the run logs `routing_benchmark.py` keeps; nothing here is typed by hand. A paired test
+compares two methods on the stream's unique held-out pairs: per pair, each method's share of right labels over every
+time the pair was routed (all passes, all seeds), so a pair counts once however often it recurs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import write_report
+
+from rmrouter.simulation import StreamLog, cumulative_accuracy
+from rmrouter.stats import paired_test
+
+FIDELITY_TITLES = {
+    "oracle": "Fidelity (a): oracle reward (loss 0 for a right label, 1 for a wrong one)",
+    "log_linear_dpo": "Fidelity (b): log-linear DPO policy over frozen MiniLM embeddings (its per-pair DPO loss)",
+}
+COMPARED = ("single_best", "majority", "data_label", "laser", "uwo")
+ALL_RM_METHODS = ("majority", "uwo")  # N RM calls per pair
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def spread(values: list[float]) -> str:
+    """`mean ± sd` in points over seeds (sd 0 for one seed)."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def logs(runs: dict[int, dict[str, Any]]) -> dict[int, StreamLog]:
+    return {seed: StreamLog.from_dict(run["log"]) for seed, run in runs.items()}
+
+
+def per_pair_credit(runs: dict[int, dict[str, Any]], num_records: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[M]` each record's share of right labels over every time it was routed, and how often that was."""
+    right, count = torch.zeros(num_records, dtype=torch.float64), torch.zeros(num_records, dtype=torch.float64)
+    for stream_log in logs(runs).values():
+        right.index_add_(0, stream_log.row, stream_log.right.double())
+        count.index_add_(0, stream_log.row, torch.ones_like(stream_log.row, dtype=torch.float64))
+    return right / count.clamp_min(1), count
+
+
+def compare(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]], num_records: int):
+    """The paired test of `first` against `second` over the unique pairs both routed."""
+    a, count = per_pair_credit(first, num_records)
+    b, _ = per_pair_credit(second, num_records)
+    routed = count > 0
+    return paired_test(a[routed].tolist(), b[routed].tolist())
+
+
+def compare_early(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]]):
+    """The paired test over the first 10 % of each seed's stream, position by position (the same pair for both)."""
+    a, b = [], []
+    for seed, run in first.items():
+        left, right = StreamLog.from_dict(run["log"]), StreamLog.from_dict(second[seed]["log"])
+        cut = max(1, round(0.1 * len(left.right)))
+        a += left.right[:cut].double().tolist()
+        b += right.right[:cut].double().tolist()
+    return paired_test(a, b)
+
+
+def test_cells(test) -> str:
+    low, high = test.mean - 1.96 * test.se, test.mean + 1.96 * test.se
+    return f"{100 * test.mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) | {test.p_value:.3g} | {test.verdict()}"
+
+
+def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], dpo: bool) -> str:
+    head = "| method | accuracy | first 10 % | coverage | accuracy where labelled | RM calls / pair |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    if dpo:
+        head, rule = head + " policy agreement |", rule + "---:|"
+    lines = [head, rule]
+    for key, seeds in runs.items():
+        summaries = [run["summary"] for run in seeds.values()]
+        cells = [spread([s[name] for s in summaries]) for name in ("accuracy", "first_accuracy", "coverage")]
+        labelled = [s["accuracy_labelled"] for s in summaries if s["accuracy_labelled"] is not None]
+        cells.append(spread(labelled) if labelled else "n/a")
+        cells.append(f"{statistics.fmean(s['rm_calls_per_pair'] for s in summaries):.2f}")
+        if dpo:
+            cells.append(spread([s["policy_agreement"] for s in summaries]))
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+    ceiling = [run["summary"]["ceiling"] for seeds in runs.values() for run in seeds.values()][: len(summaries)]
+    lines.append(f"| *ceiling: some eligible RM right* | {spread(ceiling)} | | | | |" + (" |" if dpo else ""))
+    return "\n".join(lines)
+
+
+def domain_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
+    domains = sorted({d for seeds in runs.values() for run in seeds.values() for d in run["summary"]["per_domain"]})
+    lines = ["| method | " + " | ".join(domains) + " |", "|---|" + "---:|" * len(domains)]
+    for key, seeds in runs.items():
+        cells = []
+        for domain in domains:
+            values = [run["summary"]["per_domain"].get(domain) for run in seeds.values()]
+            values = [v for v in values if v is not None]
+            cells.append(percent(statistics.fmean(values)) if values else "n/a")
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goals(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], num_records: int) -> str:
+    """The issue's goals, each with the test that decides it; none is assumed met."""
+    if "bayesian" not in runs:
+        return "BayesianRouter was not run: no goal can be judged."
+    bayes, lines = (
+        runs["bayesian"],
+        ["| goal | measured (points, 95 % interval) | p | verdict | met |", "|---|---:|---:|---|---|"],
+    )
+    for key in COMPARED:
+        if key in runs:
+            test = compare(bayes, runs[key], num_records)
+            met = "yes" if test.verdict() == "above" else "no"
+            lines.append(f"| BayesianRouter above {labels[key]} | {test_cells(test)} | {met} |")
+    if "no_online" in runs:
+        test = compare(bayes, runs["no_online"], num_records)
+        met = "yes" if test.verdict() == "above" and test.mean >= 0.02 else "no"
+        lines.append(f"| online updates >= 2 points above no online updates | {test_cells(test)} | {met} |")
+    if "no_prior" in runs:
+        test = compare_early(bayes, runs["no_prior"])
+        met = "yes" if test.verdict() == "above" and test.mean >= 0.05 else "no"
+        lines.append(f"| the prior's gain >= 5 points in the first 10 % | {test_cells(test)} | {met} |")
+    return "\n".join(lines)
+
+
+def switch_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], num_records: int) -> str:
+    """Every other Bayesian variant against the full BayesianRouter."""
+    keys = [k for k in runs if k != "bayesian" and (k.startswith("bayesian") or k in VARIANTS)]
+    if "bayesian" not in runs or not keys:
+        return ""
+    lines = ["| variant | minus BayesianRouter (points, 95 % interval) | p | verdict |", "|---|---:|---:|---|"]
+    for key in keys:
+        lines.append(f"| {labels[key]} | {test_cells(compare(runs[key], runs['bayesian'], num_records))} |")
+    return "\n".join(lines)
+
+
+VARIANTS = ("no_online", "no_prior", "weighted_score", "scale_one", "placeholder", "uncentred", "any_rm")
+
+
+def auroc_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
+    keys = [k for k in ("bayesian", "bayesian_paper", "laser", "single_best") if k in runs]
+    if not keys:
+        return ""
+    first = next(iter(runs[keys[0]].values()))["auroc"]
+    lines = ["| steps | " + " | ".join(labels[k] for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    for index, window in enumerate(first):
+        cells = []
+        for key in keys:
+            values = [run["auroc"][index]["auroc"] for run in runs[key].values() if index < len(run["auroc"])]
+            values = [v for v in values if v is not None]
+            cells.append(f"{statistics.fmean(values):.3f}" if values else "n/a")
+        lines.append(f"| {window['first_step']}- | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_cumulative(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for key, seeds in runs.items():
+        curves = torch.stack([cumulative_accuracy(stream_log) for stream_log in logs(seeds).values()])
+        axis.plot(range(1, curves.shape[1] + 1), 100 * curves.mean(0).numpy(), label=labels[key], linewidth=1.2)
+    axis.set_xlabel("pairs routed")
+    axis.set_ylabel("cumulative labelling accuracy (%), mean over seeds")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_auroc(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    for key in [k for k in ("bayesian", "bayesian_paper", "laser", "single_best", "random") if k in runs]:
+        seeds = list(runs[key].values())
+        steps = [w["first_step"] for w in seeds[0]["auroc"]]
+        means = []
+        for index in range(len(steps)):
+            values = [s["auroc"][index]["auroc"] for s in seeds if s["auroc"][index]["auroc"] is not None]
+            means.append(statistics.fmean(values) if values else float("nan"))
+        axis.plot(steps, means, marker=".", label=labels[key])
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_xlabel("first step of the window")
+    axis.set_ylabel("AUROC of -loss for 'routed label right'")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def fitted_scales(runs) -> dict[int, float]:
+    """The calibrated prior scale each seed's BayesianRouter was built with (from its run file)."""
+    for methods in runs.values():
+        if "bayesian" in methods:
+            return {seed: run["router"]["prior_scale"] for seed, run in sorted(methods["bayesian"].items())}
+    return {}
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def setup_notes(args, bench, runs, seeds: list[int]) -> str:
+    stream, records = bench.stream, len(bench.stream)
+    domains = {d: bench.stream.domains.count(d) for d in sorted(set(stream.domains))}
+    scales = ", ".join(f"seed {seed}: {scale:.3f}" for seed, scale in fitted_scales(runs).items()) or "not used"
+    priors = str(args.prior) if args.prior is not None else f"{args.priors}/seed_<S>/prior.pt"
+    return "\n".join([
+        f"\nCommit `{commit()}`; seeds {seeds}.\n",
+        f"- **Stream:** the {records} pairs of the `test` ({len(bench.splits['test'])}) and `ood` "
+        f"({len(bench.splits['ood'])}) splits of `{args.offline_config}` read from `{args.behaviour}`, which no prior "
+        f"trained or was selected on; {args.pairs} pairs per stream, so each pair is routed about "
+        f"{args.pairs / records:.1f} times, in reshuffled passes. Batches of {args.batch_size}. Domains: {domains}.",
+        f"- **Pool:** {bench.rm_names}. Best single RM on the train split: `{bench.best_single}`.",
+        f"- **Priors:** `{priors}` (the offline router of each seed). `prior_scale: calibrated`, fitted on the "
+        f"validation split ({len(bench.splits['val'])} pairs): {scales}.",
+        "- **Accuracy** counts a pair without a label as wrong (it trains nothing); *coverage* is the share labelled.",
+        "- **Paired tests** are over the unique pairs: each method's share of right labels per pair over all its "
+        "routings (passes and seeds); the first-10 % test pairs the same stream positions of each seed.",
+        f"- **Log-linear DPO:** beta 0.1, SGD step {args.learning_rate}; *policy agreement* is the share of the "
+        "stream's pairs whose true chosen side the final policy's implicit reward prefers.",
+        "- **The LM policy** (fidelity c, SmolLM2 with LoRA) is not run by this command; "
+        "`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml` runs it.",
+    ])  # fmt: skip
+
+
+def write_benchmark_report(args, bench, runs, labels: dict[str, str], argv) -> None:
+    plots = args.plots_dir if args.plots_dir is not None else args.output.parent / args.output.stem
+    seeds = sorted({seed for methods in runs.values() for per_seed in methods.values() for seed in per_seed})
+    sections, records = [], len(bench.stream)
+    for fidelity, methods in runs.items():
+        title = FIDELITY_TITLES[fidelity]
+        cumulative, auroc = plots / f"{fidelity}_cumulative.png", plots / f"{fidelity}_auroc.png"
+        plot_cumulative(methods, labels, cumulative, title)
+        plot_auroc(methods, labels, auroc, title)
+        relative = args.output.parent
+        parts = [
+            f"## {title}",
+            "Mean ± sd over seeds, in points.\n\n" + method_table(methods, labels, fidelity == "log_linear_dpo"),
+            "### Goals (BayesianRouter, paired)\n\n" + goals(methods, labels, records),
+            "### BayesianRouter's variants against it\n\n" + switch_table(methods, labels, records),
+            "### Per domain (mean accuracy over seeds)\n\n" + domain_table(methods, labels),
+            "### The reward's signal: AUROC of -loss for 'routed label right', per window of "
+            f"{args.window} steps (mean over seeds)\n\n" + auroc_table(methods, labels),
+            f"![cumulative accuracy]({cumulative.relative_to(relative)})\n\n"
+            f"![reward AUROC]({auroc.relative_to(relative)})",
+        ]
+        sections.append("\n\n".join(part for part in parts if part.strip()))
+    write_report(args.output, "Online routing benchmark", setup_notes(args, bench, runs, seeds), "\n\n".join(sections))
