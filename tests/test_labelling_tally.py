@@ -40,14 +40,13 @@ def write_length_right_behaviour(path: Path, rows: int) -> None:
     path.write_text("".join(lines))
 
 
-def fake_step(tally: LabellingTally, module, router, step: int) -> None:
+def fake_step(tally: LabellingTally, labelling, router, step: int) -> None:
     trainer = SimpleNamespace(world_size=1, global_step=step, callbacks=[router, tally])
-    tally.on_train_batch_end(trainer, module, None, None, step - 1)
+    tally.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.0), "labelling": labelling}, None, step - 1)
 
 
 def test_tally_counts_pairs_and_correct_labels_overall_and_per_domain():
     router = SingleRMRouter(RM_NAMES, "length")
-    module = SimpleNamespace(last_labelling=None)
     tally = LabellingTally()
     batches = [
         (["math", "safety", "math"], [True, False, True]),
@@ -56,10 +55,8 @@ def test_tally_counts_pairs_and_correct_labels_overall_and_per_domain():
     for step, (domains, correct) in enumerate(batches, start=1):
         chosen = torch.full((len(domains),), RM_NAMES.index("length"))
         router.count(Routing(torch.ones(len(domains)), chosen, rm_calls=len(domains)))
-        module.last_labelling = (domains, torch.tensor(correct))
-        fake_step(tally, module, router, step)
-        assert module.last_labelling is None  # taken
-    fake_step(tally, module, router, 3)  # a batch with no labelling (live mode) adds nothing
+        fake_step(tally, (domains, torch.tensor(correct)), router, step)
+    fake_step(tally, None, router, 3)  # a batch with no labelling (live mode) adds nothing
     summary = tally.summary()
     assert summary["pairs"] == {"overall": 5, "math": 2, "safety": 2, "koala": 1}
     assert summary["correct"] == {"overall": 4, "math": 2, "safety": 1, "koala": 1}
@@ -78,9 +75,8 @@ def test_tally_counts_every_ranks_pairs_under_several_processes(monkeypatch):
     monkeypatch.setattr(labelling_tally.dist, "all_gather_object", lambda parts, mine: parts.__setitem__(
         slice(None), [mine, other_rank]))  # fmt: skip
     tally = LabellingTally()
-    module = SimpleNamespace(last_labelling=(["math"], torch.tensor([True])))
     trainer = SimpleNamespace(world_size=2, global_step=1, callbacks=[tally])
-    tally.on_train_batch_end(trainer, module, None, None, 0)
+    tally.on_train_batch_end(trainer, None, {"labelling": (["math"], torch.tensor([True]))}, None, 0)
     assert tally.summary()["pairs"] == {"overall": 3, "math": 1, "safety": 2}
     assert tally.summary()["correct"] == {"overall": 2, "math": 1, "safety": 1}
     assert tally.summary()["router"] is None and tally.summary()["rm_calls_per_pair"] is None  # no router found

@@ -31,10 +31,11 @@ OVERALL = "overall"
 class LabellingTally(Callback):
     """Counts routed pairs and correctly labelled pairs of a simulated online DPO fit, overall and per domain.
 
-    Each training batch it takes the module's `last_labelling` (`(domains, correct)` per routed pair, set by
-    `OnlineDPOModule` in the simulated mode; a live run has none and is not counted). Under several processes every
-    rank's pairs are gathered each batch, so the counts cover the global batch and are identical on every rank, as
-    the router's counters are. A pair the router left unlabelled (abstention or tie) counts as routed, not correct.
+    Each training batch it reads `outputs["labelling"]` (`(domains, correct)` per routed pair, returned by
+    `OnlineDPOModule.training_step` in the simulated mode; a live run has none and is not counted). Under several
+    processes every rank's pairs are gathered each batch, so the counts cover the global batch and are identical on
+    every rank, as the router's counters are. A pair the router left unlabelled (abstention or tie) counts as routed,
+    not correct.
 
     Args:
         path: Where rank zero writes `summary()` as JSON when training ends (e.g. `labelling.json`); None writes
@@ -61,10 +62,9 @@ class LabellingTally(Callback):
         self.batches += 1
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        outcome = getattr(pl_module, "last_labelling", None)
+        outcome = outputs.get("labelling") if isinstance(outputs, dict) else None
         if outcome is None:
             return
-        pl_module.last_labelling = None  # taken: a batch that sets none is never counted twice
         domains, correct = list(outcome[0]), outcome[1].detach().bool().cpu().tolist()
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             parts: list[Any] = [None] * trainer.world_size

@@ -72,11 +72,12 @@ class OnlineSummary(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         # The module's values of this step only: one it did not log (no DPO loss on a step without a pair) is NaN.
-        values = getattr(pl_module, "step_values", {})
+        outputs = outputs if isinstance(outputs, dict) else {}
+        values = outputs.get("step_values", {})
         for name in (*(name for name, _ in TRENDS), *COUNTS):
             self.history.setdefault(name, []).append(values.get(name, math.nan))
         router = next((cb for cb in trainer.callbacks if isinstance(cb, Router)), None)
-        for domain, rm in getattr(pl_module, "last_routing", []):
+        for domain, rm in outputs.get("routing", []):
             if router is not None and rm >= 0:
                 self.routed.setdefault(domain, [0] * len(router.rm_names))[rm] += 1
 

@@ -102,10 +102,8 @@ class OnlineDPOModule(LightningModule):
         self.reference = None
         self.tokenizer = None
         self._keeps_logits = False
-        self.step_values: dict[str, float] = {}
+        self._step_values: dict[str, float] = {}  # this step's logged values, returned to callbacks
         self._trained_pairs = 0  # this step's, for on_before_optimizer_step
-        self.last_routing: list[tuple[str, int]] = []
-        self.last_labelling: tuple[list[str], Tensor] | None = None
 
     @property
     def pool(self) -> RewardModelPool | None:
@@ -231,8 +229,14 @@ class OnlineDPOModule(LightningModule):
                 reference = logprobs(self.reference)
         return policy, reference
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        self.step_values = {}
+    def training_step(self, batch, batch_idx: int) -> dict[str, Any]:
+        """One online step. Returns the loss and what callbacks read in `on_train_batch_end` (`outputs`):
+
+        - `step_values`: every value this step logged, by name (a value not logged this step is absent);
+        - `routing`: this rank's `(domain, chosen RM index)` per routed pair (-1: no single RM);
+        - `labelling`: simulated mode only, this rank's `(domains, correct)` per routed pair, else None.
+        """
+        self._step_values = {}
         candidates, completions = self._candidates(batch)
         router = self._router()
         step: dict[str, Any] = {}
@@ -243,8 +247,6 @@ class OnlineDPOModule(LightningModule):
 
         # route -> label -> loss -> observe, before the optimizer step: the same path as every simulated stream
         routing, _ = route_and_observe(router, candidates.pairs, candidates.judge, train)
-        # This rank's `(domain, chosen RM index)` per routed pair (-1: no single RM), for the closing summary.
-        self.last_routing = list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True))
         preference = routing.preference.detach().float().cpu()
         loss, pairs = step["loss"], step["pairs"]
         self._trained_pairs = pairs
@@ -255,12 +257,15 @@ class OnlineDPOModule(LightningModule):
         if completions is not None:
             log_completions(self._log, completions, self.live_judge())
             log_samples(self.logger, batch, completions, self.global_step, self.hparams.log_text_every_n_steps)
-        if candidates.truth is not None:
-            # This rank's outcome per routed pair, for exact run totals (`rmrouter.callbacks.LabellingTally`).
-            self.last_labelling = log_labelling(self._log, candidates, preference)
+        labelling = log_labelling(self._log, candidates, preference) if candidates.truth is not None else None
         for name, value in router.metrics().items():
             self._log(name, float(value))
-        return loss
+        return {
+            "loss": loss,
+            "step_values": dict(self._step_values),
+            "routing": list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True)),
+            "labelling": labelling,
+        }
 
     def _dpo_on_labels(self, candidates: Candidates, preference: Tensor):
         """DPO on the routed labels: `(per-pair losses [P], NaN where not trained; mean loss or None; pairs trained;
@@ -324,4 +329,4 @@ class OnlineDPOModule(LightningModule):
         self.log(name, value, on_step=True, on_epoch=False, batch_size=1)
         # This step's values only (the trainer's metric dicts keep earlier steps' keys), for callbacks such as the
         # closing summary.
-        self.step_values[name] = float(value)
+        self._step_values[name] = float(value)

@@ -1,7 +1,8 @@
 """What one online DPO step logs (`train/*`), apart from its pair counts and the router's metrics.
 
-Each function takes the module's `log(name, value)`, which logs the value for this step and keeps it in the module's
-`step_values` for callbacks such as the closing summary, so these are plain functions of the step's results.
+Each function takes the module's `log(name, value)`, which logs the value for this step and keeps it for the step's
+`step_values` output (callbacks such as the closing summary read it), so these are plain functions of the step's
+results.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def log_labelling(log: Log, candidates: Candidates, preference: Tensor) -> tuple
 
     Returns:
         `(domains, correct)` per routed pair, for exact run totals (`rmrouter.callbacks.LabellingTally` takes the
-        module's `last_labelling` in on_train_batch_end): the logged means are this rank's only.
+        `labelling` output in on_train_batch_end): the logged means are this rank's only.
     """
     # An abstention or tie (preference 0) is not a correct label: the share is over every routed pair.
     correct = (preference == candidates.truth).float()
