@@ -190,3 +190,25 @@ def test_stream_summary_and_reward_auroc_on_a_hand_built_log():
     assert windows[0] == {"first_step": 0, "pairs": 3, "auroc": 1.0}
     assert windows[1] == {"first_step": 2, "pairs": 1, "auroc": None}  # one class only
     assert cumulative_accuracy(log).tolist() == pytest.approx([1.0, 0.5, 1 / 3, 0.5, 0.4])
+
+
+def test_reward_signal_logs_the_auroc_of_each_window_of_steps():
+    from types import SimpleNamespace
+
+    from rmrouter.callbacks import RewardSignal
+
+    logged = []
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.append((name, value)))
+    signal = RewardSignal(window_steps=2)
+    steps = [
+        (torch.tensor([0.1, 0.9, float("nan")]), [True, False, True]),  # the NaN pair was not trained on
+        (torch.tensor([0.8, 0.2]), [False, True]),
+        (torch.tensor([0.1, 0.9]), [False, True]),  # a window where low losses mark wrong labels
+        (torch.tensor([0.3]), [False]),
+    ]
+    for losses, right in steps:
+        outputs = {"loss": torch.tensor(0.0), "losses": losses, "labelling": (["d"] * len(right), torch.tensor(right))}
+        signal.on_train_batch_end(None, module, outputs, None, 0)
+    assert logged == [("train/reward_auroc", 1.0), ("train/reward_auroc", 0.0)]
+    signal.on_train_batch_end(None, module, {"loss": torch.tensor(0.0), "labelling": None}, None, 0)  # live: nothing
+    assert len(logged) == 2

@@ -5,6 +5,7 @@ from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
 from rmrouter.callbacks.online_summary import OnlineSummary
 from rmrouter.callbacks.prior_writer import RouterPriorWriter
+from rmrouter.callbacks.reward_signal import RewardSignal
 from rmrouter.callbacks.routing_predictions import RoutingPredictionWriter
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "ModelCheckpoint",
     "OfflineRouterReport",
     "OnlineSummary",
+    "RewardSignal",
     "RouterPriorWriter",
     "RoutingPredictionWriter",
 ]

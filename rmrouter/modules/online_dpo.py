@@ -234,7 +234,8 @@ class OnlineDPOModule(LightningModule):
 
         - `step_values`: every value this step logged, by name (a value not logged this step is absent);
         - `routing`: this rank's `(domain, chosen RM index)` per routed pair (-1: no single RM);
-        - `labelling`: simulated mode only, this rank's `(domains, correct)` per routed pair, else None.
+        - `labelling`: simulated mode only, this rank's `(domains, correct)` per routed pair, else None;
+        - `losses`: `[P]` the per-pair DPO losses the router observed (NaN: not trained on).
         """
         self._step_values = {}
         candidates, completions = self._candidates(batch)
@@ -246,7 +247,7 @@ class OnlineDPOModule(LightningModule):
             return losses
 
         # route -> label -> loss -> observe, before the optimizer step: the same path as every simulated stream
-        routing, _ = route_and_observe(router, candidates.pairs, candidates.judge, train)
+        routing, losses = route_and_observe(router, candidates.pairs, candidates.judge, train)
         preference = routing.preference.detach().float().cpu()
         loss, pairs = step["loss"], step["pairs"]
         self._trained_pairs = pairs
@@ -265,6 +266,7 @@ class OnlineDPOModule(LightningModule):
             "step_values": dict(self._step_values),
             "routing": list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True)),
             "labelling": labelling,
+            "losses": losses.detach().cpu(),
         }
 
     def _dpo_on_labels(self, candidates: Candidates, preference: Tensor):

@@ -55,11 +55,18 @@ def reward_auroc(log: StreamLog, window_steps: int) -> list[dict[str, Any]]:
     windows = []
     for start in range(0, int(log.step.max()) + 1, window_steps):
         rows = trained & (log.step >= start) & (log.step < start + window_steps)
-        target = log.right[rows].long()
-        both = target.numel() > 0 and 0 < int(target.sum()) < target.numel()
-        auroc = float(binary_auroc(-log.loss[rows], target)) if both else None
-        windows.append({"first_step": start, "pairs": int(rows.sum()), "auroc": auroc})
+        windows.append(
+            {"first_step": start, "pairs": int(rows.sum()), "auroc": signal_auroc(log.loss[rows], log.right[rows])}
+        )
     return windows
+
+
+def signal_auroc(losses: Tensor, right: Tensor) -> float | None:
+    """The AUROC of `-losses` for `right` (how well a low loss tells a right label); None without both classes."""
+    target = right.long()
+    if target.numel() == 0 or not 0 < int(target.sum()) < target.numel():
+        return None
+    return float(binary_auroc(-losses.double(), target))
 
 
 def cumulative_accuracy(log: StreamLog) -> Tensor:
