@@ -294,3 +294,15 @@ def test_majority_vote_counts_like_the_credit_and_breaks_ties_with_the_generator
     assert not majority_vote(torch.tensor([[nan, 0.0], [0.0, 0.0]]), seeded(12)).any()
     ties = majority_vote(torch.tensor([[1.0, -1.0]]).repeat(2000, 1), seeded(13))
     assert set(ties.unique().tolist()) == {-1, 1} and abs(ties.double().mean().item()) < 0.1
+
+
+def test_after_an_update_only_the_changed_rms_are_refactorised_and_the_factors_match_a_fresh_one():
+    generator = torch.Generator().manual_seed(0)
+    posteriors = GaussianPosteriors.prior(torch.randn(4, 6, dtype=torch.float64, generator=generator), 2.0, 0.5)
+    before = posteriors._factor().clone()
+    h = torch.randn(3, 6, dtype=torch.float64, generator=generator)
+    posteriors.update(torch.tensor([2, 2, 0]), h, torch.tensor([0.1, -0.3, 0.7]))
+    after = posteriors._factor()
+    assert torch.equal(after[[1, 3]], before[[1, 3]])  # untouched RMs keep their factor
+    fresh = GaussianPosteriors(posteriors.precision.clone(), posteriors.vector.clone(), 0.5)._factor()
+    assert torch.allclose(after, fresh) and not torch.allclose(after[[0, 2]], before[[0, 2]])

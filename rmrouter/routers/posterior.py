@@ -44,6 +44,7 @@ class GaussianPosteriors:
         self.vector = vector.to(precision)
         self.sigma2 = float(sigma2)
         self._cholesky: Tensor | None = None
+        self._stale: Tensor | None = None  # [N] bool: RMs whose factor an update left out of date
 
     @classmethod
     def prior(
@@ -152,7 +153,10 @@ class GaussianPosteriors:
         precision, vector = self.precision + delta_precision, self.vector + delta_vector
         if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
             raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
-        self.precision, self.vector, self._cholesky = precision, vector, None
+        changed = torch.zeros(self.num_rms, dtype=torch.bool, device=precision.device)
+        changed[rm_index] = True
+        self._stale = changed if self._stale is None else self._stale | changed
+        self.precision, self.vector = precision, vector
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state: `precision`, `vector` (tensors) and `sigma2` (a float)."""
@@ -180,6 +184,7 @@ class GaussianPosteriors:
         )
         loaded._factor()  # refuses a precision that is not positive definite before it replaces ours
         self.precision, self.vector, self._cholesky = loaded.precision, loaded.vector, loaded._cholesky
+        self._stale = None
 
     def _check_h(self, h: Tensor, name: str) -> Tensor:
         if h.ndim != 2 or h.shape[1] != self.dim:
@@ -190,23 +195,33 @@ class GaussianPosteriors:
         return h
 
     def _factor(self) -> Tensor:
-        """Lower Cholesky factors `[N, d, d]` of the precisions, cached until the next update or load."""
+        """Lower Cholesky factors `[N, d, d]` of the precisions, cached; after an update only the RMs it changed are
+        refactorised (one arm per batch under LASER)."""
         if self._cholesky is None:
-            symmetric = (self.precision + self.precision.mT) / 2  # matmul round-off can break exact symmetry
-            factor, info = torch.linalg.cholesky_ex(symmetric)
-            scale = symmetric.diagonal(dim1=1, dim2=2).mean(dim=1).abs().clamp_min(1e-30)
-            eye = torch.eye(self.dim, dtype=symmetric.dtype, device=symmetric.device)
-            for jitter in _JITTERS:
-                if not info.any():
-                    break
-                retry, info_retry = torch.linalg.cholesky_ex(symmetric + (jitter * scale)[:, None, None] * eye)
-                factor = torch.where((info > 0)[:, None, None], retry, factor)
-                info = torch.where(info > 0, info_retry, info)
-            if info.any():
-                bad = torch.nonzero(info).flatten().tolist()
-                raise ValueError(f"precision of RMs {bad} is not positive definite; the posterior state is invalid")
+            self._cholesky = self._factorise(self.precision, torch.arange(self.num_rms))
+        elif self._stale is not None and self._stale.any():
+            rows = torch.nonzero(self._stale).flatten()
+            factor = self._cholesky.clone()
+            factor[rows] = self._factorise(self.precision[rows], rows)
             self._cholesky = factor
+        self._stale = None
         return self._cholesky
+
+    def _factorise(self, precision: Tensor, rms: Tensor) -> Tensor:
+        symmetric = (precision + precision.mT) / 2  # matmul round-off can break exact symmetry
+        factor, info = torch.linalg.cholesky_ex(symmetric)
+        scale = symmetric.diagonal(dim1=1, dim2=2).mean(dim=1).abs().clamp_min(1e-30)
+        eye = torch.eye(self.dim, dtype=symmetric.dtype, device=symmetric.device)
+        for jitter in _JITTERS:
+            if not info.any():
+                break
+            retry, info_retry = torch.linalg.cholesky_ex(symmetric + (jitter * scale)[:, None, None] * eye)
+            factor = torch.where((info > 0)[:, None, None], retry, factor)
+            info = torch.where(info > 0, info_retry, info)
+        if info.any():
+            bad = rms[torch.nonzero(info).flatten().cpu()].tolist()
+            raise ValueError(f"precision of RMs {bad} is not positive definite; the posterior state is invalid")
+        return factor
 
 
 def _standard_normal(shape: tuple[int, ...] | torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
