@@ -215,6 +215,31 @@ def fitted_scales(runs) -> dict[int, float]:
     return {}
 
 
+def headroom_table(bench) -> str:
+    """Per domain of the stream: its best RM there (in hindsight, on the stream itself), the any-RM-right ceiling, and
+    how much of the gap other RMs' right labels could fill; where those are near chance, no router can learn them."""
+    stream = bench.stream
+    lines = [
+        "| domain | pairs | best RM on the stream | its accuracy | ceiling | other RMs right where it is wrong |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for domain in sorted(set(stream.domains)):
+        rows = torch.tensor([d == domain for d in stream.domains])
+        right, eligible = stream.right[rows], stream.eligible[rows]
+        accuracy = right.double().mean(0)
+        best = int(accuracy.argmax())
+        wrong = ~right[:, best]
+        others = [n for n in range(right.shape[1]) if n != best]
+        rescued = [float(right[wrong, n].double().mean()) if wrong.any() and eligible[wrong, n].any() else None
+                   for n in others]  # fmt: skip
+        shown = ", ".join(f"{bench.rm_names[n]} {percent(r)}" for n, r in zip(others, rescued, strict=True) if r)
+        lines.append(
+            f"| {domain} | {int(rows.sum())} | {bench.rm_names[best]} | {percent(float(accuracy[best]))} | "
+            f"{percent(float(right.any(1).double().mean()))} | {shown or 'n/a'} |"
+        )
+    return "\n".join(lines)
+
+
 def commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
@@ -269,4 +294,10 @@ def write_benchmark_report(args, bench, runs, labels: dict[str, str], argv) -> N
             f"![reward AUROC]({auroc.relative_to(relative)})",
         ]
         sections.append("\n\n".join(part for part in parts if part.strip()))
-    write_report(args.output, "Online routing benchmark", setup_notes(args, bench, runs, seeds), "\n\n".join(sections))
+    headroom = (
+        "## What routing can gain on this stream\n\nPer domain, in hindsight: the RM best on the stream's own pairs, "
+        "the share some eligible RM gets right, and each other RM's accuracy on the pairs the best one gets wrong "
+        "(a router gains there only if it can tell those pairs apart from the text).\n\n" + headroom_table(bench)
+    )
+    notes = setup_notes(args, bench, runs, seeds)
+    write_report(args.output, "Online routing benchmark", notes, "\n\n".join([headroom, *sections]))
