@@ -36,7 +36,6 @@ from rmrouter.models.frozen import EmbeddingCache
 from rmrouter.routers.base import PairBatch
 from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.calibration import fit_prior_scale
-from rmrouter.routers.data_label import rank_rms
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.prior import RouterPrior
 from rmrouter.simulation import LogLinearDPO, OracleLearner, PairStream, reward_auroc, run_stream, stream_summary
@@ -82,7 +81,9 @@ class Benchmark:
         self.data_label = data.data_label_routing
         self.stream = PairStream([*data.splits["test"].records, *data.splits["ood"].records], self.rm_names)
         train = data.splits["train"]
-        self.best_single = self.rm_names[rank_rms(train.agree.bool(), train.eligible)[0]]
+        # A single RM labels every pair or none: it is chosen by its accuracy over all train pairs, a pair it cannot
+        # judge counting as no label (its accuracy on the pairs it can judge would pick an RM that abstains on most).
+        self.best_single = self.rm_names[int(train.agree.mean(dim=0).argmax())]
         self.caches: dict[str, EmbeddingCache] = {}
         self.scales: dict[int, float] = {}  # fitted prior scales, by seed
 

@@ -23,7 +23,18 @@ FIDELITY_TITLES = {
     "log_linear_dpo": "Fidelity (b): log-linear DPO policy over frozen MiniLM embeddings (its per-pair DPO loss)",
 }
 COMPARED = ("single_best", "majority", "data_label", "laser", "uwo")
-ALL_RM_METHODS = ("majority", "uwo")  # N RM calls per pair
+# The methods a plot shows (ten colours at most); the tables carry every variant.
+PLOTTED = (
+    "single_best",
+    "majority",
+    "uwo",
+    "data_label",
+    "laser",
+    "bayesian",
+    "bayesian_paper",
+    "no_online",
+    "no_prior",
+)
 
 
 def percent(value: float | None) -> str:
@@ -168,6 +179,8 @@ def plot_cumulative(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str
 
     figure, axis = plt.subplots(figsize=(9, 5.5))
     for key, seeds in runs.items():
+        if key not in PLOTTED:
+            continue
         curves = torch.stack([cumulative_accuracy(stream_log) for stream_log in logs(seeds).values()])
         axis.plot(range(1, curves.shape[1] + 1), 100 * curves.mean(0).numpy(), label=labels[key], linewidth=1.2)
     axis.set_xlabel("pairs routed")
