@@ -170,7 +170,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     priors = parser.add_mutually_exclusive_group()
     priors.add_argument("--priors", type=Path, default=Path("checkpoints/offline_router_seeds_large"))
     priors.add_argument("--prior", type=Path, default=None, help="one prior for every seed")
-    parser.add_argument("--offline-config", type=Path, default=ROOT / "configs" / "offline_router.yaml")
+    parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream (passes repeat the held-out set)")
     parser.add_argument("--batch-size", type=int, default=8)
