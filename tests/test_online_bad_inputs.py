@@ -147,8 +147,8 @@ def test_live_fit_with_a_raising_rm_trains_on_the_others_and_logs_its_errors(
     tiny_causal_lm_dir, tiny_encoder_dir, tmp_path, caplog
 ):
     pool = RewardModelPool([WeightedLength(RMS[0]), Raising(RMS[1])])
-    module = OnlineDPOModule(pool=pool, **make_module(tiny_causal_lm_dir).hparams)
     router = record(no_prior_bayes(tiny_encoder_dir, RMS))
+    module = OnlineDPOModule(pool=pool, **make_module(tiny_causal_lm_dir).hparams, router=router)
     with caplog.at_level(logging.WARNING, logger=JUDGES_LOG):
         trainer = fit(module, prompts(), router, tmp_path, steps=2)
     # the judge outlives the step: its counts are the whole run's, one per step that routed pairs to the broken RM

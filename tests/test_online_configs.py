@@ -154,3 +154,9 @@ def assert_identical(first, second, where: str = "state") -> None:
         assert torch.equal(first, second), where
     else:
         assert first == second, where
+
+
+def test_an_online_config_without_a_router_is_refused_before_any_model_loads(workdir, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(workdir / "simulated.yaml")])
+    assert "the following arguments are required: router" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def policy_weights(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.policy.parameters()])
 
 
-def make_module(path, simulated=False, **overrides) -> Tiny:
+def make_module(path, simulated=False, router=None, **overrides) -> Tiny:
     pool = None if simulated else RewardModelPool([WeightedLength(n) for n in RM_NAMES])
     args = dict(
         policy=path, pool=pool, num_samples=3, pairing="all", pairs_per_prompt=2, min_score_gap=0.0, beta=0.1,
@@ -101,16 +101,18 @@ def make_module(path, simulated=False, **overrides) -> Tiny:
         max_prompt_length=32, missing_eos_penalty=0.0, lora=None, simulated=simulated, seed=0,
         log_text_every_n_steps=1,
     )  # fmt: skip
-    module = Tiny(**{**args, **overrides})
+    module = Tiny(**{**args, **overrides}, router=router if router is not None else FixedRouter(RM_NAMES, 0))
     module.fake_judge = FakeJudge()
     return module
 
 
 def fit(module, datamodule, router, tmp_path, steps=2) -> Trainer:
+    """Fits `module` routed by `router` (which replaces the module's)."""
     torch.manual_seed(0)
+    module.router = router
     trainer = Trainer(
         max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, callbacks=[router],
+        enable_checkpointing=False, default_root_dir=tmp_path,
     )  # fmt: skip
     trainer.fit(module, datamodule=datamodule)
     return trainer

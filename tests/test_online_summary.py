@@ -33,10 +33,13 @@ def test_summary_reports_the_run_and_survives_a_resume(tiny_causal_lm_dir, tmp_p
     trainer = Trainer(
         max_steps=3, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=tmp_path, logger=TensorBoardLogger(tmp_path, name="", version="tb"),
-        callbacks=[router, summary, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
+        callbacks=[summary, ModelCheckpoint(dirpath=tmp_path / "ckpt")],
     )  # fmt: skip
     torch.manual_seed(0)
-    trainer.fit(make_module(tiny_causal_lm_dir), datamodule=PromptDataModule(train=[Prompts(path="u")], batch_size=2))
+    trainer.fit(
+        make_module(tiny_causal_lm_dir, router=router),
+        datamodule=PromptDataModule(train=[Prompts(path="u")], batch_size=2),
+    )
 
     pairs = summary.history["train/pairs"]
     assert len(pairs) == 3 and sum(pairs) > 0

@@ -131,6 +131,13 @@ def test_the_fsdp_overlay_only_changes_the_trainer():
     assert set(load(FSDP_OVERLAY)) == {"trainer"}
 
 
+def any_router():
+    """A router for a module built outside a run (these tests never route)."""
+    from rmrouter.routers.baseline_routers import RandomRouter
+
+    return RandomRouter(["a", "b"], seed=0)
+
+
 @pytest.mark.parametrize(
     "stored_dtype",
     [
@@ -147,7 +154,7 @@ def test_fsdp_arguments_wrap_each_decoder_layer_of_the_lora_policy(tmp_path, tin
     strategy = build(load(FSDP_OVERLAY)["trainer"]["strategy"], Strategy)
     online = load(PAPER / "online_dpo.yaml")["model"]["init_args"]
     policy = tiny_policy(tiny_causal_lm_dir, tmp_path / "policy", stored_dtype)
-    module = OnlineDPOModule(**{**online, "policy": policy, "pool": None, "simulated": True})
+    module = OnlineDPOModule(**{**online, "policy": policy, "pool": None, "simulated": True, "router": any_router()})
     module.configure_model()
     plain = {name for name, p in module.named_parameters() if p.requires_grad}
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
@@ -187,7 +194,9 @@ def test_dpo_backward_through_the_overlays_activation_checkpointing(tiny_causal_
 
     strategy = build(load(FSDP_OVERLAY)["trainer"]["strategy"], Strategy)
     online = load(PAPER / "online_dpo.yaml")["model"]["init_args"]
-    module = OnlineDPOModule(**{**online, "policy": tiny_causal_lm_dir, "pool": None, "simulated": True})
+    module = OnlineDPOModule(
+        **{**online, "policy": tiny_causal_lm_dir, "pool": None, "simulated": True, "router": any_router()}
+    )
     module.configure_model()
     _setup_activation_checkpointing(module, strategy._activation_checkpointing_kwargs)  # as FSDPStrategy does
     policy, _ = module._logprobs([[5, 6, 7, 8], [5, 6]], [[9, 10], [11, 12, 13]])  # ragged: the batch is padded

@@ -1,7 +1,7 @@
 """Online DPO with a routed reward model: sample, pair, route, train (METHOD.md "Online stage").
 
 Each step: sample `k` completions per prompt (live) or take labelled pairs (simulated), build unordered candidate
-pairs, let the trainer's `Router` label them, train DPO on the labelled ones, and hand the per-pair losses back to
+pairs, let the module's `Router` label them, train DPO on the labelled ones, and hand the per-pair losses back to
 the router before the optimizer step, so its reward `-L_DPO` is measured on the policy that was routed for.
 
 Without LoRA the frozen reference copy sits in eval mode on purpose (no dropout in its log-probs), so Lightning warns
@@ -59,9 +59,9 @@ class OnlineDPOModule(LightningModule):
         simulated: Train on `BehaviourDataModule` batches with recorded margins instead of generating.
         seed: Seed of pair drawing and of the simulated side order (combined with the global step).
         log_text_every_n_steps: How often sample completions go to TensorBoard as text; 0 never.
-        router: The embedded router (e.g. `rmrouter.routers.bayesian.BayesianRouter`), added to the trainer's
-            callbacks by `configure_callbacks`, so a method is one `model.init_args.router` entry; None uses the
-            Router already among `trainer.callbacks`.
+        router: The router that labels the pairs (e.g. `rmrouter.routers.bayesian.BayesianRouter`); required. It is
+            added to the trainer's callbacks by `configure_callbacks` (its state is checkpointed with the run), so a
+            method is one `model.init_args.router` entry (`configs/routers/<method>.yaml`).
     """
 
     def __init__(
@@ -85,11 +85,13 @@ class OnlineDPOModule(LightningModule):
         simulated: bool,
         seed: int,
         log_text_every_n_steps: int,
-        router: Router | None = None,
+        router: Router,
     ):
         super().__init__()
         if pool is None and not simulated:
             raise ValueError("live online DPO needs a reward-model `pool`; only `simulated: true` runs without one")
+        if not isinstance(router, Router):
+            raise TypeError(f"router must be a Router (configs/routers/<method>.yaml), got {type(router).__name__}")
         if num_samples < 2 and not simulated:
             raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
         self.save_hyperparameters(ignore=["pool", "router"])
@@ -110,12 +112,12 @@ class OnlineDPOModule(LightningModule):
         return self._pool[0] if self._pool else None
 
     def configure_callbacks(self) -> list[Router]:
-        return [self.router] if self.router is not None else []
+        return [self.router]
 
     def setup(self, stage: str) -> None:
         if self.pool is not None:
             self.pool.to(self.trainer.strategy.root_device)
-        router = self._router()
+        router = self.router
         datamodule = getattr(self.trainer, "datamodule", None)
         pool_names = self.pool.names if self.pool is not None else getattr(datamodule, "rm_names", None)
         if pool_names is not None and list(pool_names) != router.rm_names:
@@ -173,12 +175,6 @@ class OnlineDPOModule(LightningModule):
         from rmrouter.routers.judges import RecordedJudge
 
         return RecordedJudge(scores)
-
-    def _router(self) -> Router:
-        router = next((cb for cb in self.trainer.callbacks if isinstance(cb, Router)), None)
-        if router is None:
-            raise RuntimeError("OnlineDPOModule needs a Router among the trainer's callbacks (trainer.callbacks)")
-        return router
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
@@ -239,7 +235,7 @@ class OnlineDPOModule(LightningModule):
         """
         self._step_values = {}
         candidates, completions = self._candidates(batch)
-        router = self._router()
+        router = self.router
         step: dict[str, Any] = {}
 
         def train(preference: Tensor) -> Tensor:
