@@ -13,7 +13,7 @@ import random
 import pytest
 import torch
 from router_helpers import RMS, make_pairs
-from test_online_dpo import RM_NAMES, Prompts, WeightedLength, fit, make_module, policy_weights
+from test_online_dpo import RM_NAMES, Prompts, WeightedLength, adamw, fit, make_module, policy_weights
 from test_routers import bayes, roundtrip
 
 from rmrouter import dpo
@@ -148,7 +148,7 @@ def test_live_fit_with_a_raising_rm_trains_on_the_others_and_logs_its_errors(
 ):
     pool = RewardModelPool([WeightedLength(RMS[0]), Raising(RMS[1])])
     router = record(no_prior_bayes(tiny_encoder_dir, RMS))
-    module = OnlineDPOModule(pool=pool, **make_module(tiny_causal_lm_dir).hparams, router=router)
+    module = OnlineDPOModule(pool=pool, **make_module(tiny_causal_lm_dir).hparams, router=router, optimizer=adamw(1e-2))
     with caplog.at_level(logging.WARNING, logger=JUDGES_LOG):
         trainer = fit(module, prompts(), router, tmp_path, steps=2)
     # the judge outlives the step: its counts are the whole run's, one per step that routed pairs to the broken RM

@@ -93,14 +93,19 @@ def policy_weights(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten().clone() for p in module.policy.parameters()])
 
 
+def adamw(lr: float, weight_decay: float = 0.0):
+    return lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 def make_module(path, simulated=False, router=None, **overrides) -> Tiny:
     pool = None if simulated else RewardModelPool([WeightedLength(n) for n in RM_NAMES])
     args = dict(
         policy=path, pool=pool, num_samples=3, pairing="all", pairs_per_prompt=2, min_score_gap=0.0, beta=0.1,
-        loss_type="sigmoid", learning_rate=1e-2, weight_decay=0.0, max_new_tokens=8, temperature=1.0, top_p=1.0,
+        loss_type="sigmoid", max_new_tokens=8, temperature=1.0, top_p=1.0,
         max_prompt_length=32, missing_eos_penalty=0.0, lora=None, simulated=simulated, seed=0,
         log_text_every_n_steps=1,
     )  # fmt: skip
+    args["optimizer"] = overrides.pop("optimizer", None) or adamw(1e-2, overrides.pop("weight_decay", 0.0))
     module = Tiny(**{**args, **overrides}, router=router if router is not None else FixedRouter(RM_NAMES, 0))
     module.fake_judge = FakeJudge()
     return module
@@ -277,3 +282,21 @@ def test_simulated_fit_logs_labelling_accuracy(tiny_causal_lm_dir, behaviour_fil
     assert not torch.equal(policy_weights(module), before)
     # sides were shuffled: the judge saw some pairs with the rejected response first (negative `right` margins)
     assert (module.judged[:, 0] < 0).any() and (module.judged[:, 0] > 0).any()
+
+
+def test_the_injected_optimizer_and_scheduler_train_the_trainable_weights(tiny_causal_lm_dir, tmp_path):
+    built = []
+
+    def sgd(params):
+        built.append(torch.optim.SGD(params, lr=0.1))
+        return built[-1]
+
+    def halving(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
+
+    module = make_module(tiny_causal_lm_dir, optimizer=sgd, lr_scheduler=halving)
+    fit(module, PromptDataModule(train=[Prompts(path="unused")], batch_size=2), FixedRouter(RM_NAMES, 0), tmp_path, 3)
+    (optimizer,) = built
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)  # stepped every step
+    trainable = {id(p) for p in module.policy.parameters() if p.requires_grad}
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable

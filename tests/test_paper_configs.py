@@ -98,7 +98,7 @@ def test_online_configs_parse_with_the_papers_values_and_the_fsdp_overlay():
     assert [rm.init_args.name for rm in model.pool.init_args.reward_models] == list(PAPER_RMS)
     assert (model.num_samples, model.pairing, model.pairs_per_prompt) == (6, "random", 4)
     assert (model.temperature, model.max_new_tokens, model.beta, model.loss_type) == (0.8, 256, 1.0, "sigmoid")
-    assert model.learning_rate == 5e-6
+    assert model.optimizer.init_args.lr == 5e-6
     assert model.lora["r"] == 16 and model.lora["lora_alpha"] == 32
     assert sorted(model.lora["target_modules"]) == ["q_proj", "v_proj"]
     assert config.data.init_args.batch_size * PAPER_GPUS == 32
@@ -154,7 +154,16 @@ def test_fsdp_arguments_wrap_each_decoder_layer_of_the_lora_policy(tmp_path, tin
     strategy = build(load(FSDP_OVERLAY)["trainer"]["strategy"], Strategy)
     online = load(PAPER / "online_dpo.yaml")["model"]["init_args"]
     policy = tiny_policy(tiny_causal_lm_dir, tmp_path / "policy", stored_dtype)
-    module = OnlineDPOModule(**{**online, "policy": policy, "pool": None, "simulated": True, "router": any_router()})
+    module = OnlineDPOModule(
+        **{
+            **online,
+            "policy": policy,
+            "pool": None,
+            "simulated": True,
+            "router": any_router(),
+            "optimizer": torch.optim.AdamW,
+        }
+    )
     module.configure_model()
     plain = {name for name, p in module.named_parameters() if p.requires_grad}
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
@@ -195,7 +204,14 @@ def test_dpo_backward_through_the_overlays_activation_checkpointing(tiny_causal_
     strategy = build(load(FSDP_OVERLAY)["trainer"]["strategy"], Strategy)
     online = load(PAPER / "online_dpo.yaml")["model"]["init_args"]
     module = OnlineDPOModule(
-        **{**online, "policy": tiny_causal_lm_dir, "pool": None, "simulated": True, "router": any_router()}
+        **{
+            **online,
+            "policy": tiny_causal_lm_dir,
+            "pool": None,
+            "simulated": True,
+            "router": any_router(),
+            "optimizer": torch.optim.AdamW,
+        }
     )
     module.configure_model()
     _setup_activation_checkpointing(module, strategy._activation_checkpointing_kwargs)  # as FSDPStrategy does

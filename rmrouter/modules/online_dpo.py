@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs, response_logprobs
@@ -47,8 +48,6 @@ class OnlineDPOModule(LightningModule):
         min_score_gap: Largest RM margin still counted as a tie (no label).
         beta: DPO's KL strength.
         loss_type: `sigmoid` (DPO) or `ipo`.
-        learning_rate: AdamW learning rate.
-        weight_decay: AdamW weight decay.
         max_new_tokens: Longest completion, in tokens (also the cut of simulated responses).
         temperature: Sampling temperature.
         top_p: Nucleus sampling mass.
@@ -62,6 +61,9 @@ class OnlineDPOModule(LightningModule):
         router: The router that labels the pairs (e.g. `rmrouter.routers.bayesian.BayesianRouter`); required. It is
             added to the trainer's callbacks by `configure_callbacks` (its state is checkpointed with the run), so a
             method is one `model.init_args.router` entry (`configs/routers/<method>.yaml`).
+        optimizer: Builds the optimizer from the trainable parameters (a config's `class_path: torch.optim.AdamW`
+            with its `init_args`, as LightningCLI injects it).
+        lr_scheduler: Builds a scheduler from that optimizer, stepped every step; None keeps the rate constant.
     """
 
     def __init__(
@@ -74,8 +76,6 @@ class OnlineDPOModule(LightningModule):
         min_score_gap: float,
         beta: float,
         loss_type: LossType,
-        learning_rate: float,
-        weight_decay: float,
         max_new_tokens: int,
         temperature: float,
         top_p: float,
@@ -86,6 +86,8 @@ class OnlineDPOModule(LightningModule):
         seed: int,
         log_text_every_n_steps: int,
         router: Router,
+        optimizer: OptimizerCallable,
+        lr_scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         if pool is None and not simulated:
@@ -94,7 +96,8 @@ class OnlineDPOModule(LightningModule):
             raise TypeError(f"router must be a Router (configs/routers/<method>.yaml), got {type(router).__name__}")
         if num_samples < 2 and not simulated:
             raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
-        self.save_hyperparameters(ignore=["pool", "router"])
+        self.save_hyperparameters(ignore=["pool", "router", "optimizer", "lr_scheduler"])
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.strict_loading = False  # checkpoints hold the trained weights only (on_save_checkpoint)
         self.router = router
         # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
@@ -160,7 +163,10 @@ class OnlineDPOModule(LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
+        optimizer = self.optimizer(params)
+        if self.lr_scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
 
     def live_judge(self) -> PairJudge:
         """The pool's judge, built once and kept so its per-RM error counts (`train/rm_errors/<rm>`) cover the whole
