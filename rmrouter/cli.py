@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 
@@ -51,7 +52,11 @@ def main(args: list[str] | None = None) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-        auto_cli(_project_commands()[args[0]], args=args[1:], as_positional=False)
+        rest = args[1:]
+        if args[0] == "collect" and not any(arg.startswith("--command") for arg in rest):
+            # the table names the command that wrote it, exactly as it was run
+            rest += ["--command", shlex.join(["python", "cli.py", *args])]
+        auto_cli(_project_commands()[args[0]], args=rest, as_positional=False)
         return
     if not given:
         RMRouterCLI(args=args)  # sys.argv stays: Lightning's multi-process launcher starts the other ranks from it

@@ -51,6 +51,7 @@ def test_collect_from_yaml_writes_records_and_table_then_resumes(tmp_path, capsy
     # it cannot judge safety pairs, which have no reference: no accuracy there, and no coverage
     assert "| verifier | **100.0** | n/a | **100.0** |" in table and "| verifier | 100.0 | 0.0 | 60.0 |" in table
     assert "| RM | math | safety | overall |" in capsys.readouterr().out
+    assert f"Written by `python cli.py collect --config {config}`;" in table  # the command exactly as it ran
 
     before = output.read_bytes()
     main(["collect", "--config", str(config)])

@@ -49,6 +49,7 @@ def collect_behaviour(
     batch_size: int = 16,
     device: str = "cpu",
     max_batches: int | None = None,
+    command: str | None = None,
 ) -> list[BehaviourRecord]:
     """Scores every pair with every RM of the pool, appends behaviour records to `output`, writes the table.
 
@@ -60,6 +61,7 @@ def collect_behaviour(
         batch_size: Pairs per batch; each RM scores `2 * batch_size` responses per call.
         device: Where the RMs run (`cpu`, `cuda`, `cuda:1`, ...).
         max_batches: Stop after scoring this many batches (the rest is picked up by the next run).
+        command: The command line the table names as its origin; `python cli.py collect ...` passes its own.
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,7 @@ def collect_behaviour(
         timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
         log.info("scored %d batches; time per RM: %s", len(todo), timing)
     if table is not None and records:
-        write_table(records, pool.names, Path(table), output, COLLECT_COMMAND)
+        write_table(records, pool.names, Path(table), output, f"`{command}`" if command else COLLECT_COMMAND)
     return records
 
 
