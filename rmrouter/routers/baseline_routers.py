@@ -15,7 +15,7 @@ from rmrouter.routers.baselines import LinUCB, majority_vote, uwo_scores
 from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_all, ask_all_scores, ask_by_rm, ask_eligible, preference
-from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer
+from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, centred
 
 
 class SeededRouter(Router):
@@ -244,13 +244,12 @@ class LASERRouter(SeededRouter):
         arm, context = routing.context
         raw = -trained.mean().reshape(1)
         self.normalizer(raw)
-        self.held.add(torch.tensor([arm]), context.unsqueeze(0), raw)
-        if not self.normalizer.warm:
+        released = self.held.release(self.normalizer, torch.tensor([arm]), context.unsqueeze(0), raw)
+        if released is None:
             return
-        arms, contexts, raws = self.held.take()
-        rewards = self.normalizer.normalize(raws)
+        arms, contexts, rewards = released
         if self.centred_rewards:
-            rewards = 2 * rewards - 1
+            rewards = centred(rewards)
         linucb = self._linucb(context.shape[0])
         for n, x, r in zip(arms.tolist(), contexts, rewards.tolist(), strict=True):
             linucb.update(n, x, r)

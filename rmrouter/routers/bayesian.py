@@ -19,7 +19,7 @@ from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
-from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, batch_baseline
+from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, batch_baseline, centred
 from rmrouter.routers.posterior import GaussianPosteriors
 from rmrouter.routers.prior import RouterPrior
 
@@ -196,13 +196,12 @@ class BayesianRouter(Router):
         raw = batch_baseline(losses[keep])
         reward, rm_index, h = self.normalizer(raw), rm_index[keep], h[keep]
         if self.warmup_rewards == "held":
-            self.held.add(rm_index, h, raw)
-            if not self.normalizer.warm:
+            released = self.held.release(self.normalizer, rm_index, h, raw)
+            if released is None:
                 return
-            rm_index, h, raw = self.held.take()
-            reward = self.normalizer.normalize(raw)
+            rm_index, h, reward = released
         if self.centred_rewards:
-            reward = 2 * reward - 1
+            reward = centred(reward)
         self._posteriors(h.shape[1]).update(rm_index, h, reward)
 
     def metrics(self) -> dict[str, float]:

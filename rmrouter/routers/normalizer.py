@@ -110,6 +110,11 @@ class QuantileNormalizer:
         return history
 
 
+def centred(reward: Tensor) -> Tensor:
+    """A normalised reward on `[0, 1]` moved to `[-1, 1]` (`2r - 1`), so an average pair rewards about 0."""
+    return 2 * reward - 1
+
+
 class HeldRewards:
     """Rows a router routed before its normaliser warmed up, kept to be learned once it has: `(rm, h, raw reward)`.
 
@@ -139,6 +144,17 @@ class HeldRewards:
         rows = (self.rm_index, self.h, self.raw)
         self.__init__()
         return rows
+
+    def release(
+        self, normalizer: QuantileNormalizer, rm_index: Tensor, h: Tensor, raw: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Holds these rows; once `normalizer` is warm (their raw rewards already in its history), releases every held
+        row as `(rm_index, h, normalised reward)`, oldest first. None while it is still warming up."""
+        self.add(rm_index, h, raw)
+        if not normalizer.warm:
+            return None
+        rm_index, h, raw = self.take()
+        return rm_index, h, normalizer.normalize(raw)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rm_index": self.rm_index.clone(), "h": None if self.h is None else self.h.clone(), "raw": self.raw}
