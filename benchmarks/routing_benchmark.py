@@ -13,9 +13,10 @@ MiniLM embeddings of each side, whose per-pair loss before its update is the rew
 (`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml`), not run here.
 
 Routers are built from `configs/routers/*.yaml` with the seed's prior and generator seed; the ablations of the
-switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is fitted here on the offline validation
-split with the seed's prior (`rmrouter.routers.calibration.fit_prior_scale`). Each run's log is kept under
-`--runs-dir` and reused, so an interrupted benchmark resumes; `routing_report.py` turns the logs into the report.
+switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is the seed's prior's own `reward_scale`,
+which the offline fit writes from its validation split (`rmrouter.routers.calibration.fit_prior_scale`). Each run's
+log is kept under `--runs-dir` and reused, so an interrupted benchmark resumes; `routing_report.py` turns the logs
+into the report.
 """
 
 from __future__ import annotations
@@ -33,11 +34,8 @@ from routing_report import write_benchmark_report
 
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.models.frozen import EmbeddingCache
-from rmrouter.routers.base import PairBatch
 from rmrouter.routers.baseline_routers import DataLabelRouter
-from rmrouter.routers.calibration import fit_prior_scale
 from rmrouter.routers.embedding import LazyEmbedder
-from rmrouter.routers.prior import RouterPrior
 from rmrouter.simulation import LogLinearDPO, OracleLearner, PairStream, reward_auroc, run_stream, stream_summary
 
 log = logging.getLogger("routing_benchmark")
@@ -85,30 +83,17 @@ class Benchmark:
         # judge counting as no label (its accuracy on the pairs it can judge would pick an RM that abstains on most).
         self.best_single = self.rm_names[int(train.agree.mean(dim=0).argmax())]
         self.caches: dict[str, EmbeddingCache] = {}
-        self.scales: dict[int, float] = {}  # fitted prior scales, by seed
 
     def prior_path(self, seed: int) -> str:
         if self.args.prior is not None:
             return str(self.args.prior)
         return str(Path(self.args.priors) / f"seed_{seed}" / "prior.pt")
 
-    def embedder(self, encoder: str, pooling: str, max_length: int, mlp_config=None, mlp_state=None) -> LazyEmbedder:
-        embedder = LazyEmbedder(encoder, pooling, max_length, mlp_config, mlp_state)
-        embedder.cache = self.caches.setdefault(f"{encoder}|{pooling}|{max_length}", EmbeddingCache())
+    def share_cache(self, embedder: LazyEmbedder) -> LazyEmbedder:
+        """Gives `embedder` the one embedding cache of its encoder, so every run embeds each text once."""
+        key = f"{embedder.encoder_name}|{embedder.pooling}|{embedder.max_length}"
+        embedder.cache = self.caches.setdefault(key, EmbeddingCache())
         return embedder
-
-    def prior_scale(self, seed: int) -> float:
-        """`fit_prior_scale` of the seed's prior on the offline validation split."""
-        if seed not in self.scales:
-            prior = RouterPrior.load(self.prior_path(seed))
-            embedder = self.embedder(prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state)
-            val = self.splits["val"]
-            pairs = [record.pair for record in val.records]
-            batch = PairBatch([p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs],
-                              [p.reference for p in pairs], [p.domain for p in pairs])  # fmt: skip
-            scores = embedder.pairs(batch) @ prior.bt_embeddings.double().T
-            self.scales[seed] = fit_prior_scale(scores, val.agree.bool(), val.eligible)
-        return self.scales[seed]
 
     def router(self, key: str, config: str | None, overrides: dict[str, Any], seed: int):
         """The router of a method for a seed, and the arguments it was built with (kept in the run's file)."""
@@ -123,22 +108,20 @@ class Benchmark:
             init_args["seed"] = seed
         if init_args.get("prior_path") is not None:
             init_args["prior_path"] = self.prior_path(seed)
-        if init_args.get("prior_scale") == "calibrated":
-            init_args["prior_scale"] = self.prior_scale(seed)
         if "encoder" in init_args and self.args.encoder is not None:
             init_args["encoder"] = self.args.encoder
         built = getattr(importlib.import_module(module), name)(**init_args)
-        embedder = getattr(built, "embedder", None)
-        if embedder is not None:
-            key = f"{embedder.encoder_name}|{embedder.pooling}|{embedder.max_length}"
-            embedder.cache = self.caches.setdefault(key, EmbeddingCache())
+        if getattr(built, "embedder", None) is not None:
+            self.share_cache(built.embedder)
+        if init_args.get("prior_scale") == "calibrated":
+            init_args["prior_scale"] = built.prior_scale  # the prior's reward_scale, as the report shows it
         return built, init_args
 
     def learner(self, fidelity: str):
         if fidelity == "oracle":
             return OracleLearner()
         encoder = self.args.encoder or "all-minilm-l6-v2"
-        features = self.embedder(encoder, "mean", 256)
+        features = self.share_cache(LazyEmbedder(encoder, "mean", 256, None, None))
         dim = features.texts(["x"]).shape[1]
         return LogLinearDPO(features.texts, dim, beta=0.1, learning_rate=self.args.learning_rate)
 

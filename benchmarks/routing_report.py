@@ -23,6 +23,7 @@ FIDELITY_TITLES = {
     "log_linear_dpo": "Fidelity (b): log-linear DPO policy over frozen MiniLM embeddings (its per-pair DPO loss)",
 }
 COMPARED = ("single_best", "majority", "data_label", "laser", "uwo")
+VARIANTS = ("no_online", "no_prior", "weighted_score", "scale_one", "placeholder", "uncentred", "any_rm")
 # The methods a plot shows (ten colours at most); the tables carry every variant.
 PLOTTED = (
     "single_best",
@@ -79,7 +80,7 @@ def compare_early(first: dict[int, dict[str, Any]], second: dict[int, dict[str, 
     return paired_test(a, b)
 
 
-def test_cells(test) -> str:
+def paired_cells(test) -> str:
     low, high = test.mean - 1.96 * test.se, test.mean + 1.96 * test.se
     return f"{100 * test.mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) | {test.p_value:.3g} | {test.verdict()}"
 
@@ -99,7 +100,8 @@ def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, s
         if dpo:
             cells.append(spread([s["policy_agreement"] for s in summaries]))
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
-    ceiling = [run["summary"]["ceiling"] for seeds in runs.values() for run in seeds.values()][: len(summaries)]
+    # a property of each seed's stream, the same for every method
+    ceiling = [run["summary"]["ceiling"] for run in next(iter(runs.values())).values()]
     lines.append(f"| *ceiling: some eligible RM right* | {spread(ceiling)} | | | | |" + (" |" if dpo else ""))
     return "\n".join(lines)
 
@@ -129,15 +131,15 @@ def goals(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], nu
         if key in runs:
             test = compare(bayes, runs[key], num_records)
             met = "yes" if test.verdict() == "above" else "no"
-            lines.append(f"| BayesianRouter above {labels[key]} | {test_cells(test)} | {met} |")
+            lines.append(f"| BayesianRouter above {labels[key]} | {paired_cells(test)} | {met} |")
     if "no_online" in runs:
         test = compare(bayes, runs["no_online"], num_records)
         met = "yes" if test.verdict() == "above" and test.mean >= 0.02 else "no"
-        lines.append(f"| online updates >= 2 points above no online updates | {test_cells(test)} | {met} |")
+        lines.append(f"| online updates >= 2 points above no online updates | {paired_cells(test)} | {met} |")
     if "no_prior" in runs:
         test = compare_early(bayes, runs["no_prior"])
         met = "yes" if test.verdict() == "above" and test.mean >= 0.05 else "no"
-        lines.append(f"| the prior's gain >= 5 points in the first 10 % | {test_cells(test)} | {met} |")
+        lines.append(f"| the prior's gain >= 5 points in the first 10 % | {paired_cells(test)} | {met} |")
     return "\n".join(lines)
 
 
@@ -148,11 +150,8 @@ def switch_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, s
         return ""
     lines = ["| variant | minus BayesianRouter (points, 95 % interval) | p | verdict |", "|---|---:|---:|---|"]
     for key in keys:
-        lines.append(f"| {labels[key]} | {test_cells(compare(runs[key], runs['bayesian'], num_records))} |")
+        lines.append(f"| {labels[key]} | {paired_cells(compare(runs[key], runs['bayesian'], num_records))} |")
     return "\n".join(lines)
-
-
-VARIANTS = ("no_online", "no_prior", "weighted_score", "scale_one", "placeholder", "uncentred", "any_rm")
 
 
 def auroc_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
@@ -273,8 +272,9 @@ def setup_notes(args, bench, runs, seeds: list[int]) -> str:
         f"trained or was selected on; {args.pairs} pairs per stream, so each pair is routed about "
         f"{args.pairs / records:.1f} times, in reshuffled passes. Batches of {args.batch_size}. Domains: {domains}.",
         f"- **Pool:** {bench.rm_names}. Best single RM on the train split: `{bench.best_single}`.",
-        f"- **Priors:** `{priors}` (the offline router of each seed). `prior_scale: calibrated`, fitted on the "
-        f"validation split ({len(bench.splits['val'])} pairs): {scales}.",
+        f"- **Priors:** `{priors}` (the offline router of each seed). `prior_scale: calibrated`, each prior's "
+        f"reward_scale, fitted by the offline fit on the validation split ({len(bench.splits['val'])} pairs): "
+        f"{scales}.",
         "- **Accuracy** counts a pair without a label as wrong (it trains nothing); *coverage* is the share labelled.",
         "- **Paired tests** are over the unique pairs: each method's share of right labels per pair over all its "
         "routings (passes and seeds); the first-10 % test pairs the same stream positions of each seed.",

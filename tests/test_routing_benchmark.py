@@ -28,7 +28,8 @@ def tiny_prior(path: Path, encoder: str) -> Path:
     torch.manual_seed(0)
     config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
     RouterPrior(RM_NAMES, F.normalize(torch.randn(len(RM_NAMES), 4), dim=1), encoder=encoder, pooling="mean",
-                max_length=32, mlp_config=config, mlp_state=build_mlp(config).state_dict()).save(path)  # fmt: skip
+                max_length=32, mlp_config=config, mlp_state=build_mlp(config).state_dict(),
+                metadata={"reward_scale": 0.5}).save(path)  # fmt: skip
     return path
 
 
