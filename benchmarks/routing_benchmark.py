@@ -7,10 +7,13 @@ The stream is the `test` and `ood` splits of the offline router's config (pairs 
 in reshuffled passes until it has `--pairs` pairs. Seed `s` fixes the stream's order and side flips, the routers' own
 generators, and which prior the prior-based routers load (`--priors DIR` holds `seed_<s>/prior.pt`, as
 `benchmarks/offline_router_seeds.py --out-dir DIR` writes them; `--prior FILE` gives every seed one prior). Every
-method of a seed routes the very same batches, so outcomes pair row by row. Two fidelities (rmrouter.simulation):
-`oracle` (the loss is whether the label is wrong) and `log_linear_dpo` (a log-linear DPO policy over the frozen
-MiniLM embeddings of each side, whose per-pair loss before its update is the reward). The LM policy is the third
-(`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml`), not run here.
+method of a seed routes the very same batches, so outcomes pair row by row. Three fidelities (rmrouter.simulation):
+`oracle` (the loss is whether the label is wrong), `log_linear_dpo` (a log-linear DPO policy over the frozen
+MiniLM embeddings of each side, whose per-pair loss before its update is the reward) and `lm_dpo` (the LM policy of
+`--lm-config`, SmolLM2 with LoRA, trained by DPO on the routed labels: about 25 s a step on 2 CPU cores, so it runs
+`--lm-methods` on a shorter stream of `--lm-pairs`). At `lm_dpo` the methods whose routing reads no reward
+(`REWARD_FREE`) are routed with the oracle learner: their labels are the same whatever the learner (the suite checks
+it), so the LM's minutes go to the routers that learn.
 
 Routers are built from `configs/routers/*.yaml` with the seed's prior and generator seed; the ablations of the
 switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is the seed's prior's own `reward_scale`,
@@ -26,6 +29,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +38,18 @@ from routing_report import write_benchmark_report
 
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.models.frozen import EmbeddingCache
+from rmrouter.reward_models._hf import native_bfloat16
 from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.simulation import LogLinearDPO, OracleLearner, PairStream, reward_auroc, run_stream, stream_summary
+from rmrouter.simulation.lm_learner import LMPolicyDPO
 
 log = logging.getLogger("routing_benchmark")
 ROOT = Path(__file__).resolve().parents[1]
 ROUTERS = ROOT / "configs" / "routers"
-FIDELITIES = ("oracle", "log_linear_dpo")
+FIDELITIES = ("oracle", "log_linear_dpo", "lm_dpo")
+# Routers whose labels never depend on the losses they observe: the same at every fidelity of one stream.
+REWARD_FREE = ("single_best", "random", "majority", "uwo", "data_label", "no_online")
 
 # (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`.
 METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
@@ -117,23 +125,53 @@ class Benchmark:
             init_args["prior_scale"] = built.prior_scale  # the prior's reward_scale, as the report shows it
         return built, init_args
 
-    def learner(self, fidelity: str):
+    def learner(self, fidelity: str, seed: int):
         if fidelity == "oracle":
             return OracleLearner()
+        if fidelity == "lm_dpo":
+            return self.lm_learner(seed)
         encoder = self.args.encoder or "all-minilm-l6-v2"
         features = self.share_cache(LazyEmbedder(encoder, "mean", 256, None, None))
         dim = features.texts(["x"]).shape[1]
         return LogLinearDPO(features.texts, dim, beta=0.1, learning_rate=self.args.learning_rate)
+
+    def lm_learner(self, seed: int) -> LMPolicyDPO:
+        """The simulated online config's policy, LoRA, loss and truncation, in bf16 autocast where it is native."""
+        model = yaml.safe_load(Path(self.args.lm_config).read_text())["model"]["init_args"]
+        return LMPolicyDPO(
+            policy=self.args.lm_policy or model["policy"],
+            lora=model["lora"],
+            beta=model["beta"],
+            loss_type=model["loss_type"],
+            learning_rate=model["optimizer"]["init_args"]["lr"],
+            max_prompt_length=model["max_prompt_length"],
+            max_new_tokens=model["max_new_tokens"],
+            bfloat16=native_bfloat16(),
+            seed=seed,
+        )
+
+
+def fidelity_methods(args: argparse.Namespace, fidelity: str) -> list[str]:
+    """The methods run at `fidelity`: all asked for, but at `lm_dpo` only `--lm-methods` and the reward-free ones."""
+    if fidelity != "lm_dpo":
+        return list(args.methods)
+    return [key for key in args.methods if key in args.lm_methods or key in REWARD_FREE]
 
 
 def run_one(bench: Benchmark, fidelity: str, key: str, config, overrides, seed: int) -> dict[str, Any]:
     path = bench.args.runs_dir / fidelity / key / f"seed_{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    (router, router_args), learner = bench.router(key, config, overrides, seed), bench.learner(fidelity)
-    stream_log = run_stream(router, bench.stream, learner, bench.args.pairs, bench.args.batch_size, seed, progress=True)
+    lm = fidelity == "lm_dpo"
+    learner_kind = "oracle" if lm and key in REWARD_FREE else fidelity
+    (router, router_args), learner = bench.router(key, config, overrides, seed), bench.learner(learner_kind, seed)
+    pairs = bench.args.lm_pairs if lm else bench.args.pairs
+    started = time.perf_counter()
+    stream_log = run_stream(router, bench.stream, learner, pairs, bench.args.batch_size, seed, progress=True)
     result = {
         "router": router_args,
+        "learner": learner_kind,
+        "seconds": time.perf_counter() - started,
         "summary": stream_summary(stream_log, bench.stream),
         "auroc": reward_auroc(stream_log, bench.args.window),
         "log": stream_log.to_dict(),
@@ -159,6 +197,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fidelities", nargs="+", choices=FIDELITIES, default=list(FIDELITIES))
     parser.add_argument("--methods", nargs="+", default=[key for key, *_ in METHODS])
+    parser.add_argument("--lm-methods", nargs="+", default=["bayesian"], help="reward-reading methods run at lm_dpo")
+    parser.add_argument("--lm-pairs", type=int, default=128, help="pairs per stream at lm_dpo")
+    parser.add_argument("--lm-config", type=Path, default=Path("configs/online/simulated.yaml"), help="lm_dpo's policy")
+    parser.add_argument("--lm-policy", default=None, help="replace that config's policy (tests: a tiny one)")
     parser.add_argument("--window", type=int, default=25, help="steps per window of the reward's AUROC")
     parser.add_argument("--learning-rate", type=float, default=10.0, help="SGD step of the log-linear DPO policy")
     parser.add_argument("--encoder", default=None, help="replace every text encoder (tests: a tiny one)")
@@ -171,14 +213,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse(sys.argv[1:] if argv is None else argv)
-    unknown = sorted(set(args.methods) - {key for key, *_ in METHODS})
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; known: {[key for key, *_ in METHODS]}")
+    for flag, asked in (("--methods", args.methods), ("--lm-methods", args.lm_methods)):
+        unknown = sorted(set(asked) - {key for key, *_ in METHODS})
+        if unknown:
+            raise SystemExit(f"{flag}: unknown {unknown}; known: {[key for key, *_ in METHODS]}")
     bench = Benchmark(args)
-    methods = [method for method in METHODS if method[0] in args.methods]
     runs: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for fidelity in args.fidelities:
-        for key, _, config, overrides in methods:
+        keys = fidelity_methods(args, fidelity)
+        for key, _, config, overrides in [method for method in METHODS if method[0] in keys]:
             for seed in args.seeds:
                 runs.setdefault(fidelity, {}).setdefault(key, {})[seed] = run_one(
                     bench, fidelity, key, config, overrides, seed

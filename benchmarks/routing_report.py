@@ -21,6 +21,7 @@ from rmrouter.stats import paired_test
 FIDELITY_TITLES = {
     "oracle": "Fidelity (a): oracle reward (loss 0 for a right label, 1 for a wrong one)",
     "log_linear_dpo": "Fidelity (b): log-linear DPO policy over frozen MiniLM embeddings (its per-pair DPO loss)",
+    "lm_dpo": "Fidelity (c): the LM policy of the simulated online config, SmolLM2 with LoRA (its per-pair DPO loss)",
 }
 COMPARED = ("single_best", "majority", "data_label", "laser", "uwo")
 VARIANTS = ("no_online", "no_prior", "weighted_score", "scale_one", "placeholder", "uncentred", "any_rm")
@@ -46,6 +47,12 @@ def spread(values: list[float]) -> str:
     """`mean ± sd` in points over seeds (sd 0 for one seed)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
+
+
+def borrowed(runs: dict[int, dict[str, Any]], fidelity: str) -> bool:
+    """The method was routed with another fidelity's learner (the oracle's): its routing reads no reward, so its
+    labels are those any learner would get, but its losses are not this fidelity's."""
+    return any(run.get("learner", fidelity) != fidelity for run in runs.values())
 
 
 def logs(runs: dict[int, dict[str, Any]]) -> dict[int, StreamLog]:
@@ -80,12 +87,23 @@ def compare_early(first: dict[int, dict[str, Any]], second: dict[int, dict[str, 
     return paired_test(a, b)
 
 
+def borrowed_note(runs: dict[str, dict[int, dict[str, Any]]], fidelity: str) -> str:
+    if not any(borrowed(seeds, fidelity) for seeds in runs.values()):
+        return ""
+    return (
+        "\n\n† Routing reads no reward, so this method's labels are the same under any learner (the suite checks it "
+        "at fidelities a and b); it was routed on this stream with the oracle learner, and the LM's time went to the "
+        "routers that learn."
+    )
+
+
 def paired_cells(test) -> str:
     low, high = test.mean - 1.96 * test.se, test.mean + 1.96 * test.se
     return f"{100 * test.mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) | {test.p_value:.3g} | {test.verdict()}"
 
 
-def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], dpo: bool) -> str:
+def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], fidelity: str) -> str:
+    dpo = fidelity == "log_linear_dpo"
     head = "| method | accuracy | first 10 % | coverage | accuracy where labelled | RM calls / pair |"
     rule = "|---|---:|---:|---:|---:|---:|"
     if dpo:
@@ -99,7 +117,7 @@ def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, s
         cells.append(f"{statistics.fmean(s['rm_calls_per_pair'] for s in summaries):.2f}")
         if dpo:
             cells.append(spread([s["policy_agreement"] for s in summaries]))
-        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[key]}{' †' if borrowed(seeds, fidelity) else ''} | " + " | ".join(cells) + " |")
     # a property of each seed's stream, the same for every method
     ceiling = [run["summary"]["ceiling"] for run in next(iter(runs.values())).values()]
     lines.append(f"| *ceiling: some eligible RM right* | {spread(ceiling)} | | | | |" + (" |" if dpo else ""))
@@ -154,8 +172,13 @@ def switch_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, s
     return "\n".join(lines)
 
 
-def auroc_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
-    keys = [k for k in ("bayesian", "bayesian_paper", "laser", "single_best") if k in runs]
+def reward_keys(runs: dict[str, dict[int, dict[str, Any]]], fidelity: str, keys: tuple[str, ...]) -> list[str]:
+    """Those of `keys` run with this fidelity's own learner, so that their losses are this fidelity's rewards."""
+    return [k for k in keys if k in runs and not borrowed(runs[k], fidelity)]
+
+
+def auroc_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], fidelity: str) -> str:
+    keys = reward_keys(runs, fidelity, ("bayesian", "bayesian_paper", "laser", "single_best"))
     if not keys:
         return ""
     first = next(iter(runs[keys[0]].values()))["auroc"]
@@ -193,14 +216,16 @@ def plot_cumulative(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str
     plt.close(figure)
 
 
-def plot_auroc(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], path: Path, title: str):
+def plot_auroc(
+    runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], path: Path, title: str, fidelity: str
+):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    for key in [k for k in ("bayesian", "bayesian_paper", "laser", "single_best", "random") if k in runs]:
+    for key in reward_keys(runs, fidelity, ("bayesian", "bayesian_paper", "laser", "single_best", "random")):
         seeds = list(runs[key].values())
         steps = [w["first_step"] for w in seeds[0]["auroc"]]
         means = []
@@ -280,9 +305,24 @@ def setup_notes(args, bench, runs, seeds: list[int]) -> str:
         "routings (passes and seeds); the first-10 % test pairs the same stream positions of each seed.",
         f"- **Log-linear DPO:** beta 0.1, SGD step {args.learning_rate}; *policy agreement* is the share of the "
         "stream's pairs whose true chosen side the final policy's implicit reward prefers.",
-        "- **The LM policy** (fidelity c, SmolLM2 with LoRA) is not run by this command; "
-        "`python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml` runs it.",
+        lm_note(args, runs),
     ])  # fmt: skip
+
+
+def lm_note(args, runs) -> str:
+    """Fidelity (c)'s settings and cost, from its runs."""
+    if "lm_dpo" not in runs:
+        return "- **The LM policy** (fidelity c) was not run (`--fidelities` left `lm_dpo` out)."
+    learned = {key: seeds for key, seeds in runs["lm_dpo"].items() if not borrowed(seeds, "lm_dpo")}
+    steps = -(-args.lm_pairs // args.batch_size)
+    seconds = [run["seconds"] / steps for seeds in learned.values() for run in seeds.values() if "seconds" in run]
+    cost = f"; {statistics.median(seconds):.0f} s a step (median over runs, loading included)" if seconds else ""
+    return (
+        f"- **The LM policy (fidelity c):** the policy, LoRA, beta, learning rate and truncation of `{args.lm_config}`"
+        f"{f' with policy `{args.lm_policy}`' if args.lm_policy else ''}, bf16 autocast where native, one AdamW step "
+        f"per batch; {args.lm_pairs} pairs per stream (the first {args.lm_pairs} of each seed's order), "
+        f"{steps} steps{cost}. Methods that learn from the reward: {sorted(learned) or 'none'}."
+    )
 
 
 def write_benchmark_report(args, bench, runs, labels: dict[str, str], argv) -> None:
@@ -293,16 +333,18 @@ def write_benchmark_report(args, bench, runs, labels: dict[str, str], argv) -> N
         title = FIDELITY_TITLES[fidelity]
         cumulative, auroc = plots / f"{fidelity}_cumulative.png", plots / f"{fidelity}_auroc.png"
         plot_cumulative(methods, labels, cumulative, title)
-        plot_auroc(methods, labels, auroc, title)
+        plot_auroc(methods, labels, auroc, title, fidelity)
         relative = args.output.parent
         parts = [
             f"## {title}",
-            "Mean ± sd over seeds, in points.\n\n" + method_table(methods, labels, fidelity == "log_linear_dpo"),
+            "Mean ± sd over seeds, in points.\n\n"
+            + method_table(methods, labels, fidelity)
+            + borrowed_note(methods, fidelity),
             "### Goals (BayesianRouter, paired)\n\n" + goals(methods, labels, records),
             "### BayesianRouter's variants against it\n\n" + switch_table(methods, labels, records),
             "### Per domain (mean accuracy over seeds)\n\n" + domain_table(methods, labels),
             "### The reward's signal: AUROC of -loss for 'routed label right', per window of "
-            f"{args.window} steps (mean over seeds)\n\n" + auroc_table(methods, labels),
+            f"{args.window} steps (mean over seeds)\n\n" + auroc_table(methods, labels, fidelity),
             f"![cumulative accuracy]({cumulative.relative_to(relative)})\n\n"
             f"![reward AUROC]({auroc.relative_to(relative)})",
         ]

@@ -33,19 +33,29 @@ def tiny_prior(path: Path, encoder: str) -> Path:
     return path
 
 
-def test_the_benchmark_runs_every_method_at_both_fidelities_and_reports_what_its_runs_say(
-    benchmark, tmp_path, tiny_encoder_dir
+def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_runs_say(
+    benchmark, tmp_path, tiny_encoder_dir, tiny_causal_lm_dir
 ):
     write_behaviour(tmp_path / "behaviour.jsonl", rows=48)
     output = tmp_path / "docs" / "routing.md"
     argv = ["--behaviour", str(tmp_path / "behaviour.jsonl"), "--prior", str(tiny_prior(tmp_path / "prior.pt",
             tiny_encoder_dir)), "--encoder", tiny_encoder_dir, "--seeds", "0", "1", "--pairs", "40", "--batch-size",
-            "4", "--window", "3", "--runs-dir", str(tmp_path / "runs"), "--output", str(output)]  # fmt: skip
+            "4", "--window", "3", "--runs-dir", str(tmp_path / "runs"), "--output", str(output), "--lm-policy",
+            tiny_causal_lm_dir, "--lm-pairs", "8"]  # fmt: skip
     runs = benchmark.main(argv)
     keys = [key for key, *_ in benchmark.METHODS]
-    assert set(runs) == {"oracle", "log_linear_dpo"} and all(list(runs[f]) == keys for f in runs)
+    assert set(runs) == {"oracle", "log_linear_dpo", "lm_dpo"} and list(runs["oracle"]) == keys
+    assert list(runs["log_linear_dpo"]) == keys
+    # the LM fidelity: BayesianRouter learns from the LM's losses; the reward-free methods are routed by the oracle
+    assert list(runs["lm_dpo"]) == [k for k in keys if k in benchmark.REWARD_FREE or k == "bayesian"]
+    lm = runs["lm_dpo"]
+    assert lm["bayesian"][0]["learner"] == "lm_dpo" and lm["majority"][0]["learner"] == "oracle"
+    assert lm["bayesian"][0]["summary"]["pairs"] == 8
+    first_losses = lm["bayesian"][0]["log"]["loss"][:4]
+    assert [round(v, 4) for v in first_losses if v is not None] == [0.6931] * sum(v is not None for v in first_losses)
     report = output.read_text()
     assert "do not edit by hand" in report and "Fidelity (a)" in report and "Fidelity (b)" in report
+    assert "Fidelity (c)" in report and "| majority vote (all RMs) † |" in report and "| BayesianRouter |" in report
     for _, label, *_ in benchmark.METHODS:
         assert f"| {label} |" in report
     # the table's figure is the mean over the run files
@@ -68,3 +78,19 @@ def test_the_benchmark_runs_every_method_at_both_fidelities_and_reports_what_its
 def test_unknown_methods_are_refused_by_name(benchmark, tmp_path):
     with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
         benchmark.main(["--methods", "nope", "--output", str(tmp_path / "x.md")])
+
+
+def test_reward_free_methods_route_the_same_whatever_the_learner(benchmark, tmp_path, tiny_encoder_dir):
+    """Why the LM fidelity may borrow their routing: a method in REWARD_FREE labels a stream identically at (a), (b)."""
+    write_behaviour(tmp_path / "behaviour.jsonl", rows=48)
+    argv = ["--behaviour", str(tmp_path / "behaviour.jsonl"), "--prior", str(tiny_prior(tmp_path / "prior.pt",
+            tiny_encoder_dir)), "--encoder", tiny_encoder_dir, "--seeds", "0", "--pairs", "40", "--batch-size", "4",
+            "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "r.md"), "--fidelities", "oracle",
+            "log_linear_dpo", "--methods", *benchmark.REWARD_FREE, "bayesian"]  # fmt: skip
+    runs = benchmark.main(argv)
+    for key in benchmark.REWARD_FREE:
+        oracle, dpo = runs["oracle"][key][0]["log"], runs["log_linear_dpo"][key][0]["log"]
+        assert oracle["preference"] == dpo["preference"] and oracle["rm_index"] == dpo["rm_index"], key
+    # and the check can fail: a router that learns routes differently once its rewards differ
+    oracle, dpo = runs["oracle"]["bayesian"][0]["log"], runs["log_linear_dpo"]["bayesian"][0]["log"]
+    assert oracle["rm_index"] != dpo["rm_index"]

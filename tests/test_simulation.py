@@ -212,3 +212,46 @@ def test_reward_signal_logs_the_auroc_of_each_window_of_steps():
     assert logged == [("train/reward_auroc", 1.0), ("train/reward_auroc", 0.0)]
     signal.on_train_batch_end(None, module, {"loss": torch.tensor(0.0), "labelling": None}, None, 0)  # live: nothing
     assert len(logged) == 2
+
+
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+
+
+def lm_learner(tiny_causal_lm_dir, lora=LORA):
+    from rmrouter.simulation.lm_learner import LMPolicyDPO
+
+    return LMPolicyDPO(tiny_causal_lm_dir, lora, beta=0.1, loss_type="sigmoid", learning_rate=0.05,
+                       max_prompt_length=32, max_new_tokens=8, bfloat16=False, seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])
+def test_the_lm_learner_starts_at_log_2_skips_unlabelled_pairs_and_learns_its_labels(tiny_causal_lm_dir, lora):
+    learner = lm_learner(tiny_causal_lm_dir, lora)
+    batch = next(toy_stream(4).batches(4, 4, seed=0))
+    labels = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    before = learner.step(batch, labels)
+    # policy == reference before any update: every trained pair's DPO loss is log 2; an unlabelled pair is not trained
+    assert before[[0, 1, 3]].tolist() == pytest.approx([math.log(2)] * 3, abs=1e-5) and math.isnan(before[2])
+    for _ in range(3):
+        after = learner.step(batch, labels)
+    assert after[[0, 1, 3]].mean() < math.log(2) - 1e-3  # an AdamW step per batch moved it towards its labels
+    assert learner.step(batch, torch.zeros(4)).isnan().all()
+
+
+def test_the_lm_learner_truncates_responses_as_the_simulated_module_does(tiny_causal_lm_dir):
+    from rmrouter.modules import generation as gen
+
+    learner = lm_learner(tiny_causal_lm_dir)
+    batch = next(toy_stream(2).batches(2, 2, seed=0))
+    prompts, first, second = learner.token_ids(batch)
+    expected = gen.text_ids(learner.tokenizer, batch.pairs.first[0], learner.eos, 8)
+    assert first[0] == expected and all(len(ids) <= 8 for ids in first + second)
+    assert prompts[0] == gen.prompt_ids(learner.tokenizer, [batch.pairs.prompts[0]], 32)[0]
+
+
+def test_a_bayesian_router_runs_a_tiny_stream_with_the_lm_learner(tiny_causal_lm_dir, tiny_encoder_dir):
+    router = routers(tiny_encoder_dir)["bayesian"]
+    stream_log = run_stream(router, toy_stream(8), lm_learner(tiny_causal_lm_dir), 8, 4, seed=0)
+    assert len(stream_log.right) == 8 and stream_log.rm_calls == 8
+    trained = ~stream_log.loss.isnan()
+    assert trained.any() and torch.allclose(stream_log.loss[:4][trained[:4]].float(), torch.tensor(math.log(2)))

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from rmrouter.data.records import Message
+from rmrouter.dpo import response_logprobs
 from rmrouter.reward_models._hf import render
 
 
@@ -131,3 +132,53 @@ def right_pad_sequences(
         attention[i, : len(prompt) + len(answer)] = 1
         response[i, len(prompt) : len(prompt) + len(answer)] = True
     return ids, attention, response
+
+
+def keeps_logits(policy) -> bool:
+    """Whether the (base) model's forward takes `logits_to_keep`, so only the positions that matter are projected."""
+    import inspect
+
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def policy_and_reference_logprobs(
+    policy,
+    reference,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    pad_id: int,
+    average: bool,
+    keep_logits: bool,
+) -> tuple[Tensor, Tensor]:
+    """`([R], [R])` response log-probs of each prompt + response row under the policy (with grad) and the reference.
+
+    Args:
+        policy: The trained causal LM (a peft model when `reference` is None).
+        reference: A frozen copy of the initial policy; None: the policy with its adapter disabled.
+        prompts: Per row, the prompt's token ids.
+        responses: Per row, the response's token ids.
+        pad_id: Padding id (masked out).
+        average: Mean over the response's tokens instead of the sum (IPO).
+        keep_logits: The model takes `logits_to_keep` (`keeps_logits`).
+    """
+    device = next(policy.parameters()).device
+    ids, attention, mask = (t.to(device) for t in right_pad_sequences(prompts, responses, pad_id))
+    # Only positions from the shortest prompt's last token on predict a response token: projecting just those onto
+    # the vocabulary skips most of the largest activation of the step (the sliced triple stays aligned).
+    first = min(len(prompt) for prompt in prompts) - 1
+    keep = {"logits_to_keep": ids.shape[1] - first} if keep_logits else {}
+
+    def logprobs(model) -> Tensor:
+        # No KV cache: nothing decodes after this pass, and activation checkpointing would append to it again.
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False, **keep).logits
+        return response_logprobs(logits[:, -(ids.shape[1] - first) :], ids[:, first:], mask[:, first:], average)
+
+    policy_logps = logprobs(policy)
+    with torch.no_grad():
+        if reference is None:
+            with policy.disable_adapter():
+                reference_logps = logprobs(policy)
+        else:
+            reference_logps = logprobs(reference)
+    return policy_logps, reference_logps

@@ -11,7 +11,6 @@ at the start of the fit that modules are in eval mode.
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Any, Literal
 
 import torch
@@ -19,7 +18,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs, response_logprobs
+from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs
 from rmrouter.modules import generation as gen
 from rmrouter.modules.online_logging import log_completions, log_dpo, log_labelling, log_samples
 from rmrouter.modules.online_pairs import (
@@ -148,8 +147,7 @@ class OnlineDPOModule(LightningModule):
         else:
             self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
         self.policy = policy.train()  # transformers 5 returns models in eval mode
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._keeps_logits = gen.keeps_logits(policy)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Only what training changes: configure_model rebuilds the frozen rest from `policy` (trainable_checkpoint).
@@ -210,26 +208,10 @@ class OnlineDPOModule(LightningModule):
 
     def _logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> tuple[Tensor, Tensor]:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, attention, mask = (t.to(self.device) for t in gen.right_pad_sequences(prompts, responses, pad))
-        # Only positions from the shortest prompt's last token on predict a response token: projecting just those
-        # onto the vocabulary skips most of the largest activation of the step (the sliced triple stays aligned).
-        first = min(len(prompt) for prompt in prompts) - 1
-        keep = {"logits_to_keep": ids.shape[1] - first} if self._keeps_logits else {}
         average = self.hparams.loss_type == "ipo"
-
-        def logprobs(model) -> Tensor:
-            # No KV cache: nothing decodes after this pass, and activation checkpointing would append to it again.
-            logits = model(input_ids=ids, attention_mask=attention, use_cache=False, **keep).logits
-            return response_logprobs(logits[:, -(ids.shape[1] - first) :], ids[:, first:], mask[:, first:], average)
-
-        policy = logprobs(self.policy)
-        with torch.no_grad():
-            if self.reference is None:
-                with self.policy.disable_adapter():
-                    reference = logprobs(self.policy)
-            else:
-                reference = logprobs(self.reference)
-        return policy, reference
+        return gen.policy_and_reference_logprobs(
+            self.policy, self.reference, prompts, responses, pad, average, self._keeps_logits
+        )
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Any]:
         """One online step. Returns the loss and what callbacks read in `on_train_batch_end` (`outputs`):

@@ -6,7 +6,8 @@ Three fidelities share one loop (`rmrouter.simulation.loop`): route, label, loss
 - `LogLinearDPO` (b): a real DPO learner that costs microseconds. The policy is log-linear over frozen embeddings of
   each side, `log pi(y | x) = theta . phi(x, y) + const(x)`, the reference is `theta = 0`, and it trains with the
   DPO loss on the routed labels; its per-pair loss before the update is the router's reward, as in Online DPO.
-- (c), the LM policy (SmolLM2 with LoRA), is `rmrouter.modules.online_dpo.OnlineDPOModule` in simulated mode.
+- `LMPolicyDPO` (c, `rmrouter.simulation.lm_learner`): the LM policy of `OnlineDPOModule` in simulated mode (SmolLM2
+  with LoRA), its log-prob code and loss, one AdamW step per batch.
 
 A learner's `step(batch, preference)` returns the `[B]` per-pair losses before its update (NaN where a pair has no
 label: it is not trained on), then updates.
