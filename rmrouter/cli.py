@@ -4,71 +4,80 @@
     python cli.py collect --config configs/behaviour.yaml
     python cli.py table --behaviour checkpoints/behaviour/large.jsonl --output docs/behaviour_table_large.md
     python cli.py pipeline --config configs/pipeline.yaml
+    python cli.py publish --config configs/publish.yaml
 
-`rmrouter` (the console script) is the same entry point.
+`rmrouter` (the console script) is the same entry point; `python cli.py --help` lists every command.
 """
 
 from __future__ import annotations
 
-import logging
 import shlex
 import sys
 from collections.abc import Callable
 
-import torch
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from rmrouter.commands import LIGHTNING_COMMANDS, RMRouterCLI, prepare_process, run_function, run_lightning
+
+__all__ = ["RMRouterCLI", "main"]
+
+LIGHTNING_HELP = {
+    "fit": "train a LightningModule from a config (learned RMs, the offline router, online DPO)",
+    "validate": "validate a trained checkpoint (--ckpt_path)",
+    "test": "test a trained checkpoint; the offline router writes its report",
+    "predict": "the offline router's decision on every test row (RoutingPredictionWriter)",
+}
+PROJECT_HELP = {
+    "collect": "score labelled pairs with every RM of a pool: the behaviour file and its accuracy table",
+    "table": "the accuracy table of an existing behaviour file",
+    "pipeline": "the main job: learned RMs, behaviour, offline router, online DPO (writes under checkpoints/)",
+    "publish": "copy the main job's tables and demo summary into docs/ and the README",
+}
 
 
-class RMRouterCLI(LightningCLI):
-    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`."""
+def _project_command(name: str) -> Callable:
+    if name == "collect":
+        from rmrouter.behaviour.collect import collect_behaviour
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+        return collect_behaviour
+    if name == "table":
+        from rmrouter.behaviour.table import write_behaviour_table
+
+        return write_behaviour_table
+    if name == "pipeline":
+        from rmrouter.pipeline import run_pipeline
+
+        return run_pipeline
+    from rmrouter.publish import publish_docs
+
+    return publish_docs
 
 
-def _project_commands() -> dict[str, Callable]:
-    from rmrouter.behaviour.collect import collect_behaviour
-    from rmrouter.behaviour.table import write_behaviour_table
-    from rmrouter.pipeline import run_pipeline
-
-    return {"collect": collect_behaviour, "table": write_behaviour_table, "pipeline": run_pipeline}
-
-
-PROJECT_COMMANDS = ("collect", "table", "pipeline")
+def usage() -> str:
+    width = max(map(len, [*LIGHTNING_HELP, *PROJECT_HELP]))
+    lines = ["usage: python cli.py <command> [--config FILE.yaml] [--key value ...]", "", "training (LightningCLI):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in LIGHTNING_HELP.items()]
+    lines += ["", "rmrouter's jobs:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in PROJECT_HELP.items()]
+    lines += ["", "`python cli.py <command> --help` shows a command's options."]
+    return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> None:
     given = args is not None
     args = list(args if given else sys.argv[1:])
-    # SmolLM2's activations produce denormal floats that make CPU matmuls about 3x slower; flushing them to zero
-    # changes no result that matters (they are below 1e-38) and has no effect on GPUs.
-    torch.set_flush_denormal(True)
-    if args and args[0] in PROJECT_COMMANDS:
-        from jsonargparse import auto_cli
-
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-        rest = args[1:]
-        if args[0] == "collect" and not any(arg.startswith("--command") for arg in rest):
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command, rest = args[0], args[1:]
+    if command in PROJECT_HELP:
+        if command == "collect" and not any(arg.startswith("--command") for arg in rest):
             # the table names the command that wrote it, exactly as it was run
             rest += ["--command", shlex.join(["python", "cli.py", *args])]
-        auto_cli(_project_commands()[args[0]], args=rest, as_positional=False)
+        run_function(_project_command(command), rest)
         return
-    if not given:
-        RMRouterCLI(args=args)  # sys.argv stays: Lightning's multi-process launcher starts the other ranks from it
+    if command not in LIGHTNING_COMMANDS and not command.startswith("-"):
+        raise SystemExit(f"unknown command {command!r}\n\n{usage()}")
+    if given:
+        run_lightning(args)
         return
-    # Called with its own command (a stage of `pipeline`, a test): LightningCLI warns when sys.argv holds another one,
-    # so it sees only the program name meanwhile.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        RMRouterCLI(args=args)
-    finally:
-        sys.argv = argv
-
-
-if __name__ == "__main__":
-    main()
+    prepare_process()
+    RMRouterCLI(args=args)  # from the shell: Lightning's multi-process launcher starts the other ranks from sys.argv

@@ -71,3 +71,20 @@ def test_rmrouter_console_script_is_the_same_entry_point():
     parser.read(ROOT / "setup.cfg")
     assert parser["options.entry_points"]["console_scripts"].strip() == "rmrouter = rmrouter.cli:main"
     assert "from rmrouter.cli import main" in (ROOT / "cli.py").read_text()
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_refused_with_the_list(capsys):
+    main(["--help"])
+    shown = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "collect", "table", "pipeline", "publish"):
+        assert f"\n  {command} " in shown, command
+    with pytest.raises(SystemExit, match="unknown command 'fitt'(.|\n)*rmrouter's jobs"):
+        main(["fitt", "--config", "x.yaml"])
+
+
+def test_the_pipeline_runs_commands_without_importing_the_cli():
+    import ast
+
+    tree = ast.parse((ROOT / "rmrouter" / "pipeline.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "rmrouter.commands" in imported and "rmrouter.cli" not in imported

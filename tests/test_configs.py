@@ -12,6 +12,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from rmrouter.behaviour.collect import collect_behaviour
+from rmrouter.cli import main
 from rmrouter.data.behaviour import read_behaviour
 from rmrouter.pipeline import run_pipeline
 from rmrouter.reward_models import RewardModelPool
@@ -174,17 +175,35 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     }
 
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
+    inputs = {path for path in tmp_path.rglob("*") if path.is_file()}
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- online-demo-summary:start -->\nold\n<!-- online-demo-summary:end -->\n")
+    inputs.add(readme)
     run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
     assert all(Path(path).is_file() for path in learned_rms.values())
     records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
     assert len(records) == 20 and set(records[0].scores) == set(build_pool_names(pool))
-    assert (tmp_path / "docs" / "behaviour_table.md").is_file()
     prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
-    assert prior.is_file() and (tmp_path / "docs" / "offline_router.md").is_file()
+    assert prior.is_file() and (tmp_path / "checkpoints" / "offline_router" / "report.md").is_file()
     summary = tmp_path / "checkpoints" / "online" / "live" / "summary.md"
     assert (tmp_path / "checkpoints" / "online" / "live" / "last.ckpt").is_file()
     assert "- steps: 2 in " in summary.read_text() and "`BayesianRouter`" in summary.read_text()
+    # the main job writes under checkpoints/ only: the README and every input are as they were (the embedding store
+    # is this test's own, under tmp_path; a user's is ~/.cache/rmrouter)
+    written = {path for path in tmp_path.rglob("*") if path.is_file() and "embedding_cache" not in path.parts} - inputs
+    assert written and all(path.relative_to(tmp_path).parts[0] == "checkpoints" for path in written), sorted(
+        str(path.relative_to(tmp_path)) for path in written if path.relative_to(tmp_path).parts[0] != "checkpoints"
+    )
+    assert "old" in readme.read_text()
+
+    # publishing copies the shipped config's three outputs into docs/ and the summary into the README
+    main(["publish", "--config", str(CONFIGS / "publish.yaml")])
+    table = (tmp_path / "docs" / "behaviour_table.md").read_text()
+    assert table.startswith("_Copied by `python cli.py publish --config configs/publish.yaml` from `checkpoints/")
+    assert table.endswith((tmp_path / "checkpoints" / "behaviour" / "default_table.md").read_text())
+    assert (tmp_path / "docs" / "offline_router.md").is_file()
     assert (tmp_path / "docs" / "online_demo.md").read_text().endswith(summary.read_text())
+    assert "old" not in readme.read_text() and "`BayesianRouter`" in readme.read_text()
 
     trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns
     run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)

@@ -1,11 +1,13 @@
-"""The README shows the online demo's summary exactly as the main job wrote it (docs/online_demo.md)."""
+"""The README shows the online demo's summary exactly as published in docs/online_demo.md; publish copies them."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from rmrouter.pipeline import readme_block, show_in_readme, summary_block
+import pytest
+
+from rmrouter.publish import readme_block, show_in_readme, summary_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,11 +16,11 @@ def test_readme_shows_the_demo_summary_the_main_job_wrote():
     summary = (ROOT / "docs" / "online_demo.md").read_text()
     assert "- steps: " in summary  # written by OnlineSummary, not a placeholder
     shown = readme_block((ROOT / "README.md").read_text())
-    # the pipeline writes both; the docs file starts with a line saying where it came from
+    # publish writes both; the docs file starts with a line saying where it came from
     assert shown is not None and summary_block(summary.split("\n\n", 1)[1]) == shown
 
 
-def test_the_pipeline_refreshes_the_readme_block_and_leaves_other_readmes_alone(tmp_path):
+def test_publish_refreshes_the_readme_block_and_leaves_other_readmes_alone(tmp_path):
     readme = tmp_path / "README.md"
     old = summary_block("## old\n\n- steps: 1")
     readme.write_text(f"intro\n\n{old}\n\nrest\n")
@@ -38,3 +40,12 @@ def test_every_file_the_readme_links_to_is_in_the_repository():
     assert "docs/offline_router.md" in local  # the pattern finds the links
     missing = [target for target in local if not (ROOT / target).exists()]
     assert missing == [], f"README.md links to files that are not in the repository: {missing}"
+
+
+def test_publish_names_what_is_missing_and_writes_nothing(tmp_path):
+    from rmrouter.publish import publish_docs
+
+    (tmp_path / "table.md").write_text("| a |\n")
+    with pytest.raises(FileNotFoundError, match=r"summary\.md.*bash scripts/run\.sh"):
+        publish_docs({str(tmp_path / "table.md"): str(tmp_path / "docs" / "t.md")}, tmp_path / "summary.md")
+    assert not (tmp_path / "docs").exists()

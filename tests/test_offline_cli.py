@@ -50,7 +50,7 @@ def test_validate_and_test_from_a_checkpoint_write_metrics_and_the_results_table
     cli("validate", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
     assert "val/router_acc" in capsys.readouterr().out
     cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
-    report = (workdir / "docs" / "offline_router.md").read_text()
+    report = (workdir / "checkpoints" / "offline_router" / "report.md").read_text()
     assert "| method | test | ood | ood/koala | ood/math |" in report and "| router (argmax BT) |" in report
     # 12 koala rows and 3 math rows are held out; RM 2 is always right on koala, RM 0 on math
     assert "koala subset" in report  # the config's `about` paragraph
@@ -72,14 +72,14 @@ def test_resume_from_last_continues_where_it_stopped(workdir, tiny_encoder_dir):
 def test_a_fast_dev_run_trains_one_batch_and_leaves_the_real_runs_files_alone(workdir, tiny_encoder_dir):
     cli("fit", encoder=tiny_encoder_dir)
     cli("test", "--ckpt_path", "checkpoints/offline_router/best.ckpt", encoder=tiny_encoder_dir)
-    outputs = [workdir / "docs" / "offline_router.md", *(workdir / "checkpoints" / "offline_router").rglob("*")]
+    outputs = [*(workdir / "checkpoints" / "offline_router").rglob("*")]
     before = {path: path.read_bytes() for path in outputs if path.is_file()}
-    assert {path.name for path in before} >= {"best.ckpt", "last.ckpt", "prior.pt", "offline_router.md"}
+    assert {path.name for path in before} >= {"best.ckpt", "last.ckpt", "prior.pt", "report.md"}
 
     cli("fit", "--trainer.fast_dev_run", "true", "--seed_everything", "1", encoder=tiny_encoder_dir)
     cli("test", "--trainer.fast_dev_run", "true", "--ckpt_path", "checkpoints/offline_router/best.ckpt",
         encoder=tiny_encoder_dir)  # fmt: skip
-    after = [workdir / "docs" / "offline_router.md", *(workdir / "checkpoints" / "offline_router").rglob("*")]
+    after = [*(workdir / "checkpoints" / "offline_router").rglob("*")]
     assert {path: path.read_bytes() for path in after if path.is_file()} == before
 
 

@@ -34,7 +34,7 @@ def test_redirected_trainer_moves_every_output_of_the_offline_config(benchmarks,
     assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "run")
     assert checkpoint["init_args"]["monitor"] == "val/router_acc"
     assert prior["init_args"]["path"] == str(tmp_path / "run" / "prior.pt")
-    assert report["init_args"]["path"] == str(tmp_path / "run" / "offline_router.md")
+    assert report["init_args"]["path"] == str(tmp_path / "run" / "report.md")
     assert report["init_args"]["command"].startswith("python cli.py test")  # not a path: left alone
 
 
@@ -125,7 +125,7 @@ def test_report_fits_and_tests_each_seed_in_its_own_folder(benchmarks, tmp_path,
         saved = json.loads((folder / "metrics.json").read_text())
         assert {key: results[key] for key in saved} == saved
         assert {row["split"] for row in results["rows"]} == set(results["splits"])
-        names = ("best.ckpt", "last.ckpt", "prior.pt", "offline_router.md", "predictions.jsonl",
+        names = ("best.ckpt", "last.ckpt", "prior.pt", "report.md", "predictions.jsonl",
                  "predictions_other.jsonl", "tensorboard")  # fmt: skip
         for name in names:
             assert (folder / name).exists()

@@ -45,7 +45,7 @@ def collect_behaviour(
     pool: RewardModelPool,
     data: list[PreferenceSource],
     output: Path = Path("checkpoints/behaviour/behaviour.jsonl"),
-    table: Path | None = Path("docs/behaviour_table.md"),
+    table: Path | None = Path("checkpoints/behaviour/table.md"),
     batch_size: int = 16,
     device: str = "cpu",
     max_batches: int | None = None,
