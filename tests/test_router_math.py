@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rmrouter.losses import majority_vote_credit
 from rmrouter.routers import GaussianPosteriors, LinUCB, QuantileNormalizer, batch_baseline, majority_vote, uwo_scores
@@ -306,3 +307,50 @@ def test_after_an_update_only_the_changed_rms_are_refactorised_and_the_factors_m
     assert torch.equal(after[[1, 3]], before[[1, 3]])  # untouched RMs keep their factor
     fresh = GaussianPosteriors(posteriors.precision.clone(), posteriors.vector.clone(), 0.5)._factor()
     assert torch.allclose(after, fresh) and not torch.allclose(after[[0, 2]], before[[0, 2]])
+
+
+def twin_posteriors(num_rms: int, dim: int, refresh_every: int = 256):
+    """The same prior in the fast form (Woodbury rank updates) and the exact one (refactorised precisions)."""
+    means = torch.randn(num_rms, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    fast = GaussianPosteriors.prior(means, 1.0, 0.5)
+    fast.refresh_every = refresh_every
+    exact = GaussianPosteriors.prior(means, 1.0, 0.5)
+    exact.rank_updates = False
+    return fast, exact
+
+
+@pytest.mark.parametrize("refresh_every", [256, 7], ids=["no-refresh-in-range", "refreshes"])
+def test_rank_updates_match_the_exact_refactorised_posteriors_over_many_batches(refresh_every):
+    fast, exact = twin_posteriors(4, 12, refresh_every)
+    generator = torch.Generator().manual_seed(5)
+    for step in range(60):
+        h = F.normalize(torch.randn(16, 12, dtype=torch.float64, generator=generator), dim=1)
+        rm_index = torch.randint(0, 3, (16,), generator=generator)  # RM 3 never gets a row
+        reward = torch.rand(16, dtype=torch.float64, generator=generator)
+        for posteriors in (fast, exact):
+            posteriors.update(rm_index, h, reward)
+        if step % 10 == 0:
+            probe = F.normalize(torch.randn(5, 12, dtype=torch.float64, generator=generator), dim=1)
+            for a, b in zip(fast.score_moments(probe), exact.score_moments(probe), strict=True):
+                assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert torch.equal(fast.precision, exact.precision) and torch.equal(fast.vector, exact.vector)
+    assert torch.allclose(fast.covariance(), torch.linalg.inv(exact.precision), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(fast.means(), exact.means(), rtol=1e-9, atol=1e-12)
+    draws = [p.sample_scores(probe, torch.Generator().manual_seed(9)) for p in (fast, exact)]
+    assert torch.allclose(*draws, rtol=1e-9, atol=1e-12)
+    if refresh_every == 7:  # the RMs updated 60 times were re-derived exactly since, the untouched one never
+        assert all(count < 7 for count in fast._since_refresh.tolist()) and int(fast._since_refresh[3]) == 0
+
+
+def test_rank_updates_survive_a_state_round_trip_and_refuse_a_bad_batch_whole():
+    fast, _ = twin_posteriors(3, 6)
+    h = F.normalize(torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), dim=1)
+    fast.score_moments(h)  # builds the covariance the rank updates keep
+    fast.update(torch.tensor([0, 1, 1, 2]), h, torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=torch.float64))
+    covariance = fast.covariance().clone()
+    with pytest.raises(ValueError, match="rewards must be finite"):
+        fast.update(torch.tensor([0]), h[:1], torch.tensor([float("nan")], dtype=torch.float64))
+    assert torch.equal(fast.covariance(), covariance)  # left as it was
+    restored, _ = twin_posteriors(3, 6)
+    restored.load_state_dict(fast.state_dict())
+    assert torch.allclose(restored.score_moments(h)[1], fast.score_moments(h)[1], rtol=1e-10)

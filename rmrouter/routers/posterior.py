@@ -2,8 +2,13 @@
 
 RM `n` models the reward of a pair with embedding `h` as `r = w_n^T h + eps`, `eps ~ N(0, sigma2)`. Its Gaussian
 posterior `N(mu_n, Sigma_n)` is kept as precision `Lambda_n = Sigma_n^-1` and vector `b_n = Lambda_n mu_n`, so an
-update is a plain sum and `mu_n = Lambda_n^-1 b_n` is one Cholesky solve. State is two tensors and a float, exposed
-through `state_dict()` for a callback to checkpoint; every draw takes an explicit `torch.Generator`.
+update is a plain sum. State is two tensors and a float, exposed through `state_dict()` for a callback to checkpoint;
+every draw takes an explicit `torch.Generator`.
+
+Routing needs `Sigma_n` (a score's variance is `h^T Sigma_n h`). By default it is kept beside the precision and
+updated in place by Woodbury's identity on the rows each RM got (`rank_updates`): `O(m d^2)` for `m` rows instead
+of refactorising a `d x d` precision, `O(d^3)`. Every `refresh_every` updates of an RM its covariance is re-derived
+exactly from its precision, so round-off cannot build up; the exact form stays as `rank_updates=False`.
 """
 
 from __future__ import annotations
@@ -29,9 +34,15 @@ class GaussianPosteriors:
         precision: `[N, d, d]` symmetric positive definite precisions `Lambda_n`.
         vector: `[N, d]` information vectors `b_n = Lambda_n mu_n`.
         sigma2: Observation noise variance of the rewards; each update is scaled by `1 / sigma2`.
+        rank_updates: Keep the covariances and update them by Woodbury's identity (fast); false refactorises each
+            changed precision and scores by triangular solves (the exact form, for reference).
+        refresh_every: With `rank_updates`, an RM's covariance is re-derived from its precision after this many
+            updates of that RM.
     """
 
-    def __init__(self, precision: Tensor, vector: Tensor, sigma2: float) -> None:
+    def __init__(
+        self, precision: Tensor, vector: Tensor, sigma2: float, rank_updates: bool = True, refresh_every: int = 256
+    ) -> None:
         if precision.ndim != 3 or precision.shape[1] != precision.shape[2] or not precision.is_floating_point():
             raise ValueError(f"precision must be a float tensor [N, d, d], got shape {list(precision.shape)}")
         if vector.shape != precision.shape[:2]:
@@ -40,11 +51,16 @@ class GaussianPosteriors:
             raise ValueError(f"sigma2 must be a positive finite noise variance, got {sigma2!r}")
         if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
             raise ValueError("precision and vector must be finite")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be at least 1, got {refresh_every}")
         self.precision = precision
         self.vector = vector.to(precision)
         self.sigma2 = float(sigma2)
+        self.rank_updates, self.refresh_every = bool(rank_updates), int(refresh_every)
         self._cholesky: Tensor | None = None
         self._stale: Tensor | None = None  # [N] bool: RMs whose factor an update left out of date
+        self._covariance: Tensor | None = None  # [N, d, d] Sigma_n, kept current by rank updates
+        self._since_refresh = torch.zeros(precision.shape[0], dtype=torch.long)  # rank updates per RM since exact
 
     @classmethod
     def prior(
@@ -76,8 +92,19 @@ class GaussianPosteriors:
         return self.precision.shape[1]
 
     def means(self) -> Tensor:
-        """`[N, d]` posterior means `mu_n = Lambda_n^-1 b_n`, by Cholesky solves (no explicit inverse)."""
+        """`[N, d]` posterior means `mu_n = Lambda_n^-1 b_n`: `Sigma_n b_n`, or Cholesky solves without rank updates."""
+        if self.rank_updates:
+            return (self.covariance() @ self.vector.unsqueeze(-1)).squeeze(-1)
         return torch.cholesky_solve(self.vector.unsqueeze(-1), self._factor()).squeeze(-1)
+
+    def covariance(self) -> Tensor:
+        """`[N, d, d]` posterior covariances `Sigma_n = Lambda_n^-1`."""
+        if not self.rank_updates:
+            return torch.cholesky_inverse(self._factor())
+        if self._covariance is None:
+            self._covariance = torch.cholesky_inverse(self._factor())
+            self._since_refresh.zero_()
+        return self._covariance
 
     def score_moments(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of the scalar score `h_i^T w_n` under each posterior.
@@ -90,6 +117,8 @@ class GaussianPosteriors:
         """
         h = self._check_h(h, "h")
         mean = h @ self.means().T
+        if self.rank_updates:  # one [B, d] x [d, d] product per RM
+            return mean, ((h @ self.covariance()) * h).sum(dim=-1).T
         whitened = torch.linalg.solve_triangular(self._factor(), h.T.expand(self.num_rms, -1, -1), upper=False)
         return mean, whitened.square().sum(dim=1).T
 
@@ -145,18 +174,46 @@ class GaussianPosteriors:
             raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
         if not torch.isfinite(reward).all():
             raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
-        # A one-hot mask and one batched matmul give each RM's sum of outer products without an [M, d, d] temporary.
-        routed = torch.zeros(self.num_rms, m, dtype=h.dtype, device=h.device)
-        routed[rm_index, torch.arange(m, device=h.device)] = 1.0
-        delta_precision = (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
-        delta_vector = torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
-        precision, vector = self.precision + delta_precision, self.vector + delta_vector
+        rms = rm_index.unique()
+        rows = [h[rm_index == n] for n in rms.tolist()]
+        precision, vector = self.precision.clone(), self.vector.clone()
+        for n, routed in zip(rms.tolist(), rows, strict=True):
+            precision[n] += routed.mT @ routed / self.sigma2
+        vector.index_add_(0, rm_index, reward.unsqueeze(1) * h / self.sigma2)
         if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
             raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
+        covariance = self._updated_covariance(rms, rows) if self.rank_updates and self._covariance is not None else None
         changed = torch.zeros(self.num_rms, dtype=torch.bool, device=precision.device)
         changed[rm_index] = True
         self._stale = changed if self._stale is None else self._stale | changed
         self.precision, self.vector = precision, vector
+        if covariance is not None:
+            self._covariance = covariance
+            self._refresh_worn()
+
+    def _updated_covariance(self, rms: Tensor, rows: list[Tensor]) -> Tensor:
+        """The covariances after adding `rows[k]` to RM `rms[k]`, by Woodbury's identity: with `U = H Sigma`,
+        `Sigma' = Sigma - U^T (sigma2 I + U H^T)^-1 U`, so each RM costs `O(m d^2)` for its `m` rows."""
+        covariance = self._covariance.clone()
+        for n, routed in zip(rms.tolist(), rows, strict=True):
+            u = routed @ covariance[n]  # [m, d]
+            inner = self.sigma2 * torch.eye(len(routed), dtype=u.dtype, device=u.device) + u @ routed.mT
+            factor, info = torch.linalg.cholesky_ex(inner)
+            if info:  # round-off broke Sigma's positive definiteness: re-derive this RM exactly instead
+                self._since_refresh[n] = self.refresh_every
+                continue
+            updated = covariance[n] - u.mT @ torch.cholesky_solve(u, factor)
+            covariance[n] = (updated + updated.mT) / 2
+            self._since_refresh[n] += 1
+        return covariance
+
+    def _refresh_worn(self) -> None:
+        """Re-derives from the precision, exactly, the covariance of every RM updated `refresh_every` times since."""
+        worn = torch.nonzero(self._since_refresh >= self.refresh_every).flatten()
+        if len(worn):
+            rows = worn.to(self._covariance.device)
+            self._covariance[rows] = torch.cholesky_inverse(self._factor()[rows])
+            self._since_refresh[worn] = 0
 
     def state_dict(self) -> dict[str, Any]:
         """The whole state: `precision`, `vector` (tensors) and `sigma2` (a float)."""
@@ -184,7 +241,7 @@ class GaussianPosteriors:
         )
         loaded._factor()  # refuses a precision that is not positive definite before it replaces ours
         self.precision, self.vector, self._cholesky = loaded.precision, loaded.vector, loaded._cholesky
-        self._stale = None
+        self._stale, self._covariance = None, None
 
     def _check_h(self, h: Tensor, name: str) -> Tensor:
         if h.ndim != 2 or h.shape[1] != self.dim:
