@@ -6,11 +6,11 @@ Every step routes a batch of `--batch-size` pairs (unit-norm random embeddings `
 `--rms` RMs: `thompson_select(h)` then `update(chosen, h, reward)`, in float64 on the CPU, as `BayesianRouter` does.
 Forms, each timed from the same prior over the same batches:
 
-- `rank-B` (the default, `GaussianPosteriors(rank_updates=True)`): the covariance is kept and updated by Woodbury's
-  identity on each RM's rows of the batch, re-derived exactly from the precision every `refresh_every` updates;
-  a score's variance is one matrix product per RM.
-- `refactorise` (`rank_updates=False`, the exact form it replaces): the precision of every RM an update changed is
-  Cholesky-factorised again; a score's variance is a triangular solve per RM.
+- `rank-B` (`GaussianPosteriors(rank_updates=True)`, the default from d = 128 on): the covariance is kept and
+  updated by Woodbury's identity on each RM's rows of the batch, re-derived exactly from the precision every
+  `refresh_every` updates; a score's variance is one matrix product per RM.
+- `refactorise` (`rank_updates=False`, the exact form, the default below d = 128): the precision of every RM an
+  update changed is Cholesky-factorised again; a score's variance is a triangular solve per RM.
 - `authors` (the paper authors' form): per routed pair and RM, the covariance from the precision, its `eigh`, and a
   whole weight vector drawn from it; then a rank-one update. Timed on `--authors-pairs` pairs only (it is slow).
 

@@ -313,7 +313,8 @@ def twin_posteriors(num_rms: int, dim: int, refresh_every: int = 256):
     """The same prior in the fast form (Woodbury rank updates) and the exact one (refactorised precisions)."""
     means = torch.randn(num_rms, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     fast = GaussianPosteriors.prior(means, 1.0, 0.5)
-    fast.refresh_every = refresh_every
+    assert not fast.rank_updates  # small d: the exact form is the faster one, and the default
+    fast.rank_updates, fast.refresh_every = True, refresh_every
     exact = GaussianPosteriors.prior(means, 1.0, 0.5)
     exact.rank_updates = False
     return fast, exact

@@ -5,10 +5,10 @@ posterior `N(mu_n, Sigma_n)` is kept as precision `Lambda_n = Sigma_n^-1` and ve
 update is a plain sum. State is two tensors and a float, exposed through `state_dict()` for a callback to checkpoint;
 every draw takes an explicit `torch.Generator`.
 
-Routing needs `Sigma_n` (a score's variance is `h^T Sigma_n h`). By default it is kept beside the precision and
-updated in place by Woodbury's identity on the rows each RM got (`rank_updates`): `O(m d^2)` for `m` rows instead
-of refactorising a `d x d` precision, `O(d^3)`. Every `refresh_every` updates of an RM its covariance is re-derived
-exactly from its precision, so round-off cannot build up; the exact form stays as `rank_updates=False`.
+Routing needs `Sigma_n` (a score's variance is `h^T Sigma_n h`). From d = 128 on (`rank_updates`) it is kept
+beside the precision and updated in place by Woodbury's identity on the rows each RM got: `O(m d^2)` for `m` rows
+instead of refactorising a `d x d` precision, `O(d^3)`. Every `refresh_every` updates of an RM its covariance is
+re-derived exactly from its precision, so round-off cannot build up; `rank_updates=False` is the exact form.
 """
 
 from __future__ import annotations
@@ -34,14 +34,20 @@ class GaussianPosteriors:
         precision: `[N, d, d]` symmetric positive definite precisions `Lambda_n`.
         vector: `[N, d]` information vectors `b_n = Lambda_n mu_n`.
         sigma2: Observation noise variance of the rewards; each update is scaled by `1 / sigma2`.
-        rank_updates: Keep the covariances and update them by Woodbury's identity (fast); false refactorises each
-            changed precision and scores by triangular solves (the exact form, for reference).
+        rank_updates: Keep the covariances and update them by Woodbury's identity; false refactorises each changed
+            precision and scores by triangular solves (the exact form). None: rank updates from `d >= 128` on,
+            where `benchmarks/router_math.py` measured them faster (1.9x at d = 384 and 576; slower at d = 32, 64).
         refresh_every: With `rank_updates`, an RM's covariance is re-derived from its precision after this many
             updates of that RM.
     """
 
     def __init__(
-        self, precision: Tensor, vector: Tensor, sigma2: float, rank_updates: bool = True, refresh_every: int = 256
+        self,
+        precision: Tensor,
+        vector: Tensor,
+        sigma2: float,
+        rank_updates: bool | None = None,
+        refresh_every: int = 256,
     ) -> None:
         if precision.ndim != 3 or precision.shape[1] != precision.shape[2] or not precision.is_floating_point():
             raise ValueError(f"precision must be a float tensor [N, d, d], got shape {list(precision.shape)}")
@@ -56,6 +62,7 @@ class GaussianPosteriors:
         self.precision = precision
         self.vector = vector.to(precision)
         self.sigma2 = float(sigma2)
+        rank_updates = precision.shape[1] >= 128 if rank_updates is None else rank_updates
         self.rank_updates, self.refresh_every = bool(rank_updates), int(refresh_every)
         self._cholesky: Tensor | None = None
         self._stale: Tensor | None = None  # [N] bool: RMs whose factor an update left out of date
