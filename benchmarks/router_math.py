@@ -31,8 +31,6 @@ from common import write_report
 
 from rmrouter.routers.posterior import GaussianPosteriors
 
-FORMS = ("rank-B", "refactorise", "authors")
-
 
 def batches(num_rms: int, dim: int, batch_size: int, steps: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)

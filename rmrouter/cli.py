@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections.abc import Callable
 
@@ -34,10 +33,6 @@ PROJECT_HELP = {
 
 
 def _project_command(name: str) -> Callable:
-    if name == "collect":
-        from rmrouter.behaviour.collect import collect_behaviour
-
-        return collect_behaviour
     if name == "table":
         from rmrouter.behaviour.table import write_behaviour_table
 
@@ -68,10 +63,12 @@ def main(args: list[str] | None = None) -> None:
         print(usage())
         return
     command, rest = args[0], args[1:]
+    if command == "collect":  # its table names the command exactly as it was run
+        from rmrouter.behaviour.collect import run_collect
+
+        run_collect(rest)
+        return
     if command in PROJECT_HELP:
-        if command == "collect" and not any(arg.startswith("--command") for arg in rest):
-            # the table names the command that wrote it, exactly as it was run
-            rest += ["--command", shlex.join(["python", "cli.py", *args])]
         run_function(_project_command(command), rest)
         return
     if command not in LIGHTNING_COMMANDS and not command.startswith("-"):

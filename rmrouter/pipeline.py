@@ -13,11 +13,10 @@ Everything it writes lies under `checkpoints/` (the shipped configs' paths): a r
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from pathlib import Path
 
-from rmrouter.commands import run_function, run_lightning
+from rmrouter.commands import run_lightning
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def run_pipeline(
         behaviour_args: Extra `collect` arguments, e.g. `["--max_batches", "2"]`.
         online_args: Extra `fit` arguments of the online run, e.g. `["--trainer.max_steps", "4"]`.
     """
-    from rmrouter.behaviour.collect import collect_behaviour
+    from rmrouter.behaviour.collect import run_collect
 
     started = time.perf_counter()
     for config, checkpoint in (DEFAULT_LEARNED_RMS if learned_rms is None else learned_rms).items():
@@ -67,9 +66,7 @@ def run_pipeline(
             run_lightning(["fit", "--config", str(config)])
             _expect(Path(checkpoint), Path(config))
     log.info("[2/4] behaviour collection with %s", behaviour_config)
-    collect_args = ["--config", str(behaviour_config), *(behaviour_args or [])]
-    command = shlex.join(["python", "cli.py", "collect", *collect_args])  # what the table names as its origin
-    run_function(collect_behaviour, [*collect_args, "--command", command])
+    run_collect(["--config", str(behaviour_config), *(behaviour_args or [])])
     if Path(offline_router_prior).is_file():
         log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
     else:

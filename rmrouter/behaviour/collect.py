@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def load_pairs(data: list[PreferenceSource]) -> list[PreferenceRecord]:
             raise ValueError(f"pair id '{pair.id}' occurs twice across the data sources: ids must be unique")
         seen.add(pair.id)
     return pairs
+
+
+def run_collect(args: list[str]) -> None:
+    """`python cli.py collect ARGS` from Python; its table names that command exactly, unless `--command` is given."""
+    from rmrouter.commands import run_function
+
+    if not any(arg.startswith("--command") for arg in args):
+        args = [*args, "--command", shlex.join(["python", "cli.py", "collect", *args])]
+    run_function(collect_behaviour, args)
 
 
 def collect_behaviour(

@@ -36,7 +36,8 @@ class GaussianPosteriors:
         sigma2: Observation noise variance of the rewards; each update is scaled by `1 / sigma2`.
         rank_updates: Keep the covariances and update them by Woodbury's identity; false refactorises each changed
             precision and scores by triangular solves (the exact form). None: rank updates from `d >= 128` on,
-            where `benchmarks/router_math.py` measured them faster (1.9x at d = 384 and 576; slower at d = 32, 64).
+            where `benchmarks/router_math.py` measured them faster, and slower at d = 32 and 64
+            (`docs/router_math.md`).
         refresh_every: With `rank_updates`, an RM's covariance is re-derived from its precision after this many
             updates of that RM.
     """
@@ -181,15 +182,18 @@ class GaussianPosteriors:
             raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
         if not torch.isfinite(reward).all():
             raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
-        rms = rm_index.unique()
-        rows = [h[rm_index == n] for n in rms.tolist()]
-        precision, vector = self.precision.clone(), self.vector.clone()
-        for n, routed in zip(rms.tolist(), rows, strict=True):
-            precision[n] += routed.mT @ routed / self.sigma2
-        vector.index_add_(0, rm_index, reward.unsqueeze(1) * h / self.sigma2)
+        # A one-hot mask and one batched matmul give each RM's sum of outer products without an [M, d, d] temporary.
+        routed = torch.zeros(self.num_rms, m, dtype=h.dtype, device=h.device)
+        routed[rm_index, torch.arange(m, device=h.device)] = 1.0
+        delta_precision = (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
+        delta_vector = torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
+        precision, vector = self.precision + delta_precision, self.vector + delta_vector
         if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
             raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
-        covariance = self._updated_covariance(rms, rows) if self.rank_updates and self._covariance is not None else None
+        covariance = None
+        if self.rank_updates and self._covariance is not None:
+            rms = rm_index.unique()
+            covariance = self._updated_covariance(rms, [h[rm_index == n] for n in rms.tolist()])
         changed = torch.zeros(self.num_rms, dtype=torch.bool, device=precision.device)
         changed[rm_index] = True
         self._stale = changed if self._stale is None else self._stale | changed
