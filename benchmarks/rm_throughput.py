@@ -60,8 +60,8 @@ def smollm2_classifier_folder() -> Iterator[str]:
         yield folder
 
 
-def time_rm(build: Callable[[], RewardModel], pairs: list[Pair], device: str) -> tuple[float, int]:
-    """(seconds for one `score` call over both sides of every pair, rows that got a finite score)."""
+def time_rm(build: Callable[[], RewardModel], pairs: list[Pair], device: str) -> tuple[float, torch.Tensor]:
+    """(seconds for one `score` call over both sides of every pair, the scores: chosen sides, then rejected)."""
     rm = build().to(device)
     prompts = [pair[0] for pair in pairs] * 2
     responses = [pair[1] for pair in pairs] + [pair[2] for pair in pairs]
@@ -73,7 +73,7 @@ def time_rm(build: Callable[[], RewardModel], pairs: list[Pair], device: str) ->
     scores = rm.score(prompts, responses, references)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return time.perf_counter() - start, int(torch.isfinite(scores).sum())
+    return time.perf_counter() - start, scores
 
 
 MODEL_FREE = ("length", "verifier")  # no weights, so no dtype
@@ -89,7 +89,38 @@ def build_rm(kind: str, model_args: dict, classifier_folder: str | None) -> Rewa
         return ReferenceSimilarityRewardModel("minilm-similarity", **model_args)
     if kind == "likelihood":
         return LikelihoodRewardModel("smollm2-likelihood", **model_args)
+    if kind == "likelihood-whole-rows":
+        return LikelihoodRewardModel("smollm2-likelihood", **model_args, share_prompts=False)
     return SequenceClassifierRewardModel("smollm2-classifier", classifier_folder, **model_args)
+
+
+def prompt_sharing(scores: dict, dtypes: list[str]) -> list[str]:
+    """The likelihood RM's prompt cache against whole rows, per dtype: speed-up, score and margin differences, and
+    how often the two give a pair the same preferred side."""
+    lines = []
+    for dtype in dtypes:
+        if ("likelihood", dtype) not in scores or ("likelihood-whole-rows", dtype) not in scores:
+            continue
+        (shared_s, shared), (whole_s, whole) = scores["likelihood", dtype], scores["likelihood-whole-rows", dtype]
+        half = len(shared) // 2
+        margins = shared[:half] - shared[half:], whole[:half] - whole[half:]
+        both = margins[0].isfinite() & margins[1].isfinite()
+        agree = (margins[0][both].sign() == margins[1][both].sign()).float().mean().item()
+        differences = (shared - whole).abs()
+        lines.append(
+            f"| {dtype} | {whole_s / shared_s:.2f}x | {differences[differences.isfinite()].max().item():.2g} | "
+            f"{(margins[0] - margins[1]).abs()[both].max().item():.2g} | {100 * agree:.1f} % ({int(both.sum())}) |"
+        )
+    if not lines:
+        return []
+    header = [
+        "",
+        "The likelihood RM's prompt cache (`share_prompts`, the default) against whole rows, on the same pairs:",
+        "",
+        "| weights | speed-up | largest score difference | largest margin difference | same preferred side (pairs) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    return header + lines
 
 
 def main() -> None:
@@ -112,19 +143,21 @@ def main() -> None:
         "verifier": "GSM8KVerifierRewardModel",
         "similarity": "ReferenceSimilarityRewardModel (all-MiniLM-L6-v2)",
         "likelihood": "LikelihoodRewardModel (SmolLM2-135M-Instruct)",
+        "likelihood-whole-rows": "LikelihoodRewardModel (SmolLM2-135M-Instruct), `share_prompts: false`",
         "classifier": "SequenceClassifierRewardModel (SmolLM2-135M, random head)",
     }
     kinds = args.only or list(descriptions)
-    rows = []
+    rows, scores = [], {}
     with smollm2_classifier_folder() if "classifier" in kinds else nullcontext() as folder:  # made once, not per dtype
         for kind in kinds:
             for dtype in ["-"] if kind in MODEL_FREE else args.dtypes:
                 model_args = {"batch_size": args.batch_size, "max_length": args.max_length, "dtype": dtype}
-                seconds, scored = time_rm(lambda k=kind, a=model_args: build_rm(k, a, folder), pairs, args.device)
+                seconds, found = time_rm(lambda k=kind, a=model_args: build_rm(k, a, folder), pairs, args.device)
+                scores[kind, dtype] = (seconds, found)
                 rows.append(
                     f"| {descriptions[kind]} | {dtype} | {len(pairs)} | {seconds:.2f} | {len(pairs) / seconds:.1f} |"
                 )
-                print(rows[-1], f"({scored}/{2 * len(pairs)} rows scored)", flush=True)
+                print(rows[-1], f"({int(found.isfinite().sum())}/{2 * len(pairs)} rows scored)", flush=True)
     threads = torch.get_num_threads()
     table = "\n".join(
         [
@@ -135,6 +168,7 @@ def main() -> None:
             "| RM | weights | pairs | seconds | pairs/s |",
             "|---|---|---:|---:|---:|",
             *rows,
+            *prompt_sharing(scores, args.dtypes),
         ]
     )
     print("\n" + table)

@@ -109,7 +109,8 @@ class Benchmark:
             return DataLabelRouter(self.rm_names, self.data_label), {"top_rm": self.data_label.describe(self.rm_names)}
         router = yaml.safe_load((ROUTERS / config).read_text())["model"]["init_args"]["router"]
         module, name = router["class_path"].rsplit(".", 1)
-        init_args = {**router["init_args"], **overrides}
+        # the router files take the pool's RM names from the module that routes with them; here, the behaviour file's
+        init_args = {"rm_names": self.rm_names, **router["init_args"], **overrides}
         if key == "single_best":
             init_args["rm"] = self.best_single
         if "seed" in init_args:

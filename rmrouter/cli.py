@@ -5,6 +5,7 @@
     python cli.py table --behaviour checkpoints/behaviour/large.jsonl --output docs/behaviour_table_large.md
     python cli.py pipeline --config configs/pipeline.yaml
     python cli.py publish --config configs/publish.yaml
+    python cli.py export --checkpoint checkpoints/online/live/last.ckpt
 
 `rmrouter` (the console script) is the same entry point; `python cli.py --help` lists every command.
 """
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from rmrouter.commands import LIGHTNING_COMMANDS, RMRouterCLI, prepare_process, run_function, run_lightning
+from rmrouter.quiet import quiet_third_party
 
 __all__ = ["RMRouterCLI", "main"]
 
@@ -29,6 +31,7 @@ PROJECT_HELP = {
     "table": "the accuracy table of an existing behaviour file",
     "pipeline": "the main job: learned RMs, behaviour, offline router, online DPO (writes under checkpoints/)",
     "publish": "copy the main job's tables and demo summary into docs/ and the README",
+    "export": "an online DPO policy or a learned RM checkpoint as a folder transformers/peft load without rmrouter",
 }
 
 
@@ -41,6 +44,10 @@ def _project_command(name: str) -> Callable:
         from rmrouter.pipeline import run_pipeline
 
         return run_pipeline
+    if name == "export":
+        from rmrouter.export import export_checkpoint
+
+        return export_checkpoint
     from rmrouter.publish import publish_docs
 
     return publish_docs
@@ -57,6 +64,7 @@ def usage() -> str:
 
 
 def main(args: list[str] | None = None) -> None:
+    quiet_third_party()
     given = args is not None
     args = list(args if given else sys.argv[1:])
     if not args or args[0] in ("-h", "--help"):
@@ -77,4 +85,6 @@ def main(args: list[str] | None = None) -> None:
         run_lightning(args)
         return
     prepare_process()
-    RMRouterCLI(args=args)  # from the shell: Lightning's multi-process launcher starts the other ranks from sys.argv
+    # From the shell LightningCLI reads sys.argv itself (args=None: passing the same list again makes it warn), and
+    # Lightning's multi-process launcher starts the other ranks from sys.argv.
+    RMRouterCLI()

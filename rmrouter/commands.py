@@ -14,11 +14,14 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from rmrouter.config_checks import ConfigError, check_config
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class RMRouterCLI(LightningCLI):
-    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`."""
+    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`, and a bad config
+    refused in one line that names its key before any class (and so any model) is built (`rmrouter.config_checks`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -26,9 +29,19 @@ class RMRouterCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        try:
+            check_config(config.as_dict(), torch.cuda.is_available())
+        except ConfigError as error:
+            raise SystemExit(f"config error: {error}") from None
+
 
 def prepare_process() -> None:
     """Process-wide settings every command runs with."""
+    from rmrouter.quiet import quiet_third_party
+
+    quiet_third_party()
     # SmolLM2's activations produce denormal floats that make CPU matmuls about 3x slower; flushing them to zero
     # changes no result that matters (they are below 1e-38) and has no effect on GPUs.
     torch.set_flush_denormal(True)

@@ -70,14 +70,18 @@ def _llama_config(tokenizer, **overrides):
     )
 
 
-@pytest.fixture(scope="session")
-def tiny_causal_lm_dir(tmp_path_factory, tiny_tokenizer):
-    """A 2-layer, 16-wide Llama causal LM with a chat template."""
+def save_tiny_causal_lm(folder, tokenizer) -> str:
+    """A 2-layer, 16-wide Llama causal LM with a chat template, saved in `folder` (also for `benchmarks/`)."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(_llama_config(tiny_tokenizer))
-    return _save(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_causal_lm"))
+    return _save(LlamaForCausalLM(_llama_config(tokenizer)), tokenizer, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 16-wide Llama causal LM with a chat template."""
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny_causal_lm"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -90,22 +94,27 @@ def tiny_classifier_dir(tmp_path_factory, tiny_tokenizer):
     return _save(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny_classifier"))
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer):
-    """A 2-layer, 16-wide BERT encoder: stands in for all-MiniLM-L6-v2."""
+def save_tiny_encoder(folder, tokenizer) -> str:
+    """A 2-layer, 16-wide BERT encoder saved in `folder` (also for `benchmarks/`)."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(tiny_tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         max_position_embeddings=512,
-        pad_token_id=tiny_tokenizer.pad_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    return _save(BertModel(config), tiny_tokenizer, tmp_path_factory.mktemp("tiny_encoder"))
+    return _save(BertModel(config), tokenizer, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 16-wide BERT encoder: stands in for all-MiniLM-L6-v2."""
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"), tiny_tokenizer)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -149,10 +158,9 @@ def tiny_learned_checkpoint(tmp_path_factory, tiny_encoder_dir):
     return str(folder / "best.ckpt")
 
 
-@pytest.fixture
-def prior_path(tmp_path, tiny_encoder_dir):
-    """A prior over the router tests' toy pairs (`router_helpers`): its BT embeddings point RM 0 along the pairs' mean
-    `h` and RM 1 away from it."""
+def write_toy_prior(path, encoder_dir: str):
+    """A prior over the router tests' toy pairs (`router_helpers`) on the tiny encoder, saved at `path`: its BT
+    embeddings point RM 0 along the pairs' mean `h` and RM 1 away from it (also for `benchmarks/`)."""
     import random
 
     import torch.nn.functional as F
@@ -165,9 +173,15 @@ def prior_path(tmp_path, tiny_encoder_dir):
     torch.manual_seed(0)
     config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
     state = build_mlp(config).state_dict()
-    fields = dict(encoder=tiny_encoder_dir, pooling="mean", max_length=64, mlp_config=config, mlp_state=state)
-    embedder = LazyEmbedder(tiny_encoder_dir, "mean", 64, config, state)
+    fields = dict(encoder=encoder_dir, pooling="mean", max_length=64, mlp_config=config, mlp_state=state)
+    embedder = LazyEmbedder(encoder_dir, "mean", 64, config, state)
     direction = F.normalize(embedder.pairs(make_pairs(random.Random(0), 64)).mean(dim=0).float(), dim=0)
-    path = tmp_path / "prior.pt"
     RouterPrior(RMS, torch.stack([direction, -direction]), **fields).save(path)
     return path
+
+
+@pytest.fixture
+def prior_path(tmp_path, tiny_encoder_dir):
+    """A prior over the router tests' toy pairs (`router_helpers`): its BT embeddings point RM 0 along the pairs' mean
+    `h` and RM 1 away from it."""
+    return write_toy_prior(tmp_path / "prior.pt", tiny_encoder_dir)

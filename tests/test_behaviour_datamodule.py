@@ -202,6 +202,24 @@ def test_an_empty_train_split_is_refused_naming_the_keys_to_change(behaviour_fil
         BehaviourDataModule(behaviour_file, RM_NAMES, split_fractions={"val": 1.0})
 
 
+def test_evaluate_all_makes_every_row_the_evaluated_split_without_a_train_split(behaviour_file, caplog):
+    # the settings that leave no train split (every domain held out) are unused with evaluate_all
+    module = make_module(behaviour_file, ood_domains=list(DOMAINS), evaluate_all=True)
+    ids = [f"p{i}" for i in range(30)]
+    assert sorted(r.pair.id for r in module.splits["test"].records) == sorted(ids)
+    assert module.splits["val"] is module.splits["test"] and len(module.splits["train"]) == 0
+    assert module.test_split_names == ["test"] and len(module.test_dataloader()) == 1
+    assert module.split_sizes == {"train": 0, "val": 30, "test": 30}
+    assert module.evaluation_name == "behaviour" and make_module(behaviour_file).evaluation_name is None
+    assert "data-label routing is fitted on the evaluated rows" in caplog.text
+    # data-label routing is fitted on the rows themselves: the verifier (right on even rows) for every domain
+    assert (module.splits["test"].label_route >= 0).all()
+    batch = next(iter(module.val_dataloader()))
+    assert batch["agree"].shape == (4, len(RM_NAMES))
+    with pytest.raises(ValueError, match="evaluate_all serves every row for evaluation.*fit without it"):
+        module.train_dataloader()
+
+
 def test_a_pool_without_an_rm_of_the_file_is_refused_naming_the_missing_rm(behaviour_file):
     with pytest.raises(DataError) as error:
         make_module(behaviour_file, rm_names=["verifier", "length", "judge"])

@@ -59,8 +59,22 @@ def test_the_order_is_a_function_of_seed_and_epoch_alone():
     partial = iter(unused)
     next(partial)  # a pass left after one index, as Lightning leaves one after len(loader) batches, still counts
     assert list(unused) == orders[2]
-    # no set_epoch: Lightning would call it with an epoch count that is one ahead after a max_steps stop
-    assert not hasattr(sampler, "set_epoch")
+
+
+def test_set_epoch_places_only_a_fresh_shuffler():
+    sampler = EpochShuffler(SIZE, seed=3)
+    orders = [list(sampler) for _ in range(3)]
+    # a fresh loader of a fit resumed from an epoch-end checkpoint (Lightning restores no loader state then)
+    fresh = EpochShuffler(SIZE, seed=3)
+    fresh.set_epoch(2)
+    assert list(fresh) == orders[2]
+    # once it has run, its own count rules: Lightning's epoch is one ahead after a max_steps stop in mid-epoch
+    fresh.set_epoch(7)
+    assert fresh.epoch == 2
+    restored = EpochShuffler(SIZE, seed=3)
+    restored.load_state_dict({"epoch": 1, "yielded": 4})
+    restored.set_epoch(2)  # Lightning counts the interrupted epoch 1 as finished
+    assert list(restored) == orders[1][4:]
 
 
 def test_an_unshuffled_loader_keeps_the_dataset_order():

@@ -120,3 +120,32 @@ def test_predict_writes_one_routing_decision_per_test_row(workdir, tiny_encoder_
         assert len(row["scores"]) == len(RM_NAMES) and row["eligible"][row["routed"]]
         assert row["routed"] == max(range(len(RM_NAMES)), key=lambda n: row["scores"][n])  # every RM can judge here
     assert all(row["right"][2] for row in by_split["ood/koala"])  # write_behaviour: RM 2 is right on koala
+
+
+def test_test_validate_and_predict_evaluate_every_row_of_another_file(workdir, tiny_encoder_dir, capsys):
+    from rmrouter.callbacks.routing_predictions import read_predictions
+
+    cli("fit", encoder=tiny_encoder_dir)
+    folder = workdir / "checkpoints" / "offline_router"
+    write_behaviour(workdir / "other.jsonl", rows=10)  # its koala and math rows would be ood in the config
+    other = ["--data.init_args.path", "other.jsonl", "--data.init_args.evaluate_all", "true"]
+
+    def on_other(command: str, *args: str) -> None:  # data options after the config that names the DataModule
+        main([command, "--config", str(CONFIG), *args, "--model.init_args.encoder", tiny_encoder_dir, *other,
+              "--trainer.enable_progress_bar", "false"])  # fmt: skip
+
+    best = ("--ckpt_path", "checkpoints/offline_router/best.ckpt")
+    capsys.readouterr()
+    on_other("validate", *best)
+    assert "val/router_acc" in capsys.readouterr().out
+    on_other("test", *best)
+    report = (folder / "report.other.md").read_text()
+    assert "| method | test |\n" in report and "| rows | 10 |" in report
+    assert "Every row of `other.jsonl` is evaluated" in report and "koala subset" not in report
+    assert not (folder / "report.md").exists()  # the main run's report is not replaced
+    on_other("predict", *best)
+    header, rows = read_predictions(folder / "predictions.other.jsonl")
+    assert sorted(row["id"] for row in rows) == sorted(f"r{i}" for i in range(10))
+    assert {row["split"] for row in rows} == {"test"} and not (folder / "predictions.jsonl").exists()
+    with pytest.raises(ValueError, match="evaluate_all"):
+        on_other("fit")

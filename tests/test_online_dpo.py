@@ -212,6 +212,21 @@ def test_logprobs_from_trimmed_logits_equal_the_full_forward(tiny_causal_lm_dir,
     torch.testing.assert_close(trimmed[0][0], expected)
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}])
+def test_shared_prompt_steps_train_as_whole_rows_do(tiny_causal_lm_dir, tmp_path, lora):
+    """The prompt cache (share_prompts, the default) against the whole-row forwards it replaces: same routed losses
+    and the same weights after two live steps, with the adapter's disabled base or a frozen copy as the reference."""
+    runs = {}
+    for share in (True, False):
+        module, router = make_module(tiny_causal_lm_dir, lora=lora, share_prompts=share), FixedRouter(RM_NAMES, 0)
+        fit(module, PromptDataModule(train=[Prompts(path="unused")], batch_size=2), router, tmp_path / str(share))
+        runs[share] = (policy_weights(module), torch.cat(router.observed))
+    (shared_weights, shared_losses), (whole_weights, whole_losses) = runs[True], runs[False]
+    assert shared_losses.isfinite().sum() > 2
+    torch.testing.assert_close(shared_losses, whole_losses, rtol=1e-4, atol=1e-5, equal_nan=True)
+    torch.testing.assert_close(shared_weights, whole_weights, rtol=1e-4, atol=1e-5)
+
+
 def test_prompt_batches_are_record_lists_in_seeded_order():
     def order(seed):
         data = PromptDataModule(train=[Prompts(path="unused")], batch_size=3, seed=seed)

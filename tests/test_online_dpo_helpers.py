@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -66,6 +67,30 @@ def test_samples_go_to_the_logger_every_n_steps(step, every, written):
     assert calls == ([("train/samples", "**math** `q`\n\n- a", step)] if written else [])
     log_samples(None, batch, completions, step, every)  # no logger, or one without text: nothing, no error
     log_samples(SimpleNamespace(experiment=object()), batch, completions, step, every)
+
+
+def test_samples_go_to_loggers_without_tensorboards_text_tab(tmp_path):
+    batch, completions = [prompt("math", "q")], [[Completion("a", [1], True), Completion("b c", [2], False)]]
+    markdown = samples_markdown(batch, completions)
+    mlflow_calls, wandb_calls = [], []
+    mlflow = SimpleNamespace(experiment=SimpleNamespace(log_text=lambda *a: mlflow_calls.append(a)), run_id="r1")
+    log_samples(mlflow, batch, completions, 4, 2)
+    assert mlflow_calls == [("r1", markdown, "samples/step_4.md")]
+    wandb = SimpleNamespace(experiment=object(), log_text=lambda **kw: wandb_calls.append(kw))
+    log_samples(wandb, batch, completions, 4, 2)
+    assert wandb_calls == [{"key": "train/samples", "columns": ["step", "samples"], "data": [[4, markdown]]}]
+    csv_like = SimpleNamespace(experiment=object(), log_dir=str(tmp_path / "csv"))
+    log_samples(csv_like, batch, completions, 4, 2)
+    log_samples(csv_like, batch, completions, 6, 2)
+    lines = [json.loads(line) for line in (tmp_path / "csv" / "samples.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4, 6]
+    assert lines[0]["samples"] == [
+        {
+            "domain": "math",
+            "prompt": "q",
+            "completions": [{"text": "a", "ended": True}, {"text": "b c", "ended": False}],
+        }
+    ]
 
 
 def test_trainable_names_match_the_full_state_dict_under_fsdp_wrappers():

@@ -93,6 +93,24 @@ def test_likelihood_equals_hand_computation(likelihood_rm, tiny_tokenizer):
     assert likelihood_rm.score([messages], [response]).item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_likelihood_shared_prompts_score_as_whole_rows(tiny_causal_lm_dir):
+    """The prompt cache (the default) against whole rows, on both sides of pairs as a pool scores them: each prompt
+    twice, of very different lengths, with batches that would otherwise split a pair."""
+    shared = LikelihoodRewardModel("shared", model=tiny_causal_lm_dir, batch_size=3, max_length=256)
+    whole = LikelihoodRewardModel("whole", model=tiny_causal_lm_dir, batch_size=3, max_length=256, share_prompts=False)
+    prompts, responses = PROMPTS + PROMPTS, RESPONSES + RESPONSES[::-1]
+    ours, theirs = shared.score(prompts, responses), whole.score(prompts, responses)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_length_sorted_groups_never_split_a_group():
+    from rmrouter.reward_models._hf import length_sorted_groups
+
+    batches = list(length_sorted_groups([[0, 1], [2, 3], [4], [5, 6, 7, 8], [9]], batch_size=3))
+    assert batches == [[0, 1], [2, 3, 4], [5, 6, 7, 8], [9]]
+
+
 def test_likelihood_scores_exactly_the_response_and_end_of_turn(likelihood_rm, tiny_tokenizer):
     messages = [{"role": "user", "content": "Hi"}]
     context_ids, scored_ids = likelihood_rm.encode(messages, "Mix flour and bake.")

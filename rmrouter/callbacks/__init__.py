@@ -1,5 +1,6 @@
 """Lightning callbacks: the glue between training runs and the artifacts and reports they leave."""
 
+from rmrouter.callbacks.atomic_checkpoint import AtomicCheckpointIO
 from rmrouter.callbacks.checkpoint import ModelCheckpoint
 from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
@@ -9,6 +10,7 @@ from rmrouter.callbacks.reward_signal import RewardSignal
 from rmrouter.callbacks.routing_predictions import RoutingPredictionWriter
 
 __all__ = [
+    "AtomicCheckpointIO",
     "LabellingTally",
     "ModelCheckpoint",
     "OfflineRouterReport",

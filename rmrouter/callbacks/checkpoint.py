@@ -1,4 +1,4 @@
-"""The project's `ModelCheckpoint`: Lightning's, with `last.ckpt` always the latest epoch and never a smoke run's."""
+"""The project's `ModelCheckpoint`: `last.ckpt` the latest epoch, never a smoke run's, and every save atomic."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+from rmrouter.callbacks.atomic_checkpoint import install_atomic_checkpoint_io
 from rmrouter.callbacks.smoke_run import writes_artifacts
 
 
@@ -26,7 +27,13 @@ class ModelCheckpoint(LightningModelCheckpoint):
       the online configs' `every_n_train_steps: 4` with `max_steps` not a multiple of it), where Lightning keeps the
       last scheduled one.
     - A `fast_dev_run` saves no `last.ckpt` either.
+    - Every checkpoint is written atomically (`AtomicCheckpointIO`, installed in `setup` when the trainer has
+      Lightning's default IO): a run killed while saving leaves the previous `last.ckpt` whole and loadable.
     """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        install_atomic_checkpoint_io(trainer)
+        super().setup(trainer, pl_module, stage)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

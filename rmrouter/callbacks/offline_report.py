@@ -46,6 +46,13 @@ def results_table(
     return "\n".join(lines)
 
 
+def evaluated_path(path: Path, datamodule: object) -> Path:
+    """`path`, or for a run that evaluates a whole other file (`BehaviourDataModule(evaluate_all=True)`, whose
+    `evaluation_name` is the file's stem) `<stem>.<name><suffix>` beside it, so the main run's file stays as it is."""
+    name = getattr(datamodule, "evaluation_name", None)
+    return path if name is None else path.with_name(f"{path.stem}.{name}{path.suffix}")
+
+
 def _percent(metrics: dict[str, float], key: str) -> str:
     return f"{100 * metrics[key]:.1f}" if key in metrics else "n/a"
 
@@ -68,7 +75,8 @@ class OfflineRouterReport(Callback):
         self.metrics_path = None if metrics_path is None else Path(metrics_path)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
+        path = evaluated_path(self.path, trainer.datamodule)
+        if not trainer.is_global_zero or not writes_artifacts(trainer, path):
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         splits = list(getattr(trainer.datamodule, "test_split_names", ["test"]))
@@ -77,9 +85,14 @@ class OfflineRouterReport(Callback):
         sizes = getattr(trainer.datamodule, "split_sizes", {})
         table = results_table(metrics, splits, list(hparams.rm_names), sizes)
         about = f"{self.about.strip()}\n\n" if self.about else ""
+        if path != self.path:  # evaluate_all: the configured paragraph is about the main run's data
+            about = (
+                f"Every row of `{trainer.datamodule.path}` is evaluated (`evaluate_all`); data-label routing was "
+                "fitted on those same rows, so its row is in-sample.\n\n"
+            )
         print(table)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
             "# Offline router: accuracy (%) against its baselines\n\n"
             f"Written by `{self.command}` ({describe_machine()}); do not edit by hand.\n"
             f"Encoder `{hparams.encoder}` ({hparams.pooling} pooling, {mode}); checkpoint `{trainer.ckpt_path}`; "
@@ -95,9 +108,10 @@ class OfflineRouterReport(Callback):
             f"{about}{table}\n",
             encoding="utf-8",
         )
-        log.info("wrote %s", self.path)
+        log.info("wrote %s", path)
         if self.metrics_path is not None:
-            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            metrics_path = evaluated_path(self.metrics_path, trainer.datamodule)
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
             results = {"splits": splits, "sizes": sizes, "metrics": metrics}
-            self.metrics_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            log.info("wrote %s", self.metrics_path)
+            metrics_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            log.info("wrote %s", metrics_path)

@@ -17,6 +17,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from rmrouter.callbacks.smoke_run import writes_artifacts
@@ -141,10 +142,20 @@ class OnlineSummary(Callback):
     @staticmethod
     def _where(trainer: Trainer) -> list[str]:
         where = []
-        log_dir = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None
+        logger = trainer.logger
+        log_dir = (
+            (getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)) if logger is not None else None
+        )
         if log_dir:
             log_dir = _shown(log_dir)
-            where.append(f"- TensorBoard logs: `{log_dir}` (`tensorboard --logdir {log_dir}`)")
+            if isinstance(logger, TensorBoardLogger):
+                where.append(f"- TensorBoard logs: `{log_dir}` (`tensorboard --logdir {log_dir}`)")
+            elif isinstance(logger, CSVLogger):
+                where.append(
+                    f"- CSV logs: `{log_dir}` (`metrics.csv`; a live run's sample completions: `samples.jsonl`)"
+                )
+            else:
+                where.append(f"- {type(logger).__name__} logs: `{log_dir}`")
         checkpoint = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if checkpoint is not None and checkpoint.dirpath:
             where.append(f"- checkpoints: `{_shown(checkpoint.dirpath)}` (resume with `--ckpt_path last`)")

@@ -10,6 +10,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from rmrouter.callbacks.offline_report import evaluated_path
 from rmrouter.callbacks.smoke_run import writes_artifacts
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ class RoutingPredictionWriter(BasePredictionWriter):
 
     Each line names the split, the pair (id, domain, source), the RM the router picked and the one data-label routing
     picks (indices into `rm_names`, which the first line lists), the router scores, and per RM whether it could judge
-    the pair and was right. Under several processes each rank writes `<stem>.rank<r><suffix>`.
+    the pair and was right. Under several processes each rank writes `<stem>.rank<r><suffix>`; a run that evaluates a
+    whole other behaviour file (`evaluate_all`) writes `<stem>.<file stem><suffix>` beside the main run's file.
 
     Args:
         path: The file, e.g. `checkpoints/offline_router/predictions.jsonl`.
@@ -33,11 +35,9 @@ class RoutingPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: list[Any], batch_indices: Any
     ) -> None:
-        path = (
-            self.path
-            if trainer.world_size == 1
-            else self.path.with_suffix(f".rank{trainer.global_rank}{self.path.suffix}")
-        )
+        path = evaluated_path(self.path, trainer.datamodule)  # evaluate_all: beside the main run's file
+        if trainer.world_size > 1:
+            path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
         if not writes_artifacts(trainer, path):
             return
         # Lightning nests one list per dataloader only when there are several

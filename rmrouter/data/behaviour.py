@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,12 @@ def read_behaviour(
             row = json.loads(line)
             record = BehaviourRecord.from_dict(row)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            if not line.endswith("\n"):  # only the last line can lack its newline: a write that never finished
+                raise DataError(
+                    f"{path}:{line_number}: the last line is unfinished ({error}), as a collection killed while "
+                    "writing leaves it: run the collection again (`python cli.py collect` with its config), which "
+                    "drops that line and scores its pairs again"
+                ) from None
             raise DataError(f"{path}:{line_number}: not a behaviour record ({error})") from None
         if rm_names is not None and exact and sorted(record.scores) != sorted(rm_names):
             raise DataError(
@@ -147,11 +154,27 @@ def rm_names_of(path: str | Path) -> list[str]:
     return []
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cuts a last line left unfinished by a crash, so appending resumes on a clean line boundary."""
-    if not path.is_file() or path.stat().st_size == 0:
+def drop_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
+    """Cuts a last line left unfinished by a crash, so appending resumes on a clean line boundary.
+
+    In place, by one `truncate` after reading the file's end only: rewriting the file instead would lose every record
+    if a kill came in the middle of the rewrite.
+    """
+    if not path.is_file():
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with open(path, "rb+") as handle:
+        end = size = handle.seek(0, os.SEEK_END)
+        if size == 0 or (handle.seek(size - 1), handle.read(1))[1] == b"\n":
+            return  # empty, or its last line is whole
+        keep = 0  # where the last whole line ends: 0 when even the first line is torn
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -7,7 +7,8 @@ strings; `agree`, `margin` as float tensors `[B, N]` and `eligible` as a bool te
 the RM could not judge the pair (`eligible` False). `label_route` is the RM that routing by data label picks for the
 pair (`rmrouter.routers.data_label`, fitted on the `train` split; -1 when no RM can judge it).
 
-Splits are keyed by prompt (`assign_split(split_key(pair), ...)`), so no prompt is in two splits. Rows of the
+Splits are keyed by prompt (`assign_split(split_key(pair), ...)`), so no prompt is in two splits; `evaluate_all` makes
+every row of the file the evaluated split instead, to test a trained router on any behaviour file. Rows of the
 out-of-distribution domains or sources are held out whole as split `ood`, evaluated next to `test`; when `ood` spans
 several domains, each domain is evaluated alone too (`ood/<domain>`), so a mixed result shows where it comes from.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,6 +95,11 @@ class BehaviourDataModule(LightningDataModule):
         ood_sources: Source prefixes held out whole as split `ood` (e.g. `hh-rlhf` or `alpaca_eval/gpt4`).
         train_splits: The splits the train loader serves; None serves `train`. The simulated online run serves
             `[test, ood]` with the offline router's split settings, so it routes only pairs the prior never saw.
+        evaluate_all: Evaluate a trained router on every row of `path`: `val` and `test` (hence `validate`, `test`
+            and `predict`) are the whole file, there is no train split and no `ood` (the split settings are then
+            unused), and data-label routing is fitted on those same rows, so its baseline is in-sample (optimistic).
+            For `python cli.py test --ckpt_path ... --data.init_args.path other.jsonl --data.init_args.evaluate_all
+            true`; `fit` refuses it.
         batch_size: Pairs per batch on each device.
         num_workers: DataLoader worker processes.
         seed: Seed of the training order (reshuffled every epoch, reproducibly).
@@ -110,6 +117,7 @@ class BehaviourDataModule(LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        evaluate_all: bool = False,
     ):
         super().__init__()
         if not rm_names or len(set(rm_names)) != len(rm_names):
@@ -138,6 +146,7 @@ class BehaviourDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.evaluate_all = evaluate_all
         self.splits: dict[str, BehaviourPairs] | None = None
         self.ood_by_domain: dict[str, BehaviourPairs] = {}  # `ood/<domain>` views when `ood` spans several domains
         self.train_pairs: BehaviourPairs | None = None  # the rows of `train_splits`
@@ -145,7 +154,13 @@ class BehaviourDataModule(LightningDataModule):
 
     @property
     def has_ood(self) -> bool:
-        return bool(self.ood_domains or self.ood_sources)
+        return bool(self.ood_domains or self.ood_sources) and not self.evaluate_all
+
+    @property
+    def evaluation_name(self) -> str | None:
+        """With `evaluate_all`, the evaluated file's stem, which reports and predictions add to their file names (so
+        evaluating another file leaves the main run's outputs alone); otherwise None."""
+        return Path(self.path).name.split(".")[0] if self.evaluate_all else None
 
     def setup(self, stage: str | None = None) -> None:
         # Idempotent: every split comes from one read of one small file, done on the first call whatever the stage.
@@ -155,6 +170,9 @@ class BehaviourDataModule(LightningDataModule):
         extra = [name for name in rm_names_of(self.path) if name not in self.rm_names]
         if extra:
             log.info("%s: routing among %s; the file's other RMs %s are left out", self.path, self.rm_names, extra)
+        if self.evaluate_all:
+            self._setup_evaluate_all(records)
+            return
         names = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if self.has_ood else [])]
         grouped: dict[str, list[BehaviourRecord]] = {name: [] for name in names}
         for record in records:
@@ -178,11 +196,25 @@ class BehaviourDataModule(LightningDataModule):
         self._fit_data_label_routing()
         log.info("%s: behaviour split sizes %s", self.path, self.split_sizes)
 
+    def _setup_evaluate_all(self, records: list[BehaviourRecord]) -> None:
+        if not records:
+            raise ValueError(f"{self.path}: no behaviour rows to evaluate")
+        every = BehaviourPairs(records, self.rm_names)
+        self.splits = {"train": BehaviourPairs([], self.rm_names), "val": every, "test": every}
+        self.train_pairs = every  # data-label routing is fitted on these; train_dataloader refuses to serve them
+        self._fit_data_label_routing()
+        log.info("%s: evaluate_all: every one of its %d rows is the val and test split", self.path, len(records))
+
     def _fit_data_label_routing(self) -> None:
         # Fitted on `train` alone, like the router; with an empty `train` (the simulated stream's test + ood rows
         # only) on the rows served for training instead, and said so.
         fitted_on = self.splits["train"] if len(self.splits["train"]) else self.train_pairs
-        if fitted_on is not self.splits["train"]:
+        if self.evaluate_all:
+            log.warning(
+                "%s: evaluate_all: data-label routing is fitted on the evaluated rows themselves, so its baseline is "
+                "in-sample (an optimistic bound)", self.path,
+            )  # fmt: skip
+        elif fitted_on is not self.splits["train"]:
             log.warning(
                 "%s: the train split is empty: data-label routing is fitted on %s", self.path, self.train_splits
             )
@@ -234,6 +266,11 @@ class BehaviourDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._splits()
+        if self.evaluate_all:
+            raise ValueError(
+                f"{self.path}: evaluate_all serves every row for evaluation (validate, test, predict) and none for "
+                "training: fit without it"
+            )
         return self._loader(self.train_pairs, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

@@ -26,8 +26,14 @@ class EpochShuffler(Sampler[int]):
     indices an uninterrupted one would, in this epoch and every later one. A pass's epoch is fixed when it yields its
     first index (the pass before plus one), so iterators that are made and dropped unused, as loaders do while
     restoring, count for nothing, and neither does a pass that Lightning stops after `len(loader)` batches without
-    exhausting it. There is no `set_epoch` on purpose: Lightning would call it, and it counts a run stopped by
-    `max_steps` in mid-epoch as a finished epoch, so on resume it would switch to the next epoch's order (measured).
+    exhausting it.
+
+    `set_epoch` (Lightning calls it at every epoch start) only places a shuffler that has neither run nor been
+    restored. Lightning restores a loader's state only when it resumes inside an epoch or in a `max_steps` run: an
+    epoch-based fit resumed from an epoch-end `last.ckpt` (the offline router's and learned RMs') gets a fresh loader,
+    which would start again at epoch 0's order (measured: the resumed offline router ended with other weights), and
+    this puts it at Lightning's epoch instead. Everywhere else the shuffler's own count rules: after a `max_steps` stop
+    in mid-epoch Lightning counts that epoch as finished, and following it would switch to the next epoch's order.
 
     Args:
         size: How many indices to shuffle (the dataset's length).
@@ -40,12 +46,14 @@ class EpochShuffler(Sampler[int]):
         self.epoch = -1  # the pass in progress; -1 before the first
         self.yielded = 0  # indices that pass has handed out
         self._resume: tuple[int, int] | None = None  # a restored pass to finish first
+        self._placed = False  # has run or been restored: set_epoch no longer moves it
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
         # a generator: nothing below runs until the first index is asked for
+        self._placed = True
         if self._resume is not None:
             (self.epoch, self.yielded), self._resume = self._resume, None
         else:
@@ -55,11 +63,16 @@ class EpochShuffler(Sampler[int]):
             self.yielded += 1
             yield index
 
+    def set_epoch(self, epoch: int) -> None:
+        """Makes `epoch` the next pass of a shuffler that has neither run nor been restored; otherwise does nothing."""
+        if not self._placed:
+            self.epoch = epoch - 1
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.yielded = state["epoch"], state["yielded"]
+        self.epoch, self.yielded, self._placed = state["epoch"], state["yielded"], True
         unfinished = 0 <= self.epoch and self.yielded < self.size
         self._resume = (self.epoch, self.yielded) if unfinished else None  # a finished pass: the next one is new
 

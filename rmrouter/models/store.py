@@ -7,6 +7,10 @@ Names it knows:
 - a local folder: used as it is.
 - anything else is taken for a Hugging Face model id and handed to `from_pretrained` unchanged, so users with a
   network (or a populated HF cache) pass ids exactly as they would to transformers.
+
+Every load passes `trust_remote_code` explicitly, False unless the caller (a config key such as
+`SequenceClassifierRewardModel`'s `trust_remote_code: true`) turns it on: a model folder's own Python code never runs
+by default.
 """
 
 from __future__ import annotations
@@ -104,8 +108,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 
     log.info("Converting %s to safetensors in %s (once)", gguf_path.name, target)
     folder, file = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file, trust_remote_code=False)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, trust_remote_code=False)
     config = quantized.config
     # A GGUF-loaded model keeps its quantization_config and refuses save_pretrained: rebuild it as a plain model.
     if hasattr(config, "quantization_config"):
@@ -119,24 +123,24 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     staging.rename(target)
 
 
-def load_tokenizer(name: str, **kwargs):
+def load_tokenizer(name: str, trust_remote_code: bool = False, **kwargs):
     from transformers import AutoTokenizer
 
-    return _load(AutoTokenizer, name, **kwargs)
+    return _load(AutoTokenizer, name, trust_remote_code, **kwargs)
 
 
-def load_model(auto_class, name: str, **kwargs):
-    """`auto_class.from_pretrained` on the resolved name.
+def load_model(auto_class, name: str, trust_remote_code: bool = False, **kwargs):
+    """`auto_class.from_pretrained` on the resolved name; the model's own code runs only with `trust_remote_code`.
 
     Example: `load_model(AutoModelForCausalLM, "smollm2-135m-instruct")`.
     """
-    return _load(auto_class, name, **kwargs)
+    return _load(auto_class, name, trust_remote_code, **kwargs)
 
 
-def _load(auto_class, name: str, **kwargs):
+def _load(auto_class, name: str, trust_remote_code: bool, **kwargs):
     path = resolve_model(name)
     try:
-        return auto_class.from_pretrained(path, **kwargs)
+        return auto_class.from_pretrained(path, trust_remote_code=bool(trust_remote_code), **kwargs)
     except OSError as error:
         if path != name or is_packaged(name):
             raise

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from rmrouter.data.records import Message
 from rmrouter.dpo import response_logprobs
+from rmrouter.models.shared_prefix import continuation_logprobs, shares_prefixes
 from rmrouter.reward_models._hf import render
 
 
@@ -150,6 +151,7 @@ def policy_and_reference_logprobs(
     pad_id: int,
     average: bool,
     keep_logits: bool,
+    share_prompts: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """`([R], [R])` response log-probs of each prompt + response row under the policy (with grad) and the reference.
 
@@ -161,7 +163,16 @@ def policy_and_reference_logprobs(
         pad_id: Padding id (masked out).
         average: Mean over the response's tokens instead of the sum (IPO).
         keep_logits: The model takes `logits_to_keep` (`keeps_logits`).
+        share_prompts: Run each distinct prompt once and its responses on its KV cache
+            (`rmrouter.models.shared_prefix`); the same values and gradients as whole rows, up to float rounding.
+            Ignored under activation checkpointing, which turns the cache off.
     """
+    if share_prompts and shares_prefixes(policy):
+
+        def logprobs(model) -> Tensor:
+            return continuation_logprobs(model, prompts, responses, pad_id, average, keep_logits)
+
+        return _with_reference(policy, reference, logprobs)
     device = next(policy.parameters()).device
     ids, attention, mask = (t.to(device) for t in right_pad_sequences(prompts, responses, pad_id))
     # Only positions from the shortest prompt's last token on predict a response token: projecting just those onto
@@ -174,6 +185,11 @@ def policy_and_reference_logprobs(
         logits = model(input_ids=ids, attention_mask=attention, use_cache=False, **keep).logits
         return response_logprobs(logits[:, -(ids.shape[1] - first) :], ids[:, first:], mask[:, first:], average)
 
+    return _with_reference(policy, reference, logprobs)
+
+
+def _with_reference(policy, reference, logprobs) -> tuple[Tensor, Tensor]:
+    """`logprobs` under the policy (with grad), then without grad under the reference or the disabled adapter."""
     policy_logps = logprobs(policy)
     with torch.no_grad():
         if reference is None:

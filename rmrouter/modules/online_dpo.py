@@ -20,7 +20,7 @@ from torch import Tensor
 
 from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs
 from rmrouter.modules import generation as gen
-from rmrouter.modules.online_logging import log_completions, log_dpo, log_labelling, log_samples
+from rmrouter.modules.online_logging import PROGRESS_BAR, log_completions, log_dpo, log_labelling, log_samples
 from rmrouter.modules.online_pairs import (
     Candidates,
     LiveJudge,
@@ -59,10 +59,14 @@ class OnlineDPOModule(LightningModule):
         log_text_every_n_steps: How often sample completions go to TensorBoard as text; 0 never.
         router: The router that labels the pairs (e.g. `rmrouter.routers.bayesian.BayesianRouter`); required. It is
             added to the trainer's callbacks by `configure_callbacks` (its state is checkpointed with the run), so a
-            method is one `model.init_args.router` entry (`configs/routers/<method>.yaml`).
+            method is one `model.init_args.router` entry (`configs/routers/<method>.yaml`). It gets its RM names
+            there too: the pool's, or in simulated mode the datamodule's `rm_names`.
         optimizer: Builds the optimizer from the trainable parameters (a config's `class_path: torch.optim.AdamW`
             with its `init_args`, as LightningCLI injects it).
         lr_scheduler: Builds a scheduler from that optimizer, stepped every step; None keeps the rate constant.
+        share_prompts: The DPO forwards run each prompt once and its responses on its KV cache, instead of every
+            prompt + response row whole: the same log-probs and gradients up to float rounding, less compute
+            (docs/online_step.md). Off under activation checkpointing.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class OnlineDPOModule(LightningModule):
         router: Router,
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None = None,
+        share_prompts: bool = True,
     ):
         super().__init__()
         if pool is None and not simulated:
@@ -114,19 +119,23 @@ class OnlineDPOModule(LightningModule):
         return self._pool[0] if self._pool else None
 
     def configure_callbacks(self) -> list[Router]:
+        self._connect_router()  # before any hook of the router runs: its names make its checkpoint key
         return [self.router]
+
+    def _connect_router(self) -> None:
+        """Hands the router the RM names it routes over: the pool's, or in simulated mode the behaviour file's RMs
+        (the datamodule's `rm_names`). A router given its own `rm_names` must have exactly those."""
+        if self.pool is not None:
+            self.router.connect_pool(self.pool.names, "the pool's")
+            return
+        names = getattr(getattr(self._trainer, "datamodule", None), "rm_names", None)
+        if names is not None:
+            self.router.connect_pool(names, "the behaviour file's (data.init_args.rm_names)")
 
     def setup(self, stage: str) -> None:
         if self.pool is not None:
             self.pool.to(self.trainer.strategy.root_device)
-        router = self.router
-        datamodule = getattr(self.trainer, "datamodule", None)
-        pool_names = self.pool.names if self.pool is not None else getattr(datamodule, "rm_names", None)
-        if pool_names is not None and list(pool_names) != router.rm_names:
-            raise ValueError(
-                f"the router's rm_names {router.rm_names} differ from the pool's {list(pool_names)}: "
-                "list the RMs in the same order in both"
-            )
+        self._connect_router()  # again, for a router set after configure_callbacks (idempotent)
 
     def configure_model(self) -> None:
         # Idempotent: Lightning may call it again (e.g. after loading a checkpoint into an existing module).
@@ -180,6 +189,16 @@ class OnlineDPOModule(LightningModule):
 
         return RecordedJudge(scores)
 
+    def _seed_global_rng(self, draw: int) -> None:
+        """Seeds torch's global RNG (CPU and CUDA) from `(seed, step, rank, draw)` right before a draw from it.
+
+        Sampling (`generate`) and dropout draw from the global RNG, which Lightning does not checkpoint, and which the
+        loader's iterators and lazily built models (a router's embedder on its first call) draw from as well, so after
+        a resume its state differs from an uninterrupted run's. Seeded here, each of a step's draws is a function of
+        the step alone: a run resumed from a checkpoint samples and drops out exactly as an uninterrupted one.
+        """
+        torch.manual_seed(((self.hparams.seed * 1_000_003 + self.global_step) * 1_009 + self.global_rank) * 2 + draw)
+
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
 
@@ -196,6 +215,7 @@ class OnlineDPOModule(LightningModule):
             )
             return candidates, None
         prompts = gen.prompt_ids(tokenizer, [record.prompt for record in batch], hp.max_prompt_length)
+        self._seed_global_rng(0)
         completions = gen.sample_completions(
             self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p
         )
@@ -210,7 +230,14 @@ class OnlineDPOModule(LightningModule):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         average = self.hparams.loss_type == "ipo"
         return gen.policy_and_reference_logprobs(
-            self.policy, self.reference, prompts, responses, pad, average, self._keeps_logits
+            self.policy,
+            self.reference,
+            prompts,
+            responses,
+            pad,
+            average,
+            self._keeps_logits,
+            self.hparams.share_prompts,
         )
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Any]:
@@ -269,6 +296,7 @@ class OnlineDPOModule(LightningModule):
                 chosen.append(first if preference[row] > 0 else second)
                 rejected.append(second if preference[row] > 0 else first)
             prompts = [candidates.prompt_ids[row] for row in rows]
+            self._seed_global_rng(1)  # dropout
             policy, reference = self._logprobs(prompts + prompts, chosen + rejected)
             n = len(rows)
             out, trained = dpo_loss_of_finite_pairs(
@@ -312,7 +340,7 @@ class OnlineDPOModule(LightningModule):
         self._log("train/skipped_step", float(skip))
 
     def _log(self, name: str, value: float | Tensor) -> None:
-        self.log(name, value, on_step=True, on_epoch=False, batch_size=1)
+        self.log(name, value, on_step=True, on_epoch=False, batch_size=1, prog_bar=name in PROGRESS_BAR)
         # This step's values only (the trainer's metric dicts keep earlier steps' keys), for callbacks such as the
         # closing summary.
         self._step_values[name] = float(value)

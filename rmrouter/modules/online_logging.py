@@ -2,14 +2,17 @@
 
 Each function takes the module's `log(name, value)`, which logs the value for this step and keeps it for the step's
 `step_values` output (callbacks such as the closing summary read it), so these are plain functions of the step's
-results.
+results. The values of `PROGRESS_BAR` are also shown on the progress bar.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from rmrouter.dpo import DPOOutput, implicit_kl
@@ -18,6 +21,10 @@ from rmrouter.modules.online_pairs import Candidates
 from rmrouter.routers.base import PairJudge
 
 Log = Callable[[str, float | Tensor], None]
+
+# The step values the progress bar shows next to the step count (the module logs them with `prog_bar=True`).
+PROGRESS_BAR = frozenset({"train/dpo_loss", "train/pairs"})
+SAMPLES_FILE = "samples.jsonl"  # where loggers without a text view get the sample completions, in their log_dir
 
 
 def log_dpo(log: Log, out: DPOOutput, policy: Tensor, reference: Tensor, responses: list[list[int]]) -> None:
@@ -77,6 +84,18 @@ def log_completions(log: Log, completions: Sequence[Sequence[Completion]], judge
         log(f"train/rm_errors/{name}", float(count))
 
 
+def _shown(batch: Sequence, completions: Sequence[Sequence[Completion]]) -> list[dict[str, Any]]:
+    """The first two prompts of a batch with their completions, cut to 500 and 1000 characters."""
+    return [
+        {
+            "domain": record.domain,
+            "prompt": record.prompt[-1]["content"][:500],
+            "completions": [{"text": c.text[:1000], "ended": c.has_eos} for c in samples],
+        }
+        for record, samples in list(zip(batch, completions, strict=True))[:2]
+    ]
+
+
 def samples_markdown(batch: Sequence, completions: Sequence[Sequence[Completion]]) -> str:
     """The first two prompts of a batch with their sampled completions, as Markdown for TensorBoard's text tab.
 
@@ -84,16 +103,24 @@ def samples_markdown(batch: Sequence, completions: Sequence[Sequence[Completion]
     `max_new_tokens` is marked `(cut)`, since it is penalised before pairing.
     """
     lines = []
-    for record, samples in list(zip(batch, completions, strict=True))[:2]:
-        lines.append(f"**{record.domain}** `{record.prompt[-1]['content'][:500]}`")
-        lines += [f"- {'' if c.has_eos else '(cut) '}{c.text[:1000]}" for c in samples]
+    for row in _shown(batch, completions):
+        lines.append(f"**{row['domain']}** `{row['prompt']}`")
+        lines += [f"- {'' if c['ended'] else '(cut) '}{c['text']}" for c in row["completions"]]
     return "\n\n".join(lines)
 
 
 def log_samples(
     logger: Any, batch: Sequence, completions: Sequence[Sequence[Completion]], step: int, every: int
 ) -> None:
-    """Adds `samples_markdown` as `train/samples` every `every` steps (0: never), where the logger takes text.
+    """Writes the step's sample completions every `every` steps (0: never) where the logger keeps text.
+
+    - TensorBoard (an `experiment.add_text`): `samples_markdown` as the text `train/samples`;
+    - MLflow (an `experiment.log_text` and a `run_id`): that Markdown as the artifact `samples/step_<step>.md`;
+    - Weights & Biases (a `log_text` table): a row `(step, markdown)` of the table `train/samples`;
+    - any other logger with a `log_dir` (CSV): one JSON line `{"step", "samples": [{"domain", "prompt",
+      "completions": [{"text", "ended"}]}]}` appended to `<log_dir>/samples.jsonl`, on the global-zero process.
+
+    A logger with none of these (or no logger) gets nothing.
 
     Args:
         logger: The module's logger, or None.
@@ -102,7 +129,19 @@ def log_samples(
         step: The global step.
         every: The module's `log_text_every_n_steps`.
     """
-    experiment = getattr(logger, "experiment", None) if logger is not None else None
-    if every <= 0 or step % every or not hasattr(experiment, "add_text"):
+    if logger is None or every <= 0 or step % every:
         return
-    experiment.add_text("train/samples", samples_markdown(batch, completions), step)
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_text"):
+        experiment.add_text("train/samples", samples_markdown(batch, completions), step)
+    elif hasattr(experiment, "log_text") and getattr(logger, "run_id", None) is not None:
+        experiment.log_text(logger.run_id, samples_markdown(batch, completions), f"samples/step_{step}.md")
+    elif callable(getattr(logger, "log_text", None)):
+        logger.log_text(
+            key="train/samples", columns=["step", "samples"], data=[[step, samples_markdown(batch, completions)]]
+        )
+    elif getattr(logger, "log_dir", None) is not None and rank_zero_only.rank == 0:
+        path = Path(logger.log_dir) / SAMPLES_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps({"step": step, "samples": _shown(batch, completions)}) + "\n")

@@ -45,11 +45,12 @@ def ensure_pad_token(tokenizer, model_name: str) -> None:
     tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_frozen(auto_class, model: str, dtype: str | None):
-    """`(tokenizer, model)` for scoring: a tokenizer that can pad, a model in eval mode with no gradients."""
-    tokenizer = load_tokenizer(model)
+def load_frozen(auto_class, model: str, dtype: str | None, trust_remote_code: bool = False):
+    """`(tokenizer, model)` for scoring: a tokenizer that can pad, a model in eval mode with no gradients. The model
+    folder's own code runs only with `trust_remote_code`."""
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer, model)
-    network = load_model(auto_class, model, **dtype_kwargs(dtype))
+    network = load_model(auto_class, model, trust_remote_code=trust_remote_code, **dtype_kwargs(dtype))
     network.requires_grad_(False)
     network.eval()
     return tokenizer, network
@@ -99,6 +100,19 @@ def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> Iterator[li
         yield order[start : start + batch_size]
 
 
+def length_sorted_groups(groups: Sequence[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Groups of row indices (already in length order) joined into batches of at most `batch_size` rows, a group
+    never split; a group larger than `batch_size` is a batch of its own."""
+    batch: list[int] = []
+    for group in groups:
+        if batch and len(batch) + len(group) > batch_size:
+            yield batch
+            batch = []
+        batch = batch + list(group)
+    if batch:
+        yield batch
+
+
 def pad_right(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +136,22 @@ class HFRewardModel(RewardModel):
     Subclasses keep their own typed `__init__` (LightningCLI reads it) and pass their transformers auto class here.
     """
 
-    def __init__(self, name: str, model: str, batch_size: int, max_length: int, dtype: str | None, auto_class) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: str,
+        batch_size: int,
+        max_length: int,
+        dtype: str | None,
+        auto_class,
+        trust_remote_code: bool = False,
+    ) -> None:
         super().__init__(name)
         check_sizes(name, batch_size, max_length)
         self.model_name = model
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer, self.model = load_frozen(auto_class, model, dtype)
+        self.tokenizer, self.model = load_frozen(auto_class, model, dtype, trust_remote_code)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, model={self.model_name!r}"

@@ -7,10 +7,12 @@ import inspect
 import torch
 
 from rmrouter.data.records import Message
+from rmrouter.models.shared_prefix import continuation_logprobs
 from rmrouter.reward_models._hf import (
     HFRewardModel,
     adds_bos,
     length_sorted_chunks,
+    length_sorted_groups,
     pad_right,
     render,
 )
@@ -35,6 +37,9 @@ class LikelihoodRewardModel(HFRewardModel):
         max_length: Most tokens per row (prompt + response).
         dtype: Weights' dtype, e.g. `bfloat16` on GPUs, or `bfloat16_if_native` (bfloat16 on a GPU or a CPU with
             AVX512-BF16 or AMX, float32 elsewhere); None keeps the checkpoint's default (float32 in transformers).
+        share_prompts: Run each distinct prompt once per batch and its responses on its KV cache (a pair's two sides
+            share it; `rmrouter.models.shared_prefix`), and project only scored positions onto the vocabulary. The
+            same scores up to float rounding as whole rows (false), measured in docs/benchmarks.md.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class LikelihoodRewardModel(HFRewardModel):
         batch_size: int = 8,
         max_length: int = 1024,
         dtype: str | None = None,
+        share_prompts: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -51,6 +57,7 @@ class LikelihoodRewardModel(HFRewardModel):
         self._bos = self.tokenizer.bos_token_id if adds_bos(self.tokenizer) else None
         # Projecting only the response positions onto the vocabulary saves most of the logits' memory.
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.share_prompts = share_prompts
 
     def split_text(self, prompt: list[Message], response: str) -> tuple[str, str]:
         """`(context, scored)`: the text the model is conditioned on and the text whose tokens are scored."""
@@ -85,6 +92,30 @@ class LikelihoodRewardModel(HFRewardModel):
 
     def _score(self, prompts: list[list[Message]], responses: list[str], references: list[str | None]) -> torch.Tensor:
         rows = [self.encode(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
+        if self.share_prompts:
+            return self._score_shared(rows)
+        return self._score_whole(rows)
+
+    def _score_shared(self, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Mean scored-token log-prob per row, each distinct context run once per batch of about `batch_size` rows."""
+        # A row without context has no logit for its first token, which whole rows leave unscored too.
+        rows = [(context, scored) if context else (scored[:1], scored[1:]) for context, scored in rows]
+        scores = torch.full((len(rows),), float("nan"))  # nothing to score: abstain
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (context, scored) in enumerate(rows):
+            if scored:
+                groups.setdefault(tuple(context), []).append(index)
+        # Groups of similar length together (little padding), whole groups per batch so each context runs once.
+        members = sorted(groups.values(), key=lambda group: max(len(rows[i][0]) + len(rows[i][1]) for i in group))
+        for chunk in length_sorted_groups(members, self.batch_size):
+            contexts, continuations = [rows[i][0] for i in chunk], [rows[i][1] for i in chunk]
+            scores[chunk] = continuation_logprobs(
+                self.model, contexts, continuations, self.tokenizer.pad_token_id, True, self._keeps_logits
+            ).cpu()
+        return scores
+
+    def _score_whole(self, rows: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Mean scored-token log-prob per row, from right-padded prompt + response rows."""
         sequences = [context + scored for context, scored in rows]
         starts = torch.tensor([len(context) for context, _ in rows])
         ends = torch.tensor([len(sequence) for sequence in sequences])

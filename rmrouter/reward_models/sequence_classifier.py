@@ -33,14 +33,24 @@ class SequenceClassifierRewardModel(HFRewardModel):
         max_length: Most tokens per conversation; longer ones are cut from the left.
         dtype: Weights' dtype, e.g. `bfloat16` on GPUs, or `bfloat16_if_native` (bfloat16 on a GPU or a CPU with
             AVX512-BF16 or AMX, float32 elsewhere); None keeps the checkpoint's default (float32 in transformers).
+        trust_remote_code: Run the Python code a hub model ships with its weights (transformers' flag). Off unless a
+            config turns it on: only for a model whose code you have read.
     """
 
     def __init__(
-        self, name: str, model: str, batch_size: int = 8, max_length: int = 1024, dtype: str | None = None
+        self,
+        name: str,
+        model: str,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        super().__init__(name, model, batch_size, max_length, dtype, AutoModelForSequenceClassification)
+        super().__init__(
+            name, model, batch_size, max_length, dtype, AutoModelForSequenceClassification, trust_remote_code
+        )
         self.tokenizer.truncation_side = "left"
         self._strip_bos = adds_bos(self.tokenizer)
         # The pooled token is the last one that is not `pad_token_id`: it must be the id the batches are padded with.

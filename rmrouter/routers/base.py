@@ -19,6 +19,7 @@ process all of this is a no-op.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,18 +100,59 @@ class Routing:
 class Router(Callback, ABC):
     """Base of all routers: counts selections and RM calls, logs them, and checkpoints its state.
 
+    The RM names come from the pool: `OnlineDPOModule` hands them over (`connect_pool`) when it gives the router to
+    the trainer, so a config names the pool's RMs once, in the pool. A router built with `rm_names` keeps them, and
+    then the pool must have exactly those RMs, in that order.
+
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None (the configs' way) takes them from the pool.
     """
 
-    def __init__(self, rm_names: list[str]):
-        if not rm_names:
-            raise ValueError("a router needs the names of the pool's RMs")
-        self.rm_names = list(rm_names)
+    def __init__(self, rm_names: list[str] | None = None):
+        self.rm_names: list[str] | None = None
         self.pairs_routed = 0
         self.rm_calls = 0
-        self.selections = torch.zeros(len(rm_names), dtype=torch.long)
+        self.selections = torch.zeros(0, dtype=torch.long)
         self._strategy: Any = None  # the trainer's strategy, from `setup`: how to reach the other ranks
+        if rm_names is not None:
+            self._set_rm_names(rm_names)
+
+    def _set_rm_names(self, rm_names: Sequence[str]) -> None:
+        names = list(rm_names)
+        if not names:
+            raise ValueError("a router needs the names of the pool's RMs")
+        self.rm_names = names
+        self.selections = torch.zeros(len(names), dtype=torch.long)
+
+    def connect_pool(self, rm_names: Sequence[str], where: str = "the pool's") -> None:
+        """Takes the pool's RM names (in pool order) if the router has none yet; else checks they are its own.
+
+        Args:
+            rm_names: The pool's RM names.
+            where: Whose names they are, for the error message (e.g. `the behaviour file's`).
+        """
+        names = list(rm_names)
+        if self.rm_names is None:
+            self._set_rm_names(names)
+            self.check_rm_names()
+        elif names != self.rm_names:
+            raise ValueError(
+                f"{type(self).__name__}: its rm_names {self.rm_names} differ from {where} {names}: leave the "
+                "router's rm_names out (it takes the pool's), or list the same RMs in the same order"
+            )
+
+    def check_rm_names(self) -> None:
+        """Checks of the router's own settings against its RM names, run once the names are known (at `__init__`
+        when given there, else at `connect_pool`); the default checks nothing."""
+
+    def require_rm_names(self) -> list[str]:
+        """The RM names; an error that says how to give them when the router has none yet."""
+        if self.rm_names is None:
+            raise ValueError(
+                f"{type(self).__name__} has no RM names yet: give it rm_names, or let the module that routes with it "
+                "hand over its pool's (OnlineDPOModule does, in configure_callbacks)"
+            )
+        return self.rm_names
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Keeps the trainer's strategy for `all_gather_rows`; subclasses that override this call it too."""
@@ -180,10 +222,11 @@ class Router(Callback, ABC):
 
     @property
     def state_key(self) -> str:
-        return f"{type(self).__name__}[{','.join(self.rm_names)}]"
+        return f"{type(self).__name__}[{','.join(self.require_rm_names())}]"
 
     def route(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         """Labels every pair (`label`) and adds the batch to the counters."""
+        self.require_rm_names()
         return self.count(self.label(pairs, judge))
 
     @abstractmethod
@@ -206,9 +249,8 @@ class Router(Callback, ABC):
     def metrics(self) -> dict[str, float]:
         """`router/select_rate/<rm>` and `router/rm_calls_per_pair` over the whole run so far."""
         total = max(int(self.selections.sum()), 1)
-        rates = {
-            f"router/select_rate/{name}": int(n) / total for name, n in zip(self.rm_names, self.selections, strict=True)
-        }
+        names = self.require_rm_names()
+        rates = {f"router/select_rate/{name}": int(n) / total for name, n in zip(names, self.selections, strict=True)}
         return {**rates, "router/rm_calls_per_pair": self.rm_calls / max(self.pairs_routed, 1)}
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,11 +22,11 @@ class SeededRouter(Router):
     """A router with its own checkpointed `torch.Generator`.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         seed: Seed of the router's generator.
     """
 
-    def __init__(self, rm_names: list[str], seed: int) -> None:
+    def __init__(self, rm_names: list[str] | None, seed: int) -> None:
         super().__init__(rm_names)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -42,15 +42,23 @@ class SingleRMRouter(Router):
     """Every pair is labelled by one fixed RM.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         rm: The RM to use; one of `rm_names`.
     """
 
-    def __init__(self, rm_names: list[str], rm: str) -> None:
+    def __init__(self, rm_names: list[str] | None, rm: str) -> None:
         super().__init__(rm_names)
-        if rm not in self.rm_names:
-            raise ValueError(f"SingleRMRouter: rm {rm!r} is not in the pool {self.rm_names}; pick one of those names")
-        self.rm_index = self.rm_names.index(rm)
+        self.rm = rm
+        self.rm_index = -1  # set by check_rm_names once the names are known
+        if self.rm_names is not None:
+            self.check_rm_names()
+
+    def check_rm_names(self) -> None:
+        if self.rm not in self.rm_names:
+            raise ValueError(
+                f"SingleRMRouter: rm {self.rm!r} is not in the pool {self.rm_names}; pick one of those names"
+            )
+        self.rm_index = self.rm_names.index(self.rm)
 
     def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         chosen = torch.full((len(pairs),), self.rm_index, dtype=torch.long)
@@ -62,7 +70,7 @@ class RandomRouter(SeededRouter):
     """Each pair is labelled by an RM drawn uniformly at random among those that can judge it (the judge's `eligible`).
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         seed: Seed of the router's generator.
     """
 
@@ -82,11 +90,11 @@ class DataLabelRouter(Router):
     learns nothing online. A batch without `sources` routes by domain, else by the overall ranking.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         routing: The rankings, fitted on training rows (`DataLabelRouting.fit`).
     """
 
-    def __init__(self, rm_names: list[str], routing: DataLabelRouting) -> None:
+    def __init__(self, rm_names: list[str] | None, routing: DataLabelRouting) -> None:
         super().__init__(rm_names)
         self.routing = routing
 
@@ -105,7 +113,7 @@ class MajorityVoteRouter(SeededRouter):
     abstaining) gets no label. No RM is credited.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         seed: Seed of the tie-breaking coins.
     """
 
@@ -146,11 +154,11 @@ class UWORouter(Router):
     lands on.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         coeff: Weight of the variance penalty (Coste et al.: 0.1 for PPO, 0.5 for best-of-n).
     """
 
-    def __init__(self, rm_names: list[str], coeff: float) -> None:
+    def __init__(self, rm_names: list[str] | None, coeff: float) -> None:
         super().__init__(rm_names)
         if not (math.isfinite(coeff) and coeff >= 0):
             raise ValueError(f"coeff must be a finite non-negative penalty weight, got {coeff}")
@@ -179,7 +187,7 @@ class LASERRouter(SeededRouter):
     one (every rank's pairs), so every rank picks the same arm.
 
     Args:
-        rm_names: The pool's RM names, in pool order.
+        rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
         alpha: LinUCB exploration weight (LASER: 0.1).
         encoder: Text encoder of the prompts (model name or folder).
         pooling: Its pooling (`mean` or `last_token`).
@@ -192,7 +200,7 @@ class LASERRouter(SeededRouter):
 
     def __init__(
         self,
-        rm_names: list[str],
+        rm_names: list[str] | None,
         alpha: float,
         encoder: str,
         pooling: Pooling,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -48,7 +49,8 @@ class BayesianRouter(Router):
     at mean 0, instead of injecting `E_bt` as their prior mean.
 
     Args:
-        rm_names: The pool's RM names, in pool (and prior) order.
+        rm_names: The pool's RM names, in pool (and prior) order; None takes the pool's (`Router`). The prior must be
+            for these RMs, in this order.
         prior_path: The offline router's `RouterPrior` file, or None for the no-prior ablation (then `encoder` is
             required and `h` is the mean of the two sides' text embeddings).
         sigma2: Observation noise variance of the normalised rewards.
@@ -59,9 +61,10 @@ class BayesianRouter(Router):
         integration: `prior_injection` (the paper's method) or `weighted_score` (the ablation).
         offline_weight: `alpha`, the offline score's weight under `weighted_score` (unused otherwise).
         seed: Seed of the router's own generator (Thompson draws).
-        encoder: Text encoder for `h` when no prior is given (a prior brings its own); None with a prior.
-        pooling: That encoder's pooling (`mean` or `last_token`); None with a prior.
-        max_length: That encoder's token limit per text; None with a prior.
+        encoder: Text encoder for `h` when no prior is given. A prior brings its own: None, or the prior's (a
+            prior built with another encoder is refused).
+        pooling: That encoder's pooling (`mean` or `last_token`); with a prior, None or the prior's.
+        max_length: That encoder's token limit per text; with a prior, None or the prior's.
         prior_scale: `c` in `mu0 = c * E_bt` (and on the offline score under `weighted_score`); >= 0, or
             `calibrated` for the prior's own `reward_scale` (fitted on the offline validation split when the prior
             was written).
@@ -72,7 +75,7 @@ class BayesianRouter(Router):
 
     def __init__(
         self,
-        rm_names: list[str],
+        rm_names: list[str] | None,
         prior_path: str | None,
         sigma2: float,
         lambda0: float,
@@ -109,6 +112,7 @@ class BayesianRouter(Router):
         self.centred_rewards, self.eligible_only = centred_rewards, eligible_only
         self.online_updates, self.integration, self.offline_weight = online_updates, integration, float(offline_weight)
         self.offline_scores: Tensor | None = None  # [N, d] float64 E_bt, when a prior is given
+        self._prior_check: Callable[[list[str]], None] | None = None
         if prior_path is None:
             if use_prior or not online_updates or integration != "prior_injection":
                 raise ValueError(
@@ -123,12 +127,13 @@ class BayesianRouter(Router):
             self.embedder = LazyEmbedder(encoder, pooling, max_length, None, None)
             self.posteriors: GaussianPosteriors | None = None  # built once `h`'s size is known
         else:
-            if encoder is not None:
-                raise ValueError(f"encoder={encoder!r} given with prior_path: the prior's own encoder is used")
             if not use_prior and (integration == "weighted_score" or not online_updates):
                 raise ValueError("use_prior: false is the prior-injection ablation; it needs online_updates: true")
             prior = RouterPrior.load(prior_path)
-            prior.check_pool(self.rm_names)
+            mismatch = prior_encoder_mismatch(prior, encoder, pooling, max_length)
+            if mismatch is not None:
+                raise ValueError(f"BayesianRouter {mismatch[0]}: {mismatch[1]}")
+            self._prior_check = prior.check_pool  # for check_rm_names, once the pool's names are known
             if prior_scale == "calibrated":
                 self.prior_scale = calibrated_scale(prior)
             self.embedder = LazyEmbedder(
@@ -142,6 +147,13 @@ class BayesianRouter(Router):
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_losses = 0
         self.held = HeldRewards()  # pairs routed during the normaliser's warm-up (`warmup_rewards: held`)
+        if self.rm_names is not None:
+            self.check_rm_names()
+
+    def check_rm_names(self) -> None:
+        """The prior's rows are per RM, in its order: the pool must have exactly its RMs, in that order."""
+        if self._prior_check is not None:
+            self._prior_check(self.rm_names)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -243,3 +255,22 @@ def calibrated_scale(prior: RouterPrior) -> float:
             "offline fit writes it from its validation split): refit the offline router, or give prior_scale a number"
         )
     return float(scale)
+
+
+def prior_encoder_mismatch(
+    prior: RouterPrior, encoder: str | None, pooling: str | None, max_length: int | None
+) -> tuple[str, str] | None:
+    """`(key, why)` when `encoder`, `pooling` or `max_length` (each None, or what a config states) differs from the
+    prior's own pair encoder, else None: the prior's BT embeddings live in that encoder's space."""
+    where = f" {prior.source}" if prior.source else ""
+    for key, given, built in (
+        ("encoder", encoder, prior.encoder),
+        ("pooling", pooling, prior.pooling),
+        ("max_length", max_length, prior.max_length),
+    ):
+        if given is not None and given != built:
+            return key, (
+                f"{given!r}, but the router prior{where} was built with {key} {built!r}: leave {key} out (the "
+                f"prior's is used), or train the offline router with {key} {given!r}"
+            )
+    return None

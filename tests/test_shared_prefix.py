@@ -1,0 +1,83 @@
+"""Shared-prefix log-probs equal the whole-row ones they replace, values and gradients (models.shared_prefix)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rmrouter.models.shared_prefix import continuation_logprobs, group_prefixes, shares_prefixes
+from rmrouter.modules import generation as gen
+
+PROMPTS = [[1, 5, 7, 9, 11], [1, 4], [1, 5, 7, 9, 11], [1, 4], [1, 8, 8, 3, 2, 6, 7]]
+RESPONSES = [[20, 21, 22], [23], [24, 25, 26, 27, 28, 2], [29, 30, 2], [31, 32]]
+
+
+def whole_rows(model, prompts, responses, average=False):
+    """The exact form: every row's prompt + response in one right-padded forward."""
+    ids, attention, mask = gen.right_pad_sequences(prompts, responses, pad_id=0)
+    from rmrouter.dpo import response_logprobs
+
+    return response_logprobs(model(input_ids=ids, attention_mask=attention).logits, ids, mask, average)
+
+
+@pytest.fixture
+def lora_policy(tiny_causal_lm_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir, dtype=torch.float32)
+    policy = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    return policy.train()
+
+
+def test_group_prefixes_keeps_first_seen_order():
+    distinct, groups = group_prefixes(PROMPTS)
+    assert distinct == [[1, 5, 7, 9, 11], [1, 4], [1, 8, 8, 3, 2, 6, 7]]
+    assert groups == [0, 1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_shared_prefix_logprobs_and_gradients_equal_whole_rows(lora_policy, average):
+    exact = whole_rows(lora_policy, PROMPTS, RESPONSES, average)
+    exact_grads = torch.autograd.grad(exact.sum(), [p for p in lora_policy.parameters() if p.requires_grad])
+    shared = continuation_logprobs(lora_policy, PROMPTS, RESPONSES, pad_id=0, average=average)
+    shared_grads = torch.autograd.grad(shared.sum(), [p for p in lora_policy.parameters() if p.requires_grad])
+    torch.testing.assert_close(shared, exact, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(shared_grads, exact_grads, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert any(grad.abs().sum() > 0 for grad in shared_grads)  # the adapter is not at zero: the check has teeth
+
+
+def test_shared_prefix_reference_pass_with_the_adapter_off(lora_policy):
+    with torch.no_grad():
+        with lora_policy.disable_adapter():
+            exact = whole_rows(lora_policy, PROMPTS, RESPONSES)
+            shared = continuation_logprobs(lora_policy, PROMPTS, RESPONSES, pad_id=0)
+        with_adapter = continuation_logprobs(lora_policy, PROMPTS, RESPONSES, pad_id=0)
+    torch.testing.assert_close(shared, exact, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(shared, with_adapter)  # the adapter was off, and it matters
+
+
+def test_rows_without_tokens_are_refused(lora_policy):
+    with pytest.raises(ValueError, match="at least one prefix token and one continuation token"):
+        continuation_logprobs(lora_policy, [[1, 2], []], [[3], [4]], pad_id=0)
+    with pytest.raises(ValueError, match="at least one prefix token and one continuation token"):
+        continuation_logprobs(lora_policy, [[1, 2]], [[]], pad_id=0)
+
+
+def test_activation_checkpointing_turns_prefix_sharing_off(lora_policy):
+    assert shares_prefixes(lora_policy)
+    lora_policy.get_base_model().gradient_checkpointing_enable()
+    assert not shares_prefixes(lora_policy)
+
+
+def test_torch_checkpoint_wrappers_turn_prefix_sharing_off(lora_policy):
+    """FSDP's activation_checkpointing_policy wraps layers in torch's CheckpointWrapper, not transformers' flag."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    layers = lora_policy.get_base_model().model.layers
+    layers[0] = checkpoint_wrapper(layers[0])
+    assert not shares_prefixes(lora_policy)
