@@ -63,6 +63,8 @@ def check_online_dpo(init_args: Mapping[str, Any], data: Mapping[str, Any]) -> N
     simulated = bool(init_args.get("simulated"))
     check_num_samples(init_args.get("num_samples"), simulated)
     check_beta(init_args.get("beta"))
+    if not simulated:
+        check_sampling(init_args)
     if simulated:
         names = (data.get("init_args") or {}).get("rm_names")
         names, whose = (list(names) if names is not None else None), f"the behaviour file's ({BEHAVIOUR_RMS})"
@@ -83,6 +85,22 @@ def check_beta(beta: Any) -> None:
     """DPO's KL strength divides nothing but scales every margin: 0 or less trains nothing, or the wrong way."""
     if isinstance(beta, (int, float)) and not (math.isfinite(beta) and beta > 0):
         raise ConfigError(f"{MODEL}.beta", f"DPO's beta (the KL strength) must be a number > 0, got {beta}")
+
+
+def check_sampling(init_args: Mapping[str, Any]) -> None:
+    """Live sampling: a temperature above 0 (0 is greedy decoding, which makes the `k` samples one answer, so no
+    pair), a nucleus mass in (0, 1] and at least one new token."""
+    temperature, top_p, new_tokens = (init_args.get(key) for key in ("temperature", "top_p", "max_new_tokens"))
+    if isinstance(temperature, (int, float)) and not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(
+            f"{MODEL}.temperature",
+            f"sampling needs a temperature > 0 (0 would be greedy: the k samples of a prompt identical, no pair), "
+            f"got {temperature}",
+        )
+    if isinstance(top_p, (int, float)) and not (0 < top_p <= 1):
+        raise ConfigError(f"{MODEL}.top_p", f"the nucleus mass top_p must lie in (0, 1], got {top_p}")
+    if isinstance(new_tokens, int) and new_tokens < 1:
+        raise ConfigError(f"{MODEL}.max_new_tokens", f"a completion needs at least one new token, got {new_tokens}")
 
 
 def pool_rm_names(pool: Any) -> list[str] | None:
@@ -162,7 +180,10 @@ def check_prior(router: Mapping[str, Any], names: list[str], whose: str) -> None
 
 
 def check_trainer(trainer: Mapping[str, Any], cuda_available: bool) -> None:
-    """A trainer this machine can run: no FSDP and no GPU accelerator where there is no CUDA GPU."""
+    """A trainer that trains (`max_steps` 0 would stop before the first step) and that this machine can run: no FSDP
+    and no GPU accelerator where there is no CUDA GPU."""
+    if trainer.get("max_steps") == 0:
+        raise ConfigError("trainer.max_steps", "0 trains nothing: give a number of steps, or -1 for no limit")
     if cuda_available:
         return
     strategy = trainer.get("strategy")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from rmrouter.commands import run_lightning
+from rmrouter.machine import describe_machine
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ def run_pipeline(
     online_summary: Path = Path("checkpoints/online/live/summary.md"),
     behaviour_args: list[str] | None = None,
     online_args: list[str] | None = None,
+    times: Path = Path("checkpoints/pipeline_times.md"),
 ) -> None:
     """Runs the pipeline's stages in order; each one is skipped or resumed when its output exists.
 
@@ -54,39 +57,86 @@ def run_pipeline(
         online_summary: Where that run writes its closing summary (`OnlineSummary`); when it exists, the stage is done.
         behaviour_args: Extra `collect` arguments, e.g. `["--max_batches", "2"]`.
         online_args: Extra `fit` arguments of the online run, e.g. `["--trainer.max_steps", "4"]`.
+        times: Where each stage's wall-clock seconds are written, as a markdown table (also logged at the end).
     """
     from rmrouter.behaviour.collect import run_collect
 
-    started = time.perf_counter()
+    clock = StageClock()
     for config, checkpoint in (DEFAULT_LEARNED_RMS if learned_rms is None else learned_rms).items():
-        if Path(checkpoint).is_file():
-            log.info("[1/4] learned RM: %s exists, not retraining", checkpoint)
+        with clock.stage(f"1. learned RM ({Path(config).stem})") as stage:
+            if Path(checkpoint).is_file():
+                log.info("[1/4] learned RM: %s exists, not retraining", checkpoint)
+                stage.skipped = True
+            else:
+                log.info("[1/4] learned RM: training with %s", config)
+                run_lightning(["fit", "--config", str(config)])
+                _expect(Path(checkpoint), Path(config))
+    with clock.stage("2. behaviour collection"):
+        log.info("[2/4] behaviour collection with %s", behaviour_config)
+        run_collect(["--config", str(behaviour_config), *(behaviour_args or [])])
+    with clock.stage("3. offline router (fit + test)") as stage:
+        if Path(offline_router_prior).is_file():
+            log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
+            stage.skipped = True
         else:
-            log.info("[1/4] learned RM: training with %s", config)
-            run_lightning(["fit", "--config", str(config)])
-            _expect(Path(checkpoint), Path(config))
-    log.info("[2/4] behaviour collection with %s", behaviour_config)
-    run_collect(["--config", str(behaviour_config), *(behaviour_args or [])])
-    if Path(offline_router_prior).is_file():
-        log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
-    else:
-        log.info("[3/4] offline router: training with %s", offline_router_config)
-        run_lightning(["fit", "--config", str(offline_router_config)])
-        _expect(offline_router_prior, offline_router_config)
-        run_lightning(["test", "--config", str(offline_router_config), "--ckpt_path", str(offline_router_checkpoint)])
-    if Path(online_summary).is_file():
-        log.info("[4/4] online DPO: %s exists, not retraining\n%s", online_summary, Path(online_summary).read_text())
-    else:
-        resume = ["--ckpt_path", str(online_checkpoint)] if Path(online_checkpoint).is_file() else []
-        log.info("[4/4] online DPO: %s with %s%s", online_config, online_router_config, " (resuming)" if resume else "")
-        run_lightning(["fit", "--config", str(online_config), "--config", str(online_router_config), *resume,
-              *precision_for_this_machine(), *(online_args or [])])  # fmt: skip
-        _expect(online_summary, online_config)
+            log.info("[3/4] offline router: training with %s", offline_router_config)
+            run_lightning(["fit", "--config", str(offline_router_config)])
+            _expect(offline_router_prior, offline_router_config)
+            checkpoint = str(offline_router_checkpoint)
+            run_lightning(["test", "--config", str(offline_router_config), "--ckpt_path", checkpoint])
+    with clock.stage("4. online DPO") as stage:
+        online_summary = Path(online_summary)
+        if online_summary.is_file():
+            log.info("[4/4] online DPO: %s exists, not retraining\n%s", online_summary, online_summary.read_text())
+            stage.skipped = True
+        else:
+            resume = ["--ckpt_path", str(online_checkpoint)] if Path(online_checkpoint).is_file() else []
+            how = " (resuming)" if resume else ""
+            log.info("[4/4] online DPO: %s with %s%s", online_config, online_router_config, how)
+            run_lightning(["fit", "--config", str(online_config), "--config", str(online_router_config), *resume,
+                  *precision_for_this_machine(), *(online_args or [])])  # fmt: skip
+            _expect(online_summary, online_config)
+    table = clock.table()
+    Path(times).parent.mkdir(parents=True, exist_ok=True)
+    Path(times).write_text(f"## Main job: time per stage\n\nOn {describe_machine()}.\n\n{table}\n")
     log.info(
-        "pipeline done in %.0f s; `python cli.py publish --config configs/publish.yaml` copies its tables and summary "
-        "into docs/ and the README",
-        time.perf_counter() - started,
+        "pipeline done in %.0f s (stage times in %s); `python cli.py publish --config configs/publish.yaml` copies "
+        "its tables and summary into docs/ and the README\n%s",
+        clock.total(),
+        times,
+        table,
     )
+
+
+class StageClock:
+    """Wall-clock seconds of each stage of a run, and whether it was skipped (its output already there)."""
+
+    class Stage:
+        def __init__(self, name: str) -> None:
+            self.name, self.seconds, self.skipped = name, 0.0, False
+
+    def __init__(self) -> None:
+        self.stages: list[StageClock.Stage] = []
+
+    @contextmanager
+    def stage(self, name: str):
+        stage = StageClock.Stage(name)
+        start = time.perf_counter()
+        try:
+            yield stage
+        finally:
+            stage.seconds = time.perf_counter() - start
+            self.stages.append(stage)
+
+    def total(self) -> float:
+        return sum(stage.seconds for stage in self.stages)
+
+    def table(self) -> str:
+        lines = ["| stage | seconds | note |", "|---|---:|---|"]
+        lines += [f"| {s.name} | {s.seconds:.0f} | {'skipped: its output existed' if s.skipped else ''} |"
+                  for s in self.stages]  # fmt: skip
+        lines.append(f"| total | {self.total():.0f} | {self.total() / 60:.1f} min |")
+        return "\n".join(lines)
 
 
 def precision_for_this_machine() -> list[str]:

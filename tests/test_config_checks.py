@@ -200,6 +200,19 @@ def test_the_cli_refuses_each_bad_config_in_one_line_before_any_model_loads(cli,
     assert cli("--model.init_args.beta", "0") == (
         prefix + "model.init_args.beta: DPO's beta (the KL strength) must be a number > 0, got 0.0"
     )
+    assert cli("--model.init_args.temperature", "0") == (
+        prefix + "model.init_args.temperature: sampling needs a temperature > 0 (0 would be greedy: the k samples "
+        "of a prompt identical, no pair), got 0.0"
+    )
+    assert cli("--model.init_args.top_p", "1.5") == (
+        prefix + "model.init_args.top_p: the nucleus mass top_p must lie in (0, 1], got 1.5"
+    )
+    assert cli("--model.init_args.max_new_tokens", "0") == (
+        prefix + "model.init_args.max_new_tokens: a completion needs at least one new token, got 0"
+    )
+    assert cli("--trainer.max_steps", "0") == (
+        prefix + "trainer.max_steps: 0 trains nothing: give a number of steps, or -1 for no limit"
+    )
     empty = write(tmp_path / "empty.yaml", {"model": {"init_args": {"pool": pool()}}})
     assert cli("--config", empty) == (
         prefix + "model.init_args.pool.init_args.reward_models: the pool is empty: list at least one reward model "

@@ -195,6 +195,10 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
         str(path.relative_to(tmp_path)) for path in written if path.relative_to(tmp_path).parts[0] != "checkpoints"
     )
     assert "old" in readme.read_text()
+    times = (tmp_path / "checkpoints" / "pipeline_times.md").read_text()
+    for stage in ("1. learned RM (learned_safety)", "2. behaviour collection", "3. offline router", "4. online DPO"):
+        assert f"| {stage}" in times, times
+    assert "| total |" in times and "skipped" not in times
 
     # publishing copies the shipped config's three outputs into docs/ and the summary into the README
     main(["publish", "--config", str(CONFIGS / "publish.yaml")])
@@ -203,11 +207,14 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     assert table.endswith((tmp_path / "checkpoints" / "behaviour" / "default_table.md").read_text())
     assert (tmp_path / "docs" / "offline_router.md").is_file()
     assert (tmp_path / "docs" / "online_demo.md").read_text().endswith(summary.read_text())
+    assert (tmp_path / "docs" / "main_job_times.md").read_text().endswith(times)
     assert "old" not in readme.read_text() and "`BayesianRouter`" in readme.read_text()
 
     trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns
     run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
     assert (checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns) == trained_at
+    times = (tmp_path / "checkpoints" / "pipeline_times.md").read_text()
+    assert times.count("skipped: its output existed") == 5  # three learned RMs, the offline router, online DPO
 
 
 def build_pool_names(spec: dict) -> list[str]:

@@ -81,3 +81,18 @@ def test_torch_checkpoint_wrappers_turn_prefix_sharing_off(lora_policy):
     layers = lora_policy.get_base_model().model.layers
     layers[0] = checkpoint_wrapper(layers[0])
     assert not shares_prefixes(lora_policy)
+
+
+@pytest.mark.parametrize("num_samples", [2, 3])
+def test_sampling_from_a_shared_prompt_cache_draws_the_same_completions(lora_policy, tiny_tokenizer, num_samples):
+    """Prompts of different lengths (left padding), several samples each: the cached prompt gives the same tokens as
+    `generate` running every copy of the prompt, for the same seed."""
+    prompts = [[1, 5, 7, 9, 11, 13], [1, 4], [1, 8, 8, 3]]
+    runs = []
+    for share in (False, True):
+        torch.manual_seed(3)
+        runs.append(gen.sample_completions(lora_policy, tiny_tokenizer, prompts, num_samples, 6, 1.0, 1.0, share))
+    unshared, shared = ([[c.token_ids for c in row] for row in run] for run in runs)
+    assert shared == unshared
+    assert len({tuple(ids) for row in shared for ids in row}) > 1  # sampling, not one repeated answer
+    assert lora_policy.training  # back in train mode

@@ -41,8 +41,8 @@ def shares_prefixes(model) -> bool:
     return not any(type(module).__name__ == "CheckpointWrapper" for module in model.modules())
 
 
-def _cache_keyword(model) -> str:
-    """The forward's name for a KV cache: `cache` from transformers 5.24 on, `past_key_values` before."""
+def cache_keyword(model) -> str:
+    """What `forward` and `generate` call a KV cache: `cache` from transformers 5.24 on, `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(_base(model).forward).parameters else "past_key_values"
 
 
@@ -106,10 +106,27 @@ def continuation_logprobs(
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
         use_cache=True,
-        **{_cache_keyword(model): cache},
+        **{cache_keyword(model): cache},
     )
     # Column 0 stands for the prefix's last token: its logits predict column 1, the first continuation token.
     logits = torch.cat([first_logits[:, None], out.logits], dim=1)
     scored = torch.cat([torch.full((len(continuations), 1), pad_id, dtype=torch.long), ids], dim=1).to(device)
     marked = torch.cat([torch.zeros((len(continuations), 1), dtype=torch.long), mask], dim=1).to(device)
     return response_logprobs(logits, scored, marked, average)
+
+
+def prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, repeats: int, keep_logits: bool = True):
+    """The KV cache of left-padded prompts but their last column, each prompt run once and its cache repeated
+    `repeats` times in place (rows `i * repeats ... (i + 1) * repeats - 1` continue prompt `i`), for `generate` to
+    sample `repeats` completions per prompt from. The last column stays uncached: `generate` runs it first."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        **({"logits_to_keep": 1} if keep_logits else {}),
+    )
+    cache = out.cache if "cache" in out else out.past_key_values
+    cache.batch_repeat_interleave(repeats)
+    return cache

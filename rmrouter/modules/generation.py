@@ -13,7 +13,7 @@ from torch import Tensor
 
 from rmrouter.data.records import Message
 from rmrouter.dpo import response_logprobs
-from rmrouter.models.shared_prefix import continuation_logprobs, shares_prefixes
+from rmrouter.models.shared_prefix import cache_keyword, continuation_logprobs, prompt_cache, shares_prefixes
 from rmrouter.reward_models._hf import render
 
 
@@ -65,6 +65,7 @@ def sample_completions(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
+    share_prompts: bool = False,
 ) -> list[list[Completion]]:
     """`num_samples` sampled completions per prompt, `[len(prompts)][num_samples]`.
 
@@ -79,6 +80,8 @@ def sample_completions(
         max_new_tokens: Longest completion, in tokens.
         temperature: Sampling temperature, > 0.
         top_p: Nucleus sampling mass, in (0, 1].
+        share_prompts: Run each prompt through the model once and sample its `num_samples` completions from copies
+            of its KV cache (`shared_prefix.prompt_cache`), instead of `generate` running every copy of the prompt.
     """
     stops = eos_ids(policy, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
@@ -87,6 +90,13 @@ def sample_completions(
     was_training = policy.training
     policy.eval()
     try:
+        rows = {"num_return_sequences": num_samples}
+        if share_prompts and num_samples > 1 and input_ids.shape[1] > 1 and shares_prefixes(policy):
+            keep = keeps_logits(policy)
+            cache = prompt_cache(policy, input_ids.to(device), attention_mask.to(device), num_samples, keep)
+            input_ids = input_ids.repeat_interleave(num_samples, dim=0)
+            attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
+            rows = {"num_return_sequences": 1, cache_keyword(policy): cache}
         output = policy.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
@@ -95,9 +105,9 @@ def sample_completions(
             top_p=top_p,
             top_k=0,  # the policy's own distribution, only nucleus-trimmed: a config's default top_k would cut it
             max_new_tokens=max_new_tokens,
-            num_return_sequences=num_samples,
             pad_token_id=pad_id,
             eos_token_id=sorted(stops),
+            **rows,
         )
     finally:
         policy.train(was_training)

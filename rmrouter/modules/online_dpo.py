@@ -64,9 +64,10 @@ class OnlineDPOModule(LightningModule):
         optimizer: Builds the optimizer from the trainable parameters (a config's `class_path: torch.optim.AdamW`
             with its `init_args`, as LightningCLI injects it).
         lr_scheduler: Builds a scheduler from that optimizer, stepped every step; None keeps the rate constant.
-        share_prompts: The DPO forwards run each prompt once and its responses on its KV cache, instead of every
-            prompt + response row whole: the same log-probs and gradients up to float rounding, less compute
-            (docs/online_step.md). Off under activation checkpointing.
+        share_prompts: Each prompt runs through the policy once where every row would repeat it: sampling draws
+            its `k` completions from copies of its KV cache, and the DPO forwards run its responses on it. The same
+            samples, log-probs and gradients up to float rounding, less compute (docs/online_step.md). Off under
+            activation checkpointing.
     """
 
     def __init__(
@@ -217,8 +218,9 @@ class OnlineDPOModule(LightningModule):
         prompts = gen.prompt_ids(tokenizer, [record.prompt for record in batch], hp.max_prompt_length)
         self._seed_global_rng(0)
         completions = gen.sample_completions(
-            self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p
-        )
+            self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p,
+            hp.share_prompts,
+        )  # fmt: skip
         truncated = {c.text for row in completions for c in row if not c.has_eos}
         judge = LiveJudge(self.live_judge(), truncated, hp.missing_eos_penalty, hp.min_score_gap, len(self.pool))
         candidates = live_candidates(
