@@ -355,16 +355,9 @@ the tests' tiny models, and `tests/test_kill_safe.py` asserts the same outcomes.
 `rmrouter.callbacks.AtomicCheckpointIO` (a temporary file next to the target, fsynced, `os.replace`d), which the
 project's `ModelCheckpoint` installs; a kill leaves at most a hidden `.last.ckpt.*.partial`, removed by the next save.
 Behaviour collection appends each scored batch with one write, flushed and fsynced; a line a kill left unfinished is
-cut off (one `truncate`) by the next collection, which scores those pairs again."""
-
-
-ONLINE_CAUSE = """Why the resumed online run differs: `OnlineDPOModule` samples its completions (`generate`) and its
-LoRA dropout from torch's global RNG. No checkpoint holds that state, and on a resume it is not where the interrupted
-run left it (the loader's iterators draw from it, and so does the router's embedder when it is built on its first
-call), so from the first step after the checkpoint other completions are sampled. Pair drawing, the router's Thompson
-draws and the loader's order have their own seeded or checkpointed generators and resume exactly; the fix is to seed
-the global RNG from (seed, step, rank) right before the module's draws (`tests/test_kill_safe.py` holds the test,
-marked xfail until then)."""
+cut off (one `truncate`) by the next collection, which scores those pairs again. The online module seeds torch's
+global RNG, which sampling and dropout draw from and no checkpoint holds, from (seed, step, rank) right before each of
+a step's draws, so a resumed run samples what an uninterrupted one does."""
 
 
 def main() -> None:
@@ -386,10 +379,7 @@ def main() -> None:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    notes = NOTES
-    if not trials.rows[0][-1]:
-        notes += f"\n\n{ONLINE_CAUSE}"
-    notes += f"\n\nAll trials took {time.perf_counter() - started:.0f} s."
+    notes = NOTES + f"\n\nAll trials took {time.perf_counter() - started:.0f} s."
     report = table(trials.rows)
     print(report)
     if args.output is not None:

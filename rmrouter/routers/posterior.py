@@ -182,45 +182,41 @@ class GaussianPosteriors:
             raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
         if not torch.isfinite(reward).all():
             raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
-        if m == 0:
-            return
-        rms, rows = _rows_by_rm(rm_index, h)  # [K] RMs with rows, [K, m, d] their rows (zero-padded)
-        precision_rows = self.precision[rms] + rows.mT @ rows / self.sigma2  # O(M d^2): each row into its RM only
+        # A one-hot mask and one batched matmul give each RM's sum of outer products without an [M, d, d] temporary.
+        routed = torch.zeros(self.num_rms, m, dtype=h.dtype, device=h.device)
+        routed[rm_index, torch.arange(m, device=h.device)] = 1.0
+        delta_precision = (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
         delta_vector = torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
-        vector = self.vector + delta_vector
-        if not (torch.isfinite(precision_rows).all() and torch.isfinite(vector).all()):
+        precision, vector = self.precision + delta_precision, self.vector + delta_vector
+        if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
             raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
-        covariance_rows = None
+        covariance = None
         if self.rank_updates and self._covariance is not None:
-            covariance_rows = self._updated_covariance(rms, rows)
-        changed = torch.zeros(self.num_rms, dtype=torch.bool, device=self.precision.device)
-        changed[rms] = True
+            rms = rm_index.unique()
+            covariance = self._updated_covariance(rms, [h[rm_index == n] for n in rms.tolist()])
+        changed = torch.zeros(self.num_rms, dtype=torch.bool, device=precision.device)
+        changed[rm_index] = True
         self._stale = changed if self._stale is None else self._stale | changed
-        # Written in place only now that nothing can fail: the precisions (and covariances) of the RMs with rows.
-        self.precision[rms] = precision_rows
-        self.vector = vector
-        if covariance_rows is not None:
-            self._covariance[rms] = covariance_rows
+        self.precision, self.vector = precision, vector
+        if covariance is not None:
+            self._covariance = covariance
             self._refresh_worn()
 
-    def _updated_covariance(self, rms: Tensor, rows: Tensor) -> Tensor:
-        """`[K, d, d]` the covariances of RMs `rms` after adding their `rows` (`[K, m, d]`, zero-padded), by Woodbury's
-        identity: with `U = H Sigma`, `Sigma' = Sigma - U^T (sigma2 I + U H^T)^-1 U`, `O(m d^2)` per RM, all RMs in
-        one batched product. A zero row adds nothing (its row of `U` is zero). An RM whose inner matrix round-off
-        left not positive definite keeps its old covariance and is re-derived exactly from its precision instead."""
-        covariance = self._covariance[rms]
-        u = rows @ covariance  # [K, m, d]
-        eye = torch.eye(rows.shape[1], dtype=u.dtype, device=u.device)
-        factor, info = torch.linalg.cholesky_ex(self.sigma2 * eye + u @ rows.mT)
-        failed = info > 0
-        if failed.any():
-            factor = torch.where(failed[:, None, None], eye.expand_as(factor), factor)
-        updated = covariance - u.mT @ torch.cholesky_solve(u, factor)
-        updated = torch.where(failed[:, None, None], covariance, (updated + updated.mT) / 2)
-        since = self._since_refresh.to(rms.device)
-        since[rms] = torch.where(failed, torch.full_like(rms, self.refresh_every), since[rms] + 1)
-        self._since_refresh = since.to(self._since_refresh.device)
-        return updated
+    def _updated_covariance(self, rms: Tensor, rows: list[Tensor]) -> Tensor:
+        """The covariances after adding `rows[k]` to RM `rms[k]`, by Woodbury's identity: with `U = H Sigma`,
+        `Sigma' = Sigma - U^T (sigma2 I + U H^T)^-1 U`, so each RM costs `O(m d^2)` for its `m` rows."""
+        covariance = self._covariance.clone()
+        for n, routed in zip(rms.tolist(), rows, strict=True):
+            u = routed @ covariance[n]  # [m, d]
+            inner = self.sigma2 * torch.eye(len(routed), dtype=u.dtype, device=u.device) + u @ routed.mT
+            factor, info = torch.linalg.cholesky_ex(inner)
+            if info:  # round-off broke Sigma's positive definiteness: re-derive this RM exactly instead
+                self._since_refresh[n] = self.refresh_every
+                continue
+            updated = covariance[n] - u.mT @ torch.cholesky_solve(u, factor)
+            covariance[n] = (updated + updated.mT) / 2
+            self._since_refresh[n] += 1
+        return covariance
 
     def _refresh_worn(self) -> None:
         """Re-derives from the precision, exactly, the covariance of every RM updated `refresh_every` times since."""
@@ -294,18 +290,6 @@ class GaussianPosteriors:
             bad = rms[torch.nonzero(info).flatten().cpu()].tolist()
             raise ValueError(f"precision of RMs {bad} is not positive definite; the posterior state is invalid")
         return factor
-
-
-def _rows_by_rm(rm_index: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """`(rms [K], rows [K, m, d])`: the RMs that got rows, in increasing order, and each one's rows in their batch
-    order, zero-padded to the largest count `m`, so per-RM products run as one batched product over `K` RMs."""
-    rms, counts = rm_index.unique(return_counts=True)
-    order = torch.argsort(rm_index, stable=True)
-    group = torch.repeat_interleave(torch.arange(len(rms), device=h.device), counts)
-    slot = torch.arange(len(order), device=h.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    rows = torch.zeros(len(rms), int(counts.max()) if len(counts) else 0, h.shape[1], dtype=h.dtype, device=h.device)
-    rows[group, slot] = h[order]
-    return rms, rows
 
 
 def _standard_normal(shape: tuple[int, ...] | torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
