@@ -89,8 +89,8 @@ def build_rm(kind: str, model_args: dict, classifier_folder: str | None) -> Rewa
         return ReferenceSimilarityRewardModel("minilm-similarity", **model_args)
     if kind == "likelihood":
         return LikelihoodRewardModel("smollm2-likelihood", **model_args)
-    if kind == "likelihood-whole-rows":
-        return LikelihoodRewardModel("smollm2-likelihood", **model_args, share_prompts=False)
+    if kind == "likelihood-shared-prompts":
+        return LikelihoodRewardModel("smollm2-likelihood", **model_args, share_prompts=True)
     return SequenceClassifierRewardModel("smollm2-classifier", classifier_folder, **model_args)
 
 
@@ -99,9 +99,9 @@ def prompt_sharing(scores: dict, dtypes: list[str]) -> list[str]:
     how often the two give a pair the same preferred side."""
     lines = []
     for dtype in dtypes:
-        if ("likelihood", dtype) not in scores or ("likelihood-whole-rows", dtype) not in scores:
+        if ("likelihood", dtype) not in scores or ("likelihood-shared-prompts", dtype) not in scores:
             continue
-        (shared_s, shared), (whole_s, whole) = scores["likelihood", dtype], scores["likelihood-whole-rows", dtype]
+        (shared_s, shared), (whole_s, whole) = scores["likelihood-shared-prompts", dtype], scores["likelihood", dtype]
         half = len(shared) // 2
         margins = shared[:half] - shared[half:], whole[:half] - whole[half:]
         both = margins[0].isfinite() & margins[1].isfinite()
@@ -115,7 +115,7 @@ def prompt_sharing(scores: dict, dtypes: list[str]) -> list[str]:
         return []
     header = [
         "",
-        "The likelihood RM's prompt cache (`share_prompts`, the default) against whole rows, on the same pairs:",
+        "The likelihood RM's prompt cache (`share_prompts: true`) against whole rows (the default), on the same pairs:",
         "",
         "| weights | speed-up | largest score difference | largest margin difference | same preferred side (pairs) |",
         "|---|---:|---:|---:|---:|",
@@ -143,7 +143,7 @@ def main() -> None:
         "verifier": "GSM8KVerifierRewardModel",
         "similarity": "ReferenceSimilarityRewardModel (all-MiniLM-L6-v2)",
         "likelihood": "LikelihoodRewardModel (SmolLM2-135M-Instruct)",
-        "likelihood-whole-rows": "LikelihoodRewardModel (SmolLM2-135M-Instruct), `share_prompts: false`",
+        "likelihood-shared-prompts": "LikelihoodRewardModel (SmolLM2-135M-Instruct), `share_prompts: true`",
         "classifier": "SequenceClassifierRewardModel (SmolLM2-135M, random head)",
     }
     kinds = args.only or list(descriptions)

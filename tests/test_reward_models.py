@@ -94,10 +94,10 @@ def test_likelihood_equals_hand_computation(likelihood_rm, tiny_tokenizer):
 
 
 def test_likelihood_shared_prompts_score_as_whole_rows(tiny_causal_lm_dir):
-    """The prompt cache (the default) against whole rows, on both sides of pairs as a pool scores them: each prompt
-    twice, of very different lengths, with batches that would otherwise split a pair."""
-    shared = LikelihoodRewardModel("shared", model=tiny_causal_lm_dir, batch_size=3, max_length=256)
-    whole = LikelihoodRewardModel("whole", model=tiny_causal_lm_dir, batch_size=3, max_length=256, share_prompts=False)
+    """The prompt cache (share_prompts) against whole rows (the default), on both sides of pairs as a pool scores
+    them: each prompt twice, of very different lengths, with batches that would otherwise split a pair."""
+    shared = LikelihoodRewardModel("shared", model=tiny_causal_lm_dir, batch_size=3, max_length=256, share_prompts=True)
+    whole = LikelihoodRewardModel("whole", model=tiny_causal_lm_dir, batch_size=3, max_length=256)
     prompts, responses = PROMPTS + PROMPTS, RESPONSES + RESPONSES[::-1]
     ours, theirs = shared.score(prompts, responses), whole.score(prompts, responses)
     assert torch.isfinite(ours).all()

@@ -38,8 +38,9 @@ class LikelihoodRewardModel(HFRewardModel):
         dtype: Weights' dtype, e.g. `bfloat16` on GPUs, or `bfloat16_if_native` (bfloat16 on a GPU or a CPU with
             AVX512-BF16 or AMX, float32 elsewhere); None keeps the checkpoint's default (float32 in transformers).
         share_prompts: Run each distinct prompt once per batch and its responses on its KV cache (a pair's two sides
-            share it; `rmrouter.models.shared_prefix`), and project only scored positions onto the vocabulary. The
-            same scores up to float rounding as whole rows (false), measured in docs/benchmarks.md.
+            share it; `rmrouter.models.shared_prefix`). The same scores up to float rounding as whole rows, but
+            measured slower on behaviour pairs, whose responses are long next to their prompts
+            (docs/likelihood_prompt_cache.md), so off by default.
     """
 
     def __init__(
@@ -49,7 +50,7 @@ class LikelihoodRewardModel(HFRewardModel):
         batch_size: int = 8,
         max_length: int = 1024,
         dtype: str | None = None,
-        share_prompts: bool = True,
+        share_prompts: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
