@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,16 +80,8 @@ def continuation_logprobs(
     for i, prefix in enumerate(distinct):
         prefix_ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
         prefix_mask[i, width - len(prefix) :] = 1
-    prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=prefix_ids.to(device),
-        attention_mask=prefix_mask.to(device),
-        position_ids=prefix_positions.to(device),
-        use_cache=True,
-        **({"logits_to_keep": 1} if keep_logits else {}),
-    )
-    first_logits = out.logits[:, -1][rows]  # [R, V]: predicts each row's first continuation token
-    cache = out.cache if "cache" in out else out.past_key_values
+    last_logits, cache = _prefill(model, prefix_ids.to(device), prefix_mask.to(device), keep_logits)
+    first_logits = last_logits[rows]  # [R, V]: predicts each row's first continuation token
     cache.batch_select_indices(rows)
 
     # The continuations, right-padded after their prefix's cache; positions go on from the prefix's length.
@@ -119,14 +112,20 @@ def prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, repeats: int,
     """The KV cache of left-padded prompts but their last column, each prompt run once and its cache repeated
     `repeats` times in place (rows `i * repeats ... (i + 1) * repeats - 1` continue prompt `i`), for `generate` to
     sample `repeats` completions per prompt from. The last column stays uncached: `generate` runs it first."""
+    _, cache = _prefill(model, input_ids[:, :-1], attention_mask[:, :-1], keep_logits)
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
+def _prefill(model, input_ids: Tensor, attention_mask: Tensor, keep_logits: bool) -> tuple[Tensor, Any]:
+    """`(logits of the last column [B, V], KV cache)` of left-padded rows, positions counted from each row's first
+    real token (as `generate` counts them)."""
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
-        input_ids=input_ids[:, :-1],
-        attention_mask=attention_mask[:, :-1],
-        position_ids=positions[:, :-1],
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
         use_cache=True,
         **({"logits_to_keep": 1} if keep_logits else {}),
     )
-    cache = out.cache if "cache" in out else out.past_key_values
-    cache.batch_repeat_interleave(repeats)
-    return cache
+    return out.logits[:, -1], (out.cache if "cache" in out else out.past_key_values)
