@@ -6,6 +6,8 @@
     python cli.py pipeline --config configs/pipeline.yaml
     python cli.py publish --config configs/publish.yaml
     python cli.py export --checkpoint checkpoints/online/live/last.ckpt
+    python cli.py sweep --config configs/sweep.yaml
+    python cli.py report --config configs/report.yaml
 
 `rmrouter` (the console script) is the same entry point; `python cli.py --help` lists every command.
 """
@@ -32,6 +34,8 @@ PROJECT_HELP = {
     "pipeline": "the main job: learned RMs, behaviour, offline router, online DPO (writes under checkpoints/)",
     "publish": "copy the main job's tables and demo summary into docs/ and the README",
     "export": "an online DPO policy or a learned RM checkpoint as a folder transformers/peft load without rmrouter",
+    "sweep": "train and evaluate every method for the same budget and seeds: the downstream table",
+    "report": "regenerate docs/RESULTS.md from the runs' output files",
 }
 
 
@@ -48,6 +52,14 @@ def _project_command(name: str) -> Callable:
         from rmrouter.export import export_checkpoint
 
         return export_checkpoint
+    if name == "sweep":
+        from rmrouter.sweep import run_sweep
+
+        return run_sweep
+    if name == "report":
+        from rmrouter.report import write_report
+
+        return write_report
     from rmrouter.publish import publish_docs
 
     return publish_docs

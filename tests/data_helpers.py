@@ -39,3 +39,18 @@ def assert_bad_row(
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert f"{path}: skipped 1 of" in warnings[0] and expected in warnings[0]
+
+
+def sources_of(config: Path, keys: list[str], prompts: bool = False) -> list:
+    """The data sources a shipped config builds, from its raw YAML (no model is loaded)."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    from rmrouter.data.sources import PreferenceSource, PromptSource
+
+    raw = yaml.safe_load(config.read_text())
+    for key in keys:
+        raw = raw[key]
+    parser = ArgumentParser()
+    parser.add_argument("--sources", type=list[PromptSource if prompts else PreferenceSource])
+    return parser.instantiate_classes(parser.parse_object({"sources": raw})).sources

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from data_helpers import sources_of
 from jsonargparse import ArgumentParser
 
 from rmrouter.behaviour.collect import collect_behaviour
@@ -89,18 +90,6 @@ def test_behaviour_config_parses_and_its_sources_load():
     pairs = [pair for source in data for pair in source.load()]
     assert len(pairs) == 15
     assert [pair.domain for pair in pairs[:9]] == ["math"] * 6 + ["safety"] * 3
-
-
-def sources_of(config: Path, keys: list[str], prompts: bool = False) -> list:
-    """The data sources a shipped config builds, from its raw YAML (no model is loaded)."""
-    from rmrouter.data.sources import PreferenceSource, PromptSource
-
-    raw = yaml.safe_load(config.read_text())
-    for key in keys:
-        raw = raw[key]
-    parser = ArgumentParser()
-    parser.add_argument("--sources", type=list[PromptSource if prompts else PreferenceSource])
-    return parser.instantiate_classes(parser.parse_object({"sources": raw})).sources
 
 
 def test_the_main_jobs_behaviour_pairs_are_a_slice_of_the_large_set():

@@ -315,3 +315,43 @@ def test_the_injected_optimizer_and_scheduler_train_the_trainable_weights(tiny_c
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)  # stepped every step
     trainable = {id(p) for p in module.policy.parameters() if p.requires_grad}
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trainable
+
+
+class LengthJudge(RewardModel):
+    def _score(self, prompts, responses, references):
+        return torch.tensor([float(len(r)) for r in responses])
+
+
+def test_test_evaluates_the_trained_adapter_against_its_disabled_base(tiny_causal_lm_dir, tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rmrouter.evaluation import Evaluation
+    from rmrouter.evaluation.generate import greedy_responses
+
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
+    module = make_module(tiny_causal_lm_dir, lora=lora, optimizer=adamw(5e-2))
+    trainer = fit(module, PromptDataModule(train=[Prompts(path="unused")], batch_size=2), FixedRouter(RM_NAMES, 0),
+                  tmp_path, steps=2)  # fmt: skip
+    with torch.no_grad():  # two steps move the tiny model's greedy answers too little to tell the adapter is on
+        for name, weight in module.policy.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    evaluation = Evaluation(judge=LengthJudge("length-judge"), max_new_tokens=6, batch_size=2)
+    fresh = make_module(tiny_causal_lm_dir, lora=lora, evaluation=evaluation)
+    data = PromptDataModule(test=[Prompts(path="unused")], test_batch_size=2)
+    tester = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    (result,) = tester.test(fresh, datamodule=data, ckpt_path=str(tmp_path / "last.ckpt"))
+    rows = [json.loads(line) for line in (tmp_path / "evaluation" / "rows.jsonl").read_text().splitlines()]
+    prompts = gen.prompt_ids(tiny_tokenizer, [row["prompt"] for row in rows], 512)
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm_dir)
+    assert [row["base"] for row in rows] == greedy_responses(base, tiny_tokenizer, prompts, 6, 2)
+    assert [row["policy"] for row in rows] == greedy_responses(module.policy, tiny_tokenizer, prompts, 6, 2)
+    assert result["test/chat/rows"] == 4
+    assert any(row["policy"] != row["base"] for row in rows)  # the adapter was on for the policy's answers
+    # an adapter that never trained (LoRA's B starts at 0) is its base: every answer ties
+    untrained = make_module(tiny_causal_lm_dir, lora=lora, evaluation=evaluation)
+    (result,) = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path / "untrained").test(untrained, datamodule=data)  # fmt: skip
+    assert result["test/chat/same_as_base"] == 1.0 and result["test/chat/win_rate"] == 0.5

@@ -152,7 +152,7 @@ class AlpacaEvalPairs(PreferenceSource):
             a seed derived from the instruction.
         **kwargs: The arguments of `Source`: `path` (the annotations folder, or one annotation file, and then
             `generators` must be None; None reads the vendored folder), `limit`, `on_error`, `split`,
-            `split_fractions` and `split_seed`.
+            `split_fractions`, `split_seed`, `subsplit` and `subsplit_fractions`.
     """
 
     default_path = "alpaca_eval/annotations"

@@ -115,7 +115,8 @@ class GSM8KSolutionPairs(PreferenceSource):
         model: Pair only the two solutions of this model (`6b` or `175b`), so a question yields at most one pair;
             None pairs any two of the four.
         **kwargs: The arguments of `Source`: `path` (an `example_model_solutions.jsonl(.gz)` file; None reads the
-            vendored copy), `limit`, `on_error`, `split`, `split_fractions` and `split_seed`.
+            vendored copy), `limit`, `on_error`, `split`, `split_fractions`, `split_seed`, `subsplit` and
+            `subsplit_fractions`.
     """
 
     default_path = "gsm8k/example_model_solutions.jsonl.gz"

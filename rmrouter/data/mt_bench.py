@@ -67,7 +67,8 @@ class MTBenchPrompts(PromptSource):
         references_path: A `reference_answer_gpt-4.jsonl` file; None uses the one next to the questions file when
             there is one (and no references when there is none).
         **kwargs: The arguments of `Source`: `path` (a `question.jsonl` file; None reads the vendored copy),
-            `limit`, `on_error` (it applies to both files), `split`, `split_fractions` and `split_seed`.
+            `limit`, `on_error` (it applies to both files), `split`, `split_fractions`, `split_seed`, `subsplit` and
+            `subsplit_fractions`.
     """
 
     default_path = "mt_bench/question.jsonl"

@@ -64,6 +64,11 @@ SPLIT_SCHEMES: dict[str, dict[str, float]] = {
     "gsm8k": {"rm_train": 0.3, "rm_val": 0.05, "behaviour": 0.4, "ood": 0.25},
     "alpaca_eval": {"rm_train": 0.3, "rm_val": 0.05, "behaviour": 0.65},
     "hh_rlhf": {"train": 0.4, "val": 0.1, "behaviour": 0.5},
+    # A second scheme over the AlpacaEval `behaviour` instructions (`subsplit`), for what the behaviour records leave
+    # free: the online policy's training prompts, the downstream judge's training and validation data, and the
+    # held-out instructions the trained policies are evaluated on. Apart by construction, so no policy is evaluated
+    # on an instruction it trained on and the judge never scores an answer to an instruction it learned from.
+    "alpaca_eval_behaviour": {"online": 0.3, "judge_train": 0.25, "judge_val": 0.1, "eval": 0.35},
 }
 
 
@@ -90,6 +95,9 @@ class Source(ABC, Generic[R]):
         split_fractions: Relative sizes of the splits, e.g. `{train: 0.5, test: 0.5}`, or the name of a shared
             scheme of `SPLIT_SCHEMES` (`gsm8k`, `alpaca_eval`, `hh_rlhf`).
         split_seed: Seed of the split assignment.
+        subsplit: Keep only this part of `split`, by a second scheme over its records (`subsplit_fractions`, the
+            same seed); needs `split`.
+        subsplit_fractions: Relative sizes of the parts of `split`, or a scheme's name (`alpaca_eval_behaviour`).
     """
 
     default_path: str = ""
@@ -102,10 +110,19 @@ class Source(ABC, Generic[R]):
         split: str | None = None,
         split_fractions: dict[str, float] | str | None = None,
         split_seed: int = 0,
+        subsplit: str | None = None,
+        subsplit_fractions: dict[str, float] | str | None = None,
     ):
         split_fractions = resolve_split_fractions(split_fractions)
+        subsplit_fractions = resolve_split_fractions(subsplit_fractions)
         if split is not None and (not split_fractions or split not in split_fractions):
             raise ValueError(f"split '{split}' is not one of split_fractions {sorted(split_fractions or {})}")
+        if subsplit is not None and split is None:
+            raise ValueError(f"subsplit '{subsplit}' divides a split: set `split` too")
+        if subsplit is not None and (not subsplit_fractions or subsplit not in subsplit_fractions):
+            raise ValueError(
+                f"subsplit '{subsplit}' is not one of subsplit_fractions {sorted(subsplit_fractions or {})}"
+            )
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         self.path = Path(path) if path is not None else vendored_path(self.default_path)
@@ -114,12 +131,19 @@ class Source(ABC, Generic[R]):
         self.split = split
         self.split_fractions = split_fractions
         self.split_seed = split_seed
+        self.subsplit = subsplit
+        self.subsplit_fractions = subsplit_fractions
 
     def load(self) -> list[R]:
         records = self.read()
         if self.split is not None:
             fractions, seed = self.split_fractions, self.split_seed
             records = [r for r in records if assign_split(split_key(r), fractions, seed) == self.split]
+        if self.subsplit is not None:
+            # The second scheme's names are hashed with the key (`assign_split`), so its parts are independent of
+            # the first scheme's at the same seed.
+            fractions, seed = self.subsplit_fractions, self.split_seed
+            records = [r for r in records if assign_split(split_key(r), fractions, seed) == self.subsplit]
         return records if self.limit is None else records[: self.limit]
 
     @abstractmethod
@@ -132,6 +156,7 @@ class Source(ABC, Generic[R]):
 
     def __repr__(self) -> str:
         split = f", split={self.split!r}" if self.split else ""
+        split += f", subsplit={self.subsplit!r}" if self.subsplit else ""
         return f"{type(self).__name__}(path={str(self.path)!r}{split}, limit={self.limit})"
 
 

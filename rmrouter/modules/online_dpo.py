@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs
+from rmrouter.evaluation.evaluation import Evaluation, Generate, no_grad_generate
 from rmrouter.modules import generation as gen
 from rmrouter.modules.online_logging import PROGRESS_BAR, log_completions, log_dpo, log_labelling, log_samples
 from rmrouter.modules.online_pairs import (
@@ -28,13 +29,14 @@ from rmrouter.modules.online_pairs import (
     live_candidates,
     simulated_candidates,
 )
+from rmrouter.modules.policy_evaluation import EvaluationHooks, starting_policy_generate
 from rmrouter.modules.trainable_checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairJudge, Router
 from rmrouter.routers.step import route_and_observe
 
 
-class OnlineDPOModule(LightningModule):
+class OnlineDPOModule(EvaluationHooks, LightningModule):
     """Online (or simulated online) DPO of a causal LM against its frozen initial self, labelled by a routed RM.
 
     Args:
@@ -68,6 +70,8 @@ class OnlineDPOModule(LightningModule):
             its `k` completions from copies of its KV cache, and the DPO forwards run its responses on it. The same
             samples, log-probs and gradients up to float rounding, less compute (docs/online_step.md). Off under
             activation checkpointing.
+        evaluation: What `test` measures (`rmrouter.evaluation.Evaluation`: GSM8K accuracy and a judged win rate
+            against the starting policy, on the datamodule's `test` prompts); None: `test` refuses to run.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class OnlineDPOModule(LightningModule):
         optimizer: OptimizerCallable,
         lr_scheduler: LRSchedulerCallable | None = None,
         share_prompts: bool = True,
+        evaluation: Evaluation | None = None,
     ):
         super().__init__()
         if pool is None and not simulated:
@@ -101,10 +106,11 @@ class OnlineDPOModule(LightningModule):
             raise TypeError(f"router must be a Router (configs/routers/<method>.yaml), got {type(router).__name__}")
         if num_samples < 2 and not simulated:
             raise ValueError(f"num_samples must be >= 2 to form a pair, got {num_samples}")
-        self.save_hyperparameters(ignore=["pool", "router", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["pool", "router", "optimizer", "lr_scheduler", "evaluation"])
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.strict_loading = False  # checkpoints hold the trained weights only (on_save_checkpoint)
         self.router = router
+        self.evaluation = evaluation
         # A plain list keeps the pool out of nn.Module registration: not in state_dict, checkpoints or the optimizer.
         self._pool: list[RewardModelPool] = [pool] if pool is not None else []
         self._pool_judge: PairJudge | None = None  # built once (`live_judge`): it counts RM errors over the run
@@ -175,6 +181,16 @@ class OnlineDPOModule(LightningModule):
         if self.lr_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.lr_scheduler(optimizer), "interval": "step"}}
+
+    def evaluated_models(self) -> tuple[Generate, Generate, str]:
+        """The trained policy's greedy answers, and its starting point's (the adapter off, or the reference)."""
+        batch_size = self._require_evaluation().batch_size
+        policy = no_grad_generate(self.policy, self.tokenizer, batch_size)
+        start = starting_policy_generate(self.policy, self.reference, self.tokenizer, batch_size)
+        return policy, start, f"{self.hparams.policy}|{self.trainer.precision}"
+
+    def evaluation_title(self) -> str:
+        return f"Downstream evaluation: {self.hparams.policy} after online DPO with {type(self.router).__name__}"
 
     def live_judge(self) -> PairJudge:
         """The pool's judge, built once and kept so its per-RM error counts (`train/rm_errors/<rm>`) cover the whole

@@ -68,10 +68,25 @@ class LiveJudge:
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         margins = self.judge.margins(rm_index, pairs).detach().float().cpu()
-        cut_first = torch.tensor([text in self.truncated for text in pairs.first], dtype=torch.float32)
-        cut_second = torch.tensor([text in self.truncated for text in pairs.second], dtype=torch.float32)
-        margins = margins - self.penalty * (cut_first - cut_second)
+        cut = self._truncated(pairs)
+        margins = margins - self.penalty * (cut[:, 0] - cut[:, 1])
         return torch.where(margins.abs() <= self.min_gap, torch.zeros_like(margins), margins)
+
+    def scores(self, rm_index: int, pairs: PairBatch) -> Tensor:
+        """`[P, 2]` each side's score, a truncated side's lowered by the penalty, for score-level routers (UWO). The
+        tie gap is a margin's and is left to the router."""
+        scores = getattr(self.judge, "scores", None)
+        if scores is None:
+            raise ValueError(
+                f"{type(self.judge).__name__} gives margins only: a score-level router (UWO) needs each response's "
+                "score"
+            )
+        return scores(rm_index, pairs).detach().float().cpu() - self.penalty * self._truncated(pairs)
+
+    def _truncated(self, pairs: PairBatch) -> Tensor:
+        """`[P, 2]` 1.0 where that side did not end with EOS."""
+        rows = [[text in self.truncated for text in side] for side in (pairs.first, pairs.second)]
+        return torch.tensor(rows, dtype=torch.float32).T.reshape(len(pairs), 2)
 
     def eligible(self, pairs: PairBatch) -> Tensor:
         return ask_eligible(self.judge, pairs, self.num_rms)

@@ -91,12 +91,46 @@ class DataLabelRouter(Router):
 
     Args:
         rm_names: The pool's RM names, in pool order; None takes the pool's (`Router`).
-        routing: The rankings, fitted on training rows (`DataLabelRouting.fit`).
+        routing: The rankings, fitted on training rows (`DataLabelRouting.fit`); or None, and `behaviour` names the
+            behaviour file to fit them on.
+        behaviour: A behaviour file (`python cli.py collect`); the rankings are fitted on its `train` split, the
+            rows the offline router trains on (the same `split_fractions`, `split_seed`, `ood_domains` and
+            `ood_sources` as `configs/offline_router.yaml`), once the pool's RM names are known.
+        split_fractions: The offline router's split of that file.
+        split_seed: Its seed.
+        ood_domains: Its held-out domains (never fitted on).
+        ood_sources: Its held-out sources (never fitted on).
     """
 
-    def __init__(self, rm_names: list[str] | None, routing: DataLabelRouting) -> None:
-        super().__init__(rm_names)
+    def __init__(
+        self,
+        rm_names: list[str] | None = None,
+        routing: DataLabelRouting | None = None,
+        behaviour: str | None = None,
+        split_fractions: dict[str, float] | None = None,
+        split_seed: int = 0,
+        ood_domains: list[str] | None = None,
+        ood_sources: list[str] | None = None,
+    ) -> None:
+        if (routing is None) == (behaviour is None):
+            raise ValueError(
+                "DataLabelRouter needs exactly one of `routing` (fitted rankings) and `behaviour` (a file)"
+            )
         self.routing = routing
+        self._behaviour = dict(path=behaviour, split_fractions=split_fractions, split_seed=split_seed,
+                               ood_domains=ood_domains, ood_sources=ood_sources)  # fmt: skip
+        super().__init__(rm_names)
+        if self.rm_names is not None:
+            self.check_rm_names()
+
+    def check_rm_names(self) -> None:
+        if self.routing is not None:
+            return
+        from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+
+        data = BehaviourDataModule(rm_names=self.rm_names, **self._behaviour)
+        data.setup("fit")
+        self.routing = data.data_label_routing
 
     def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         eligible = ask_eligible(judge, pairs, len(self.rm_names))

@@ -1,0 +1,287 @@
+"""One results report from the runs' output files: `docs/RESULTS.md` and the README's headline block.
+
+    python cli.py report --config configs/report.yaml
+
+Every number in it is read from a file a command wrote: the docs the benchmark scripts write (each names its command
+and machine in its first lines, quoted beside its table here) and the downstream sweep's `results.json`. Nothing in
+the report is typed by hand; a test keeps the README's block equal to what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from rmrouter.machine import describe_machine
+
+log = logging.getLogger(__name__)
+
+HEADLINE_START, HEADLINE_END = "<!-- results-headline:start -->", "<!-- results-headline:end -->"
+WRITTEN_BY = re.compile(r"^(Written by .*?; do not edit by hand\.|_Copied by .*_)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A markdown table of a doc: the heading above it, its header cells and its rows of cells."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+    text: str
+
+    def cell(self, row_label: str, column: str) -> str:
+        """The cell of the row whose first cell is `row_label`, in `column`."""
+        index = self.header.index(column)
+        for row in self.rows:
+            if row[0] == row_label:
+                return row[index]
+        raise KeyError(f"no row {row_label!r} in the table under {self.heading!r}")
+
+
+def tables(text: str) -> list[Table]:
+    """Every markdown table of `text`, in order, each with the latest heading above it."""
+    found, heading, block = [], "", []
+
+    def close() -> None:
+        if len(block) >= 2:
+            cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in block]
+            found.append(Table(heading, cells[0], cells[2:], "\n".join(block)))
+        block.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        close()
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+    close()
+    return found
+
+
+def table_under(text: str, heading_prefix: str = "", after: str = "") -> Table:
+    """The first table whose heading starts with `heading_prefix`, after the first heading starting with `after`."""
+    seen_after = not after
+    for table in tables(text):
+        seen_after = seen_after or table.heading.startswith(after)
+        if seen_after and table.heading.startswith(heading_prefix):
+            return table
+    raise KeyError(f"no table under a heading starting {heading_prefix!r} (after {after!r})")
+
+
+def provenance(text: str, path: Path) -> str:
+    """The doc's own line naming the command that wrote it, or a note that it names none."""
+    match = WRITTEN_BY.search(text)
+    return match.group(1) if match else f"`{path}` names no command."
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def write_report(
+    output: str = "docs/RESULTS.md",
+    readme: str | None = "README.md",
+    offline: str = "docs/offline_router_seeds_large.md",
+    routing: str = "docs/routing_benchmark.md",
+    downstream: str = "docs/downstream/results.json",
+    online_step: str = "docs/online_step.md",
+    router_math: str = "docs/router_math.md",
+    main_job: str = "docs/main_job_times.md",
+    reliability: str = "docs/reliability.md",
+    plot: str = "docs/downstream/win_rates.png",
+) -> None:
+    """Writes the results report and the README's headline block from the files the commands wrote.
+
+    Args:
+        output: The report.
+        readme: The README whose `results-headline` block gets the headline numbers; None leaves it alone.
+        offline: The offline router's seeds report (`benchmarks/offline_router_seeds.py`).
+        routing: The online routing benchmark (`benchmarks/routing_benchmark.py`).
+        downstream: The downstream sweep's results (`python cli.py sweep`).
+        online_step: The online step against TRL (`benchmarks/online_step.py`).
+        router_math: The router math timings (`benchmarks/router_math.py`).
+        main_job: The main job's stage times (`python cli.py publish`).
+        reliability: The reliability trials (`benchmarks/reliability.py`).
+        plot: The downstream figure this writes (linked from the report).
+    """
+    from rmrouter.evaluation.sweep_table import sweep_table
+
+    inputs = dict(offline=offline, routing=routing, online_step=online_step, router_math=router_math,
+                  main_job=main_job, reliability=reliability, downstream=downstream)  # fmt: skip
+    paths = {name: Path(path) for name, path in inputs.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"report: missing {missing}: run the commands their READMEs name first")
+    docs = {name: p.read_text() for name, p in paths.items() if name != "downstream"}
+    results = json.loads(paths["downstream"].read_text())
+    out = Path(output)
+    figure = Path(plot)
+    downstream_figure(results, figure)
+
+    def quoted(name: str, table: Table, title: str) -> list[str]:
+        link = _relative(paths[name], out.parent)
+        return [f"### {title}", "", f"From [`{paths[name]}`]({link}): {provenance(docs[name], paths[name])}", "",
+                table.text, ""]  # fmt: skip
+
+    routing_figures = sorted((paths["routing"].parent / paths["routing"].stem).glob("*_cumulative.png"))
+    lines = [
+        "# Results",
+        "",
+        f"_Written by `python cli.py report --config configs/report.yaml` on {describe_machine()}, at commit "
+        f"`{_commit()}`, from the files below; do not edit by hand. Each section names the command and the machine "
+        "of its numbers, which may differ from this one._",
+        "",
+        "## Headline",
+        "",
+        headline(docs, results, paths, out.parent),
+        "",
+        "## Offline router",
+        "",
+        *quoted("offline", table_under(docs["offline"]), "Router accuracy against its baselines, over seeds"),
+        "## Online routing benchmark",
+        "",
+        *quoted("routing", table_under(docs["routing"], "Fidelity (a)"), "Fidelity (a): oracle reward"),
+        *quoted("routing", table_under(docs["routing"], "Goals", after="Fidelity (a)"), "Fidelity (a): paired goals"),
+        *quoted("routing", table_under(docs["routing"], "Fidelity (b)"), "Fidelity (b): log-linear DPO policy"),
+        *[f"![{p.stem}]({_relative(p, out.parent)})" for p in routing_figures],
+        "",
+        "## Downstream: trained policies evaluated",
+        "",
+        f"From [`{paths['downstream']}`]({_relative(paths['downstream'], out.parent)}), written by `python cli.py "
+        "sweep --config configs/sweep.yaml`.",
+        "",
+        sweep_table(results).replace("## Downstream:", "### Downstream:"),
+        f"![downstream win rates]({_relative(figure, out.parent)})",
+        "",
+        "## Speed",
+        "",
+        *quoted("online_step", table_under(docs["online_step"]), "The online step against TRL"),
+        *quoted("router_math", table_under(docs["router_math"]), "Router math per routed pair"),
+        *quoted("main_job", table_under(docs["main_job"]), "The main job, per stage"),
+        "## Reliability",
+        "",
+        *quoted("reliability", table_under(docs["reliability"]), "Kills, torn files and bad configs"),
+        "## Seeds",
+        "",
+        f"- downstream sweep: seeds {results['seeds']} (each the global, pair-drawing, data-order and router seed)",
+        *[f"- {name}: {line}" for name, line in seeds_lines(docs).items()],
+        "",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    log.info("report written to %s", out)
+    if readme is not None:
+        update_readme(Path(readme), headline(docs, results, paths, relative_to=Path(readme).parent))
+
+
+def seeds_lines(docs: dict[str, str]) -> dict[str, str]:
+    """Each doc's own sentence naming its seeds, where it has one."""
+    found = {}
+    for name, text in docs.items():
+        match = re.search(r"[Ss]eeds? \[[0-9, ]+\]", text)
+        if match:
+            found[name] = match.group(0)
+    return found
+
+
+def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relative_to: Path) -> str:
+    """The few numbers a reader wants first, each from its table, with a link to it (relative to `relative_to`)."""
+    from rmrouter.evaluation.sweep_table import LABELS, compare, mean_sd
+
+    def link(name: str) -> str:
+        return f"[{paths[name].name}]({_relative(paths[name], relative_to)})"
+
+    offline = table_under(docs["offline"])
+    goals = table_under(docs["routing"], "Goals", after="Fidelity (a)")
+    measured = "measured (points, 95 % interval)"
+    lines = [
+        f"- **Offline router** (test split, mean ± se over seeds): {offline.cell('test', 'router mean ± se')} against "
+        f"data-label routing {offline.cell('test', 'data-label routing')}: {offline.cell('test', 'verdict')} "
+        f"({link('offline')}).",
+    ]
+    for baseline in ("routing by data label", "best single RM (on train)"):
+        row = f"BayesianRouter above {baseline}"
+        lines.append(
+            f"- **Online routing benchmark** (oracle reward): BayesianRouter against {baseline}: "
+            f"{goals.cell(row, measured)} points, {goals.cell(row, 'verdict')} ({link('routing')})."
+        )
+    reference = results["reference"]
+    win, sd = mean_sd([run["metrics"].get("chat/win_rate", math.nan) for run in results["runs"]
+                       if run["method"] == reference])  # fmt: skip
+    cells = []
+    for method in ("best_single", "majority", "data_label"):
+        test = compare(results, method, "win_rate") if method in results["methods"] else None
+        if test is not None:  # `compare` is the method minus the reference: turned round here
+            verdict = {"above": "below", "below": "above"}.get(test.verdict(), "no difference")
+            cells.append(f"{LABELS[method]} {0.0 - 100 * test.mean:+.1f} points (p {test.p_value:.2g}, {verdict})")
+    seeds = len(results["seeds"])
+    spread = f" ± {100 * sd:.1f}" if not math.isnan(sd) else ""
+    lines.append(
+        f"- **Downstream** ({seeds} seed{'s' if seeds > 1 else ''} at the sweep's budget): the BayesianRouter-trained "
+        f"policy wins {100 * win:.1f}{spread} % of judged prompts against its start; its judged wins against "
+        + "; ".join(cells)
+        + f" ({link('downstream')})."
+    )
+    lines.append(f"- **Speed**: the online step at k = 2 in {_step_cell(table_under(docs['online_step']))} "
+                 f"({link('online_step')}).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _step_cell(step: Table) -> str:
+    for row in step.rows:
+        if row[2] == "rmrouter" and row[1] == "2":
+            return f"{row[0]}: {row[3]} s a step, {row[4]}x TRL's"
+    raise KeyError("no rmrouter row at k = 2 in the online step table")
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text()
+    if HEADLINE_START not in text or HEADLINE_END not in text:
+        raise ValueError(f"{readme} has no {HEADLINE_START} ... {HEADLINE_END} block for the headline")
+    start, end = text.index(HEADLINE_START) + len(HEADLINE_START), text.index(HEADLINE_END)
+    readme.write_text(text[:start] + "\n" + block + "\n" + text[end:])
+
+
+def downstream_figure(results: dict, path: Path) -> None:
+    """Each method's win rate and length-controlled win rate against its start, mean and sd over seeds."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise SystemExit("report: the figure needs matplotlib: pip install -e '.[bench]'") from error
+    from rmrouter.evaluation.sweep_table import LABELS, mean_sd
+
+    methods = list(results["methods"])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(methods) + 1.2))
+    for offset, (key, label) in enumerate((("chat/win_rate", "win rate"), ("chat/lc_win_rate", "length-controlled"))):
+        stats = [mean_sd([r["metrics"].get(key, math.nan) for r in results["runs"] if r["method"] == m])
+                 for m in methods]  # fmt: skip
+        means = [100 * mean for mean, _ in stats]
+        spreads = [0.0 if math.isnan(sd) else 100 * sd for _, sd in stats]
+        rows = [i + 0.2 * offset for i in range(len(methods))]
+        ax.errorbar(means, rows, xerr=spreads, fmt="o", capsize=3, label=label)
+    ax.axvline(50.0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(methods)), [LABELS.get(m, m) for m in methods])
+    ax.set_xlabel("% against the starting policy (mean ± sd over seeds)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _relative(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start)

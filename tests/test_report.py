@@ -1,0 +1,89 @@
+"""The results report: every section from the files the commands wrote, the headline block in the README."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rmrouter.report import HEADLINE_END, HEADLINE_START, table_under, tables, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("offline_router_seeds_large.md", "routing_benchmark.md", "online_step.md", "router_math.md",
+        "main_job_times.md", "reliability.md")  # fmt: skip
+
+
+def fake_results() -> dict:
+    runs = []
+    for seed in (0, 1):
+        for method, outcome in (("bayesian", 1.0), ("best_single", 0.0)):
+            rows = [{"id": f"c{i}", "task": "win_rate", "dataset": "alpaca_eval", "outcome": outcome} for i in range(5)]
+            runs.append({"method": method, "seed": seed, "seconds": 1.0, "rows": rows,
+                         "metrics": {"chat/win_rate": outcome, "chat/lc_win_rate": outcome}})  # fmt: skip
+    return {"machine": "a test machine", "methods": {"bayesian": [], "best_single": []}, "seeds": [0, 1],
+            "online_config": "c.yaml", "online_args": ["--trainer.max_steps", "1"], "evaluation_config": "e.yaml",
+            "best_single_rm": "length", "reference": "bayesian", "sweep_seconds": 90.0, "runs": runs}  # fmt: skip
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "downstream").mkdir(parents=True)
+    for name in DOCS:
+        shutil.copy(ROOT / "docs" / name, docs / name)
+    shutil.copytree(ROOT / "docs" / "routing_benchmark", docs / "routing_benchmark")
+    (docs / "downstream" / "results.json").write_text(json.dumps(fake_results()))
+    (tmp_path / "README.md").write_text(f"# x\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\nrest\n")
+    return tmp_path
+
+
+def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    write_report()
+    report = Path("docs/RESULTS.md").read_text()
+    for name in DOCS:
+        assert f"[`docs/{name}`]({name})" in report
+    offline = (inputs / "docs" / "offline_router_seeds_large.md").read_text()
+    assert table_under(offline).text in report  # the table itself, unchanged
+    assert "Written by `python benchmarks/online_step.py" in report  # each table's own command
+    assert "| BayesianRouter | n/a | 100.0 ± 0.0 |" in report  # the downstream table, from results.json
+    assert "![downstream win rates](downstream/win_rates.png)" in report
+    assert (inputs / "docs" / "downstream" / "win_rates.png").stat().st_size > 1000
+    assert "![oracle_cumulative](routing_benchmark/oracle_cumulative.png)" in report
+    readme = Path("README.md").read_text()
+    assert "old" not in readme and readme.endswith("\n\nrest\n")
+    block = readme[readme.index(HEADLINE_START) : readme.index(HEADLINE_END)]
+    assert "[offline_router_seeds_large.md](docs/offline_router_seeds_large.md)" in block
+    assert "best single RM +100.0 points (p 0, above)" in block  # BayesianRouter wins every row at both seeds
+    assert "[downstream/results.json]" not in block and "(docs/downstream/results.json)" in block
+
+
+def test_a_missing_input_is_named(inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    (inputs / "docs" / "reliability.md").unlink()
+    with pytest.raises(FileNotFoundError, match="docs/reliability.md"):
+        write_report()
+
+
+def test_tables_are_read_with_their_heading():
+    text = "# A\n\n| x | y |\n|---|---:|\n| r | 1 |\n\n## B\n| x | z |\n|---|---|\n| s | 2 |\n| t | 3 |\n"
+    first, second = tables(text)
+    assert (first.heading, first.header, first.rows) == ("A", ["x", "y"], [["r", "1"]])
+    assert second.cell("t", "z") == "3" and table_under(text, "B") == second
+    with pytest.raises(KeyError):
+        second.cell("u", "z")
+
+
+def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files():
+    from rmrouter.report import headline
+
+    names = dict(offline="offline_router_seeds_large.md", routing="routing_benchmark.md", online_step="online_step.md",
+                 downstream="downstream/results.json")  # fmt: skip
+    paths = {name: ROOT / "docs" / file for name, file in names.items()}
+    docs = {name: path.read_text() for name, path in paths.items() if name != "downstream"}
+    results = json.loads(paths["downstream"].read_text())
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index(HEADLINE_START) + len(HEADLINE_START) : readme.index(HEADLINE_END)]
+    assert block.strip() == headline(docs, results, paths, ROOT)
