@@ -25,6 +25,7 @@ import torch
 from rmrouter.data.records import PromptRecord
 from rmrouter.evaluation.metrics import gsm8k_correct, length_controlled_win_rate, mean_and_se, win_outcome
 from rmrouter.reward_models.base import RewardModel
+from rmrouter.routers.data_label import dataset_of
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,9 @@ ACCURACY_DATASETS = ("gsm8k",)  # sources whose prompts are scored by the refere
 
 def task_of(record: PromptRecord) -> str:
     """`gsm8k` for a GSM8K prompt with a reference (accuracy), else `win_rate` (judged against the baseline)."""
-    if record.source.split("/", 1)[0] in ACCURACY_DATASETS and record.reference:
+    if dataset_of(record.source) in ACCURACY_DATASETS and record.reference:
         return "gsm8k"
     return "win_rate"
-
-
-def dataset_of(record: PromptRecord) -> str:
-    return record.source.split("/", 1)[0]
 
 
 class Evaluation:
@@ -77,6 +74,7 @@ class Evaluation:
         self.max_prompt_length = max_prompt_length
         self.batch_size = batch_size
         self.base_cache = Path(base_cache) if base_cache else None
+        self._cached: dict[str, str] | None = None  # the cache file's answers, read on first use
         self.output_dir = output_dir
         self.rows: list[dict[str, Any]] = []
 
@@ -100,13 +98,15 @@ class Evaluation:
             for i, answer, base_answer in zip(rows, answers, base, strict=True):
                 record = records[i]
                 self.rows.append({
-                    "id": record.id, "task": task, "dataset": dataset_of(record), "domain": record.domain,
+                    "id": record.id, "task": task, "dataset": dataset_of(record.source), "domain": record.domain,
                     "prompt": record.prompt, "reference": record.reference, "policy": answer, "base": base_answer,
                 })  # fmt: skip
 
     def _baseline_answers(self, prompts: list[list[int]], limit: int, baseline: Generate, name: str) -> list[str]:
         keys = [_cache_key(name, limit, prompt) for prompt in prompts]
-        cached = _read_cache(self.base_cache)
+        if self._cached is None:
+            self._cached = _read_cache(self.base_cache)
+        cached = self._cached
         missing = [i for i, key in enumerate(keys) if key not in cached]
         if missing:
             fresh = baseline([prompts[i] for i in missing], limit)

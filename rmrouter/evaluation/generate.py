@@ -47,8 +47,8 @@ def greedy_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens:
                 top_k=None,
             )
             for i, ids in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                end = next((t for t, token in enumerate(ids) if token in stops), None)
-                answers[i] = tokenizer.decode(ids if end is None else ids[:end], skip_special_tokens=True)
+                ids, has_eos = gen.cut_at_eos(ids, stops)
+                answers[i] = tokenizer.decode(ids[:-1] if has_eos else ids, skip_special_tokens=True)
     finally:
         model.train(was_training)
     return answers

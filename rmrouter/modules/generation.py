@@ -113,11 +113,17 @@ def sample_completions(
         policy.train(was_training)
     completions = []
     for row in output[:, input_ids.shape[1] :].tolist():
-        end = next((t for t, token in enumerate(row) if token in stops), None)
-        ids = row if end is None else row[: end + 1]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        completions.append(Completion(text=text, token_ids=ids, has_eos=end is not None))
+        ids, has_eos = cut_at_eos(row, stops)
+        completions.append(
+            Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids, has_eos=has_eos)
+        )
     return [completions[i : i + num_samples] for i in range(0, len(completions), num_samples)]
+
+
+def cut_at_eos(ids: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """`(ids up to and including the first stop token, whether there was one)`: what follows an EOS is padding."""
+    end = next((t for t, token in enumerate(ids) if token in stops), None)
+    return (ids, False) if end is None else (ids[: end + 1], True)
 
 
 def text_ids(tokenizer, text: str, eos_id: int, max_new_tokens: int) -> list[int]:
