@@ -19,7 +19,7 @@ from rmrouter import sweep
 from rmrouter.cli import main
 from rmrouter.data import AlpacaEvalPairs, AlpacaEvalPrompts, GSM8KPrompts
 from rmrouter.data.sources import SPLIT_SCHEMES, split_key
-from rmrouter.evaluation.sweep_table import compare, sweep_table
+from rmrouter.evaluation.sweep_table import compare, identical_methods, sweep_table
 from rmrouter.routers.baseline_routers import DataLabelRouter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -203,6 +203,22 @@ def test_the_sweep_table_reads_no_difference_inside_the_noise():
     assert row.split(" | ")[1] == "n/a"  # no GSM8K rows to compare
     assert compare(summary, "majority", "gsm8k") is None
     assert not math.isnan(compare(summary, "majority", "win_rate").mean)
+    assert identical_methods(summary) == [] and "same evaluated answers" not in table
+
+
+def test_the_sweep_table_names_methods_that_trained_the_same_policy():
+    def run(method, seed, outcome):
+        rows = [{"id": "c0", "task": "win_rate", "outcome": outcome, "policy_length": 10}]
+        return {"method": method, "seed": seed, "metrics": {"chat/win_rate": outcome}, "rows": rows}
+
+    runs = [run("bayesian", 0, 1.0), run("ablation_weighted_score", 0, 1.0), run("majority", 0, 1.0)]
+    runs += [run("bayesian", 1, 0.0), run("ablation_weighted_score", 1, 0.0), run("majority", 1, 0.5)]
+    summary = {"machine": "m", "methods": {"bayesian": [], "majority": [], "ablation_weighted_score": []},
+               "seeds": [0, 1], "online_config": "c", "online_args": [], "evaluation_config": "e",
+               "best_single_rm": "length", "reference": "bayesian", "sweep_seconds": 60.0, "runs": runs}  # fmt: skip
+    assert identical_methods(summary) == [["bayesian", "ablation_weighted_score"]]  # majority differs on seed 1
+    note = '"BayesianRouter" and "BayesianRouter, weighted score": the same evaluated answers on every seed'
+    assert note in sweep_table(summary)
 
 
 @pytest.fixture

@@ -61,6 +61,18 @@ def compare(summary: dict[str, Any], method: str, task: str):
     return paired_test([mine[k] for k in keys], [theirs[k] for k in keys])
 
 
+def identical_methods(summary: dict[str, Any]) -> list[list[str]]:
+    """Groups of 2+ methods whose evaluated rows (every prompt's outcome and answer length) are the same on every
+    seed: they trained the same policy, so they routed every trained pair alike."""
+    groups: dict[str, list[str]] = {}
+    for method in summary["methods"]:
+        runs = sorted((run for run in summary["runs"] if run["method"] == method), key=lambda run: run["seed"])
+        if runs:
+            key = repr([(run["seed"], sorted(map(sorted, (row.items() for row in run["rows"])))) for run in runs])
+            groups.setdefault(key, []).append(method)
+    return [methods for methods in groups.values() if len(methods) > 1]
+
+
 def _cell(mean: float, sd: float, percent: bool) -> str:
     if math.isnan(mean):
         return "n/a"
@@ -118,6 +130,9 @@ def sweep_table(summary: dict[str, Any]) -> str:
             continue
         cells = [_test_cell(compare(summary, method, task)) for task in ("gsm8k", "win_rate")]
         lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    for group in identical_methods(summary):
+        names = " and ".join(f'"{LABELS.get(method, method)}"' for method in group)
+        lines += ["", f"{names}: the same evaluated answers on every seed, so the same trained policy."]
     lines += [
         "",
         "Downstream there is no any-RM-right ceiling: the policy's own samples have no true label. The routing "
