@@ -131,15 +131,25 @@ def test_posterior_learns_which_rm_is_right_in_each_cluster():
         (torch.ones(2, 2), torch.ones(2), torch.tensor([0.0, 1.0]), "integer"),
         (torch.ones(2, 2), torch.ones(2), torch.tensor([True, False]), "integer"),
         (torch.full((1, 2), 1e200, dtype=torch.float64), torch.ones(1), torch.tensor([0]), "overflows"),
+        # RM 0's rows are fine and come first; RM 1's overflow must stop both.
+        (
+            torch.tensor([[0.5, 0.5], [1e200, 1e200]], dtype=torch.float64),
+            torch.ones(2),
+            torch.tensor([0, 1]),
+            "overflows",
+        ),
     ],
 )
-def test_bad_updates_are_rejected_and_leave_the_posterior_untouched(h, reward, index, match):
+@pytest.mark.parametrize("rank_updates", [False, True], ids=["exact", "rank"])
+def test_bad_updates_are_rejected_and_leave_the_posterior_untouched(h, reward, index, match, rank_updates):
     post = GaussianPosteriors.prior(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), lambda0=1.0, sigma2=1.0)
+    post.rank_updates = rank_updates
     post.update(torch.tensor([0]), torch.tensor([[0.5, 0.5]]), torch.tensor([1.0]))
-    before, means = post.state_dict(), post.means()
+    before, means, covariance = post.state_dict(), post.means(), post.covariance().clone()
     with pytest.raises(ValueError, match=match):
         post.update(index, h, reward)
     assert state_equal(before, post.state_dict()) and torch.equal(means, post.means())
+    assert torch.equal(covariance, post.covariance())
 
 
 def test_state_dict_round_trip_with_restored_generator_gives_identical_future_draws():
@@ -334,7 +344,10 @@ def test_rank_updates_match_the_exact_refactorised_posteriors_over_many_batches(
             probe = F.normalize(torch.randn(5, 12, dtype=torch.float64, generator=generator), dim=1)
             for a, b in zip(fast.score_moments(probe), exact.score_moments(probe), strict=True):
                 assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
-    assert torch.equal(fast.precision, exact.precision) and torch.equal(fast.vector, exact.vector)
+    # The same sums in another order: per RM in place for the rank form, one batched product for the exact one.
+    assert torch.allclose(fast.precision, exact.precision, rtol=1e-13, atol=1e-12)
+    assert torch.allclose(fast.vector, exact.vector, rtol=1e-13, atol=1e-12)
+    assert torch.allclose(fast.covariance(), fast.covariance().mT, rtol=1e-12, atol=1e-15)  # kept symmetric
     assert torch.allclose(fast.covariance(), torch.linalg.inv(exact.precision), rtol=1e-9, atol=1e-12)
     assert torch.allclose(fast.means(), exact.means(), rtol=1e-9, atol=1e-12)
     draws = [p.sample_scores(probe, torch.Generator().manual_seed(9)) for p in (fast, exact)]

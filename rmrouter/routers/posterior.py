@@ -60,8 +60,9 @@ class GaussianPosteriors:
             raise ValueError("precision and vector must be finite")
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be at least 1, got {refresh_every}")
-        self.precision = precision
-        self.vector = vector.to(precision)
+        # Own, contiguous copies: updates write the changed RMs' rows in place.
+        self.precision = precision.detach().clone(memory_format=torch.contiguous_format)
+        self.vector = vector.detach().to(precision, copy=True).contiguous()
         self.sigma2 = float(sigma2)
         rank_updates = precision.shape[1] >= 128 if rank_updates is None else rank_updates
         self.rank_updates, self.refresh_every = bool(rank_updates), int(refresh_every)
@@ -124,9 +125,10 @@ class GaussianPosteriors:
             `(mean, var)`, both `[B, N]`: `h^T mu_n` and `h^T Sigma_n h = ||L_n^-1 h||^2` with `Lambda_n = L_n L_n^T`.
         """
         h = self._check_h(h, "h")
+        if self.rank_updates:  # one [B, d] x [d, d] product per RM serves both: h^T mu = (Sigma h)^T b
+            projected = h @ self.covariance()  # [N, B, d]
+            return (projected @ self.vector.unsqueeze(-1)).squeeze(-1).T, (projected * h).sum(dim=-1).T
         mean = h @ self.means().T
-        if self.rank_updates:  # one [B, d] x [d, d] product per RM
-            return mean, ((h @ self.covariance()) * h).sum(dim=-1).T
         whitened = torch.linalg.solve_triangular(self._factor(), h.T.expand(self.num_rms, -1, -1), upper=False)
         return mean, whitened.square().sum(dim=1).T
 
@@ -182,41 +184,61 @@ class GaussianPosteriors:
             raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
         if not torch.isfinite(reward).all():
             raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
-        # A one-hot mask and one batched matmul give each RM's sum of outer products without an [M, d, d] temporary.
-        routed = torch.zeros(self.num_rms, m, dtype=h.dtype, device=h.device)
-        routed[rm_index, torch.arange(m, device=h.device)] = 1.0
-        delta_precision = (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
-        delta_vector = torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
-        precision, vector = self.precision + delta_precision, self.vector + delta_vector
-        if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
-            raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
-        covariance = None
         if self.rank_updates and self._covariance is not None:
-            rms = rm_index.unique()
-            covariance = self._updated_covariance(rms, [h[rm_index == n] for n in rms.tolist()])
-        changed = torch.zeros(self.num_rms, dtype=torch.bool, device=precision.device)
+            self._add_per_rm(rm_index, h, reward)
+        else:
+            self._add_batched(rm_index, h, reward)
+        changed = torch.zeros(self.num_rms, dtype=torch.bool, device=self.precision.device)
         changed[rm_index] = True
         self._stale = changed if self._stale is None else self._stale | changed
-        self.precision, self.vector = precision, vector
-        if covariance is not None:
-            self._covariance = covariance
+        if self.rank_updates and self._covariance is not None:
             self._refresh_worn()
 
-    def _updated_covariance(self, rms: Tensor, rows: list[Tensor]) -> Tensor:
-        """The covariances after adding `rows[k]` to RM `rms[k]`, by Woodbury's identity: with `U = H Sigma`,
-        `Sigma' = Sigma - U^T (sigma2 I + U H^T)^-1 U`, so each RM costs `O(m d^2)` for its `m` rows."""
-        covariance = self._covariance.clone()
-        for n, routed in zip(rms.tolist(), rows, strict=True):
-            u = routed @ covariance[n]  # [m, d]
-            inner = self.sigma2 * torch.eye(len(routed), dtype=u.dtype, device=u.device) + u @ routed.mT
-            factor, info = torch.linalg.cholesky_ex(inner)
-            if info:  # round-off broke Sigma's positive definiteness: re-derive this RM exactly instead
-                self._since_refresh[n] = self.refresh_every
-                continue
-            updated = covariance[n] - u.mT @ torch.cholesky_solve(u, factor)
-            covariance[n] = (updated + updated.mT) / 2
-            self._since_refresh[n] += 1
-        return covariance
+    def _add_batched(self, rm_index: Tensor, h: Tensor, reward: Tensor) -> None:
+        """The update for the exact form: every RM's sum of outer products as one batched product over a one-hot
+        mask (`N` times the flops of per-RM sums, but one call, and dwarfed by the refactorisation that follows)."""
+        routed = torch.zeros(self.num_rms, len(h), dtype=h.dtype, device=h.device)
+        routed[rm_index, torch.arange(len(h), device=h.device)] = 1.0
+        precision = self.precision + (routed.unsqueeze(-1) * h).mT @ h / self.sigma2
+        vector = (
+            self.vector + torch.zeros_like(self.vector).index_add_(0, rm_index, reward.unsqueeze(1) * h) / self.sigma2
+        )
+        if not (torch.isfinite(precision).all() and torch.isfinite(vector).all()):
+            raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
+        self.precision, self.vector = precision, vector
+
+    def _add_per_rm(self, rm_index: Tensor, h: Tensor, reward: Tensor) -> None:
+        """The update for the rank form, in place and per RM that got rows: `O(m d^2)` for its `m` rows, checked
+        for overflow on every RM before any is written."""
+        updates = []
+        for n in rm_index.unique().tolist():
+            mine = rm_index == n
+            rows = h[mine]
+            vector = self.vector[n] + reward[mine] @ rows / self.sigma2
+            # No entry of a positive definite Lambda exceeds its largest diagonal one, nor any of h^T h the rows'
+            # squared norms: where twice their sum is finite, adding in place cannot overflow.
+            bound = 2 * (self.precision[n].diagonal().max() + rows.square().sum() / self.sigma2)
+            if not (torch.isfinite(bound) and torch.isfinite(vector).all()):
+                raise ValueError("the update overflows (h or reward too large); the posterior is left unchanged")
+            updates.append((n, rows, vector))
+        for n, rows, vector in updates:
+            self.precision[n].addmm_(rows.mT, rows, alpha=1 / self.sigma2)
+            self.vector[n] = vector
+            self._update_covariance(n, rows)
+
+    def _update_covariance(self, n: int, rows: Tensor) -> None:
+        """Adds `rows` to RM `n`'s covariance in place by Woodbury's identity: with `U = H Sigma` and
+        `sigma2 I + U H^T = L L^T`, `Sigma' = Sigma - W^T W` for `W = L^-1 U`, so it costs `O(m d^2)` for `m` rows."""
+        covariance = self._covariance[n]
+        u = rows @ covariance  # [m, d]
+        noise = self.sigma2 * torch.eye(len(rows), dtype=u.dtype, device=u.device)
+        factor, info = torch.linalg.cholesky_ex(torch.addmm(noise, u, rows.mT))
+        if info:  # round-off broke Sigma's positive definiteness: re-derive this RM exactly instead
+            self._since_refresh[n] = self.refresh_every
+            return
+        w = torch.linalg.solve_triangular(factor, u, upper=False)
+        covariance.addmm_(w.mT, w, alpha=-1)
+        self._since_refresh[n] += 1
 
     def _refresh_worn(self) -> None:
         """Re-derives from the precision, exactly, the covariance of every RM updated `refresh_every` times since."""
@@ -269,9 +291,7 @@ class GaussianPosteriors:
             self._cholesky = self._factorise(self.precision, torch.arange(self.num_rms))
         elif self._stale is not None and self._stale.any():
             rows = torch.nonzero(self._stale).flatten()
-            factor = self._cholesky.clone()
-            factor[rows] = self._factorise(self.precision[rows], rows)
-            self._cholesky = factor
+            self._cholesky[rows] = self._factorise(self.precision[rows], rows)
         self._stale = None
         return self._cholesky
 
