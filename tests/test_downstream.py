@@ -19,6 +19,7 @@ from rmrouter import sweep
 from rmrouter.cli import main
 from rmrouter.data import AlpacaEvalPairs, AlpacaEvalPrompts, GSM8KPrompts
 from rmrouter.data.sources import SPLIT_SCHEMES, split_key
+from rmrouter.evaluation.evaluation import _append_cache, _read_cache
 from rmrouter.evaluation.sweep_table import compare, identical_methods, sweep_table
 from rmrouter.routers.baseline_routers import DataLabelRouter
 
@@ -219,6 +220,14 @@ def test_the_sweep_table_names_methods_that_trained_the_same_policy():
     assert identical_methods(summary) == [["bayesian", "ablation_weighted_score"]]  # majority differs on seed 1
     note = '"BayesianRouter" and "BayesianRouter, weighted score": the same evaluated answers on every seed'
     assert note in sweep_table(summary)
+
+
+def test_the_baseline_cache_keeps_new_answers_after_a_line_torn_by_a_crash(tmp_path):
+    cache = tmp_path / "base.jsonl"
+    _append_cache(cache, {"a": "first"})
+    cache.write_text(cache.read_text() + '{"key": "b", "answ')  # killed in the middle of writing b
+    _append_cache(cache, {"c": "third", "d": "fourth"})
+    assert _read_cache(cache) == {"a": "first", "c": "third", "d": "fourth"}
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rmrouter.data.behaviour import drop_torn_tail
 from rmrouter.data.records import PromptRecord
 from rmrouter.evaluation.metrics import gsm8k_correct, length_controlled_win_rate, mean_and_se, win_outcome
 from rmrouter.reward_models.base import RewardModel
@@ -235,6 +236,7 @@ def _append_cache(path: Path | None, new: dict[str, str]) -> None:
     if path is None or not new:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(path)  # else the first new answer would join a crash's unfinished line and be lost with it
     with open(path, "a") as file:
         file.writelines(
             json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n" for key, answer in new.items()
