@@ -205,6 +205,33 @@ def test_checkpoint_serves_as_reward_model(tiny_encoder_dir, tmp_path, freeze_en
     assert compose_text(prompts[0], "x") == "question 0: Mix flour and water?\n\nAssistant: x"
 
 
+def test_learned_rms_on_one_frozen_encoder_run_it_once_per_batch_and_score_as_alone(
+    tiny_learned_checkpoint, monkeypatch
+):
+    first = LearnedRewardModel(name="first", checkpoint=tiny_learned_checkpoint, batch_size=3)
+    second = LearnedRewardModel(name="second", checkpoint=tiny_learned_checkpoint, batch_size=3)
+    with torch.no_grad():
+        second.module.head[-1].bias.add_(1.0)  # another head on the same encoder
+    passes = []
+    encode_batch = TextEncoder._encode_batch
+    monkeypatch.setattr(
+        TextEncoder, "_encode_batch", lambda self, texts: passes.append(len(texts)) or encode_batch(self, texts)
+    )
+    records = marker_pairs(7)
+    prompts, responses = [r.prompt for r in records], [r.chosen for r in records]
+    scores = [rm.score(prompts, responses) for rm in (first, second)]
+    assert sum(passes) == 7  # the second RM reused the first's embeddings
+    for rm, score in zip((first, second), scores, strict=True):
+        with torch.no_grad():
+            torch.testing.assert_close(score, rm.module.reward(prompts, responses))
+    assert not torch.allclose(scores[0], scores[1])
+    passes.clear()
+    first.score(prompts, [r.rejected for r in records])  # other texts: the encoder runs again
+    second.module.freeze_encoder = False  # a fine-tuned encoder is its own function: never shared
+    second.score(prompts, [r.rejected for r in records])
+    assert sum(passes) == 14
+
+
 def test_checkpoint_with_other_encoder_weights_is_refused(tiny_encoder_dir, tmp_path):
     module = make_module(tiny_encoder_dir)
     checkpoint = {"state_dict": {"head.0.weight": torch.zeros(1)}, "frozen_encoder_fingerprint": 1.0}

@@ -87,3 +87,15 @@ def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files(
     readme = (ROOT / "README.md").read_text()
     block = readme[readme.index(HEADLINE_START) + len(HEADLINE_START) : readme.index(HEADLINE_END)]
     assert block.strip() == headline(docs, results, paths, ROOT)
+
+
+def test_the_speed_headline_names_every_precision_timed_at_k_2():
+    from rmrouter.report import Table, _step_cell
+
+    header = ["precision", "k", "side", "s/step", "ratio to TRL"]
+    rows = [["32-true", "2", "rmrouter", "17.18", "0.68"], ["32-true", "2", "trl", "25.36", "1.00"],
+            ["32-true", "4", "rmrouter", "24.42", "-"], ["bf16-mixed", "2", "rmrouter", "9.00", "0.76"]]  # fmt: skip
+    table = Table("", header, rows, "")
+    assert _step_cell(table) == "32-true: 17.18 s a step, 0.68x TRL's; bf16-mixed: 9.00 s a step, 0.76x TRL's"
+    with pytest.raises(KeyError, match="no rmrouter row at k = 2"):
+        _step_cell(Table("", header, rows[1:3], ""))

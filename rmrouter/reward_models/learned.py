@@ -12,6 +12,9 @@ from rmrouter.reward_models.base import RewardModel
 
 DEFAULT_TRAIN_CONFIG = "configs/learned_rm/safety.yaml"
 
+# Per frozen encoder (see `LearnedRewardModel._sharing_key`): the texts it embedded last and their embeddings.
+_LAST_EMBEDDINGS: dict[tuple, tuple[list[str], torch.Tensor]] = {}
+
 
 def train_command(checkpoint: Path) -> str:
     """The command that writes `checkpoint`: `checkpoints/learned_rm/<domain>/...` comes from
@@ -52,11 +55,37 @@ class LearnedRewardModel(RewardModel):
         self.module.eval()
 
     def _score(self, prompts: list[list[Message]], responses: list[str], references: list[str | None]) -> torch.Tensor:
-        chunks = [
-            self.module.reward(prompts[start : start + self.batch_size], responses[start : start + self.batch_size])
-            for start in range(0, len(responses), self.batch_size)
-        ]
-        return torch.cat(chunks)
+        texts = self.module._texts(prompts, responses)
+        with torch.no_grad():
+            return self.module.head(self._embeddings(texts)).squeeze(-1)
+
+    def _embeddings(self, texts: list[str]) -> torch.Tensor:
+        """The encoder's embeddings of `texts`, in chunks of `batch_size`; the last ones are kept for the learned RMs
+        whose frozen encoder is the same (e.g. the default pool's three MiniLM heads): a pool scores one batch with
+        RM after RM, so the second and third reuse the first's instead of running the same encoder again."""
+        key = self._sharing_key()
+        last = _LAST_EMBEDDINGS.get(key) if key is not None else None
+        if last is not None and last[0] == texts:
+            return last[1]
+        with torch.no_grad():
+            chunks = [
+                self.module.embed(texts[start : start + self.batch_size])
+                for start in range(0, len(texts), self.batch_size)
+            ]
+        embeddings = torch.cat(chunks)
+        if key is not None:
+            _LAST_EMBEDDINGS[key] = (texts, embeddings)
+        return embeddings
+
+    def _sharing_key(self) -> tuple | None:
+        """What makes two frozen encoders the same function: the weights, rebuilt from the encoder's name when the
+        checkpoint is loaded, and every setting of the encoding. None for a fine-tuned encoder, never shared."""
+        if not self.module.freeze_encoder:
+            return None
+        encoder = self.module.encoder
+        parameter = next(encoder.parameters())
+        return (encoder.name, encoder.pooling, encoder.max_length, encoder.tokenizer.truncation_side, encoder.normalize,
+                encoder.batch_size, parameter.dtype, parameter.device, self.batch_size)  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, checkpoint={self.checkpoint!r}"
