@@ -19,6 +19,8 @@ from pathlib import Path
 
 from rmrouter.commands import run_lightning
 from rmrouter.machine import describe_machine
+from rmrouter.models.frozen import embedding_cache_dir
+from rmrouter.models.store import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def run_pipeline(
     """
     from rmrouter.behaviour.collect import run_collect
 
+    caches = cache_state()
     clock = StageClock()
     for config, checkpoint in (DEFAULT_LEARNED_RMS if learned_rms is None else learned_rms).items():
         with clock.stage(f"1. learned RM ({Path(config).stem})") as stage:
@@ -98,13 +101,26 @@ def run_pipeline(
             _expect(online_summary, online_config)
     table = clock.table()
     Path(times).parent.mkdir(parents=True, exist_ok=True)
-    Path(times).write_text(f"## Main job: time per stage\n\nOn {describe_machine()}.\n\n{table}\n")
+    Path(times).write_text(f"## Main job: time per stage\n\nOn {describe_machine()}; {caches}.\n\n{table}\n")
     log.info(
         "pipeline done in %.0f s (stage times in %s); `python cli.py publish --config configs/publish.yaml` copies "
         "its tables and summary into docs/ and the README\n%s",
         clock.total(),
         times,
         table,
+    )
+
+
+def cache_state() -> str:
+    """Whether the caches outside `checkpoints/` held anything when the run started (a newcomer's first run finds
+    both empty): SmolLM2 converted from its package, and the frozen encoders' text embeddings."""
+
+    def state(folder: Path) -> str:
+        return "warm" if folder.is_dir() and any(folder.iterdir()) else "cold"
+
+    models, embeddings = cache_dir() / "models", embedding_cache_dir()
+    return (
+        f"converted models ({models}) {state(models)}, text embeddings ({embeddings}) {state(embeddings)} at the start"
     )
 
 

@@ -188,6 +188,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     for stage in ("1. learned RM (learned_safety)", "2. behaviour collection", "3. offline router", "4. online DPO"):
         assert f"| {stage}" in times, times
     assert "| total |" in times and "skipped" not in times
+    assert "text embeddings (" in times and "cold at the start" in times  # this test's own store began empty
 
     # publishing copies the shipped config's three outputs into docs/ and the summary into the README
     main(["publish", "--config", str(CONFIGS / "publish.yaml")])
