@@ -60,18 +60,16 @@ class LearnedRewardModel(RewardModel):
             return self.module.head(self._embeddings(texts)).squeeze(-1)
 
     def _embeddings(self, texts: list[str]) -> torch.Tensor:
-        """The encoder's embeddings of `texts`, in chunks of `batch_size`; the last ones are kept for the learned RMs
-        whose frozen encoder is the same (e.g. the default pool's three MiniLM heads): a pool scores one batch with
-        RM after RM, so the second and third reuse the first's instead of running the same encoder again."""
+        """The encoder's embeddings of `texts` (called under `no_grad`), in chunks of `batch_size`. The last ones are
+        kept for the learned RMs whose frozen encoder is the same (e.g. the default pool's three MiniLM heads): a pool
+        scores one batch with RM after RM, so the second and third reuse the first's instead of running it again."""
         key = self._sharing_key()
         last = _LAST_EMBEDDINGS.get(key) if key is not None else None
         if last is not None and last[0] == texts:
             return last[1]
-        with torch.no_grad():
-            chunks = [
-                self.module.embed(texts[start : start + self.batch_size])
-                for start in range(0, len(texts), self.batch_size)
-            ]
+        chunks = [
+            self.module.embed(texts[start : start + self.batch_size]) for start in range(0, len(texts), self.batch_size)
+        ]
         embeddings = torch.cat(chunks)
         if key is not None:
             _LAST_EMBEDDINGS[key] = (texts, embeddings)

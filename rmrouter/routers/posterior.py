@@ -90,7 +90,7 @@ class GaussianPosteriors:
         means = means.detach().to(dtype)
         n, d = means.shape
         eye = torch.eye(d, dtype=dtype, device=means.device)
-        return cls(lambda0 * eye.expand(n, d, d).clone(), lambda0 * means, sigma2)
+        return cls(lambda0 * eye.expand(n, d, d), lambda0 * means, sigma2)  # the constructor copies
 
     @property
     def num_rms(self) -> int:
@@ -184,14 +184,15 @@ class GaussianPosteriors:
             raise ValueError(f"rm_index must lie in [0, {self.num_rms}), got values {rm_index.unique().tolist()}")
         if not torch.isfinite(reward).all():
             raise ValueError(f"rewards must be finite, got {reward.tolist()}; the posterior is left unchanged")
-        if self.rank_updates and self._covariance is not None:
+        keeps_covariance = self.rank_updates and self._covariance is not None
+        if keeps_covariance:
             self._add_per_rm(rm_index, h, reward)
         else:
             self._add_batched(rm_index, h, reward)
         changed = torch.zeros(self.num_rms, dtype=torch.bool, device=self.precision.device)
         changed[rm_index] = True
         self._stale = changed if self._stale is None else self._stale | changed
-        if self.rank_updates and self._covariance is not None:
+        if keeps_covariance:
             self._refresh_worn()
 
     def _add_batched(self, rm_index: Tensor, h: Tensor, reward: Tensor) -> None:
@@ -269,9 +270,8 @@ class GaussianPosteriors:
                 f"posterior state was built with sigma2={state['sigma2']}, this router has sigma2={self.sigma2}: "
                 "resume with the same sigma2 (the precision's scale depends on it)"
             )
-        loaded = GaussianPosteriors(
-            precision.detach().to(self.precision, copy=True), vector.detach().to(self.vector, copy=True), self.sigma2
-        )
+        # The constructor copies both tensors.
+        loaded = GaussianPosteriors(precision.to(self.precision), vector.to(self.vector), self.sigma2)
         loaded._factor()  # refuses a precision that is not positive definite before it replaces ours
         self.precision, self.vector, self._cholesky = loaded.precision, loaded.vector, loaded._cholesky
         self._stale, self._covariance = None, None
