@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 import torch
 
@@ -20,3 +21,15 @@ def describe_machine() -> str:
 def _cpu_capability() -> str:
     get = getattr(torch.backends.cpu, "get_cpu_capability", None)
     return get() if get is not None else "unknown"
+
+
+def current_commit() -> str:
+    """The checkout's short commit, with `+changes` when tracked files differ from it; says so outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}+changes" if changed else commit

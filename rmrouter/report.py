@@ -14,11 +14,10 @@ import logging
 import math
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmrouter.machine import describe_machine
+from rmrouter.machine import current_commit, describe_machine
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +80,6 @@ def provenance(text: str, path: Path) -> str:
     return match.group(1) if match else f"`{path}` names no command."
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
 def write_report(
     output: str = "docs/RESULTS.md",
     readme: str | None = "README.md",
@@ -139,8 +130,8 @@ def write_report(
         "# Results",
         "",
         f"_Written by `python cli.py report --config configs/report.yaml` on {describe_machine()}, at commit "
-        f"`{_commit()}`, from the files below; do not edit by hand. Each section names the command and the machine "
-        "of its numbers, which may differ from this one._",
+        f"`{current_commit()}`, from the files below; do not edit by hand. Each section names the command and the "
+        "machine of its numbers, which may differ from this one._",
         "",
         "## Headline",
         "",

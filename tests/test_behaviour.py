@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rmrouter.behaviour.collect import collect_behaviour
+from rmrouter.behaviour.collect import collect_behaviour, runs_path
 from rmrouter.behaviour.table import (
     ANY_RIGHT,
     DATA_LABEL,
@@ -25,6 +25,7 @@ from rmrouter.data.behaviour import NOT_JUDGED, BehaviourRecord, read_behaviour
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.records import PreferenceRecord, as_messages
 from rmrouter.data.sources import PreferenceSource
+from rmrouter.machine import describe_machine
 from rmrouter.reward_models.base import RewardModel
 from rmrouter.reward_models.pool import RewardModelPool
 
@@ -108,6 +109,22 @@ def test_resume_scores_only_missing_batches_and_matches_an_uninterrupted_run(tmp
     pool = make_pool()
     collect_behaviour(pool, [ListSource(PAIRS)], resumed, table=None, batch_size=2)
     assert pool[0].rows_scored == 0
+
+
+def test_each_run_over_a_file_is_recorded_beside_it_and_a_new_file_starts_a_new_record(tmp_path):
+    output = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None, batch_size=2, max_batches=1)
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None, batch_size=2, command="python cli.py x")
+    runs = json.loads(runs_path(output).read_text())
+    assert runs_path(output).name == "b.runs.json"
+    assert [run["pairs"] for run in runs] == [2, 3]  # the resumed run scored the rest
+    assert runs[1]["command"] == "python cli.py x" and runs[1]["batch_size"] == 2
+    assert runs[1]["dtypes"] == {"a": "none", "b": "none", "ref": "none"}
+    assert set(runs[1]["seconds"]) == {"a", "b", "ref"} and runs[1]["machine"] == describe_machine()
+
+    output.unlink()
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], output, table=None, batch_size=5)
+    assert [run["pairs"] for run in json.loads(runs_path(output).read_text())] == [5]
 
 
 def test_pairs_the_data_no_longer_gives_are_warned_about(tmp_path, caplog):

@@ -3,6 +3,10 @@
 Batched, with a progress bar, resumable (pairs already in the output file are not scored again) and
 deterministic: batches are fixed slices of the pair list, so a resumed run scores exactly the batches an
 uninterrupted run would, and writes the same bytes.
+
+Each run over a file is recorded beside it (`runs_path`, e.g. `large.runs.json`): the command, commit and machine,
+each RM's dtype and seconds, the pairs it scored; a resumed collection adds a run. `python cli.py ship` copies them
+into a shipped set's manifest, so its provenance comes from the collection itself.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +26,7 @@ from rmrouter.behaviour.table import write_table
 from rmrouter.data.behaviour import BehaviourRecord, drop_torn_tail, read_behaviour
 from rmrouter.data.records import PreferenceRecord
 from rmrouter.data.sources import PreferenceSource
+from rmrouter.machine import current_commit, describe_machine
 from rmrouter.reward_models.pool import RewardModelPool
 
 log = logging.getLogger(__name__)
@@ -86,6 +92,9 @@ def collect_behaviour(
         todo = todo[:max_batches]
     seconds = dict.fromkeys(pool.names, 0.0)
     log.info("%d pairs, %d already in %s, %d batches to score", len(pairs), len(done), output, len(todo))
+    runs = CollectionRuns(output, fresh=not done)
+    run = runs.start(command or COLLECT_COMMAND, pool, batch_size, device, seconds)
+    start = time.perf_counter()
     with open(output, "a", encoding="utf-8") as handle:
         for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
             scores = _score_batch(pool, batch, seconds)
@@ -98,6 +107,9 @@ def collect_behaviour(
             handle.write("".join(lines))
             handle.flush()
             os.fsync(handle.fileno())  # a crash loses at most the batch being scored
+            run["pairs"] += len(scored)
+            run["wall_seconds"] = round(time.perf_counter() - start, 1)
+            runs.save()
     records = read_behaviour(output, pool.names)
     if todo:
         timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
@@ -105,6 +117,57 @@ def collect_behaviour(
     if table is not None and records:
         write_table(records, pool.names, Path(table), output, f"`{command}`" if command else COLLECT_COMMAND)
     return records
+
+
+def runs_path(output: Path) -> Path:
+    """Where the runs of a collection into `output` are recorded: `large.jsonl` -> `large.runs.json`."""
+    return output.with_name(output.name.split(".")[0] + ".runs.json")
+
+
+class CollectionRuns:
+    """The record of every run that wrote a behaviour file, kept beside it and rewritten whole after each batch.
+
+    Args:
+        output: The behaviour file.
+        fresh: The file holds no record yet, so earlier runs (of a deleted file) are forgotten.
+    """
+
+    def __init__(self, output: Path, fresh: bool) -> None:
+        self.path = runs_path(output)
+        self.runs: list[dict[str, Any]] = []
+        if not fresh and self.path.is_file():
+            self.runs = json.loads(self.path.read_text(encoding="utf-8"))
+
+    def start(
+        self, command: str, pool: RewardModelPool, batch_size: int, device: str, seconds: dict[str, float]
+    ) -> dict[str, Any]:
+        """A new run, whose `seconds` per RM is the live dict the scoring adds to."""
+        run = {
+            "command": command,
+            "commit": current_commit(),
+            "machine": describe_machine(),
+            "device": device,
+            "batch_size": batch_size,
+            "dtypes": {rm.name: _dtype_name(rm) for rm in pool.reward_models},
+            "pairs": 0,
+            "wall_seconds": 0.0,
+            "seconds": seconds,
+        }
+        self.runs.append(run)
+        return run
+
+    def save(self) -> None:
+        runs = [{**run, "seconds": {name: round(s, 1) for name, s in run["seconds"].items()}} for run in self.runs]
+        text = json.dumps(runs, indent=1) + "\n"
+        partial = self.path.with_name(f".{self.path.name}.partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, self.path)
+
+
+def _dtype_name(rm: torch.nn.Module) -> str:
+    """The dtype an RM computes in (its first floating-point weight's), or `none` for an RM without weights."""
+    weight = next((p for p in rm.parameters() if p.is_floating_point()), None)
+    return str(weight.dtype).removeprefix("torch.") if weight is not None else "none"
 
 
 def _warn_stale(output: Path, stale: set[str]) -> None:
