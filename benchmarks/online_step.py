@@ -86,7 +86,13 @@ class Timings:
 
 
 def run_rmrouter(
-    prompts: list, precision: str, steps: int, num_samples: int, max_new_tokens: int, share_prompts: bool
+    prompts: list,
+    precision: str,
+    steps: int,
+    num_samples: int,
+    max_new_tokens: int,
+    share_prompts: bool,
+    accelerator: str = "cpu",
 ) -> dict:
     """`steps` steps of rmrouter's online DPO under Lightning; per step, its parts' seconds."""
     from lightning.pytorch import Callback, Trainer
@@ -166,13 +172,15 @@ def run_rmrouter(
             timings.marks["optimizer"] = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if accelerator == "gpu":
+                torch.cuda.synchronize()  # the step's kernels have run, not only been queued
             now = time.perf_counter()
             timings.current["optimizer"] += now - timings.marks["optimizer"]
             pairs = outputs["step_values"].get("train/pairs", 0.0)
             timings.end_step(now - timings.marks["step"], pairs=pairs)
 
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         precision=precision,
         max_steps=steps,
@@ -187,7 +195,9 @@ def run_rmrouter(
     return {"steps": timings.steps, "peak_rss_mib": peak_rss_mib()}
 
 
-def run_trl(prompts: list, precision: str, steps: int, max_new_tokens: int, folder: str) -> dict:
+def run_trl(
+    prompts: list, precision: str, steps: int, max_new_tokens: int, folder: str, accelerator: str = "cpu"
+) -> dict:
     """`steps` steps of TRL's OnlineDPOTrainer on the same model, adapter, prompts and reward."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
@@ -220,7 +230,7 @@ def run_trl(prompts: list, precision: str, steps: int, max_new_tokens: int, fold
         top_p=TOP_P,
         top_k=0,
         missing_eos_penalty=None,
-        use_cpu=True,
+        use_cpu=accelerator == "cpu",
         bf16=precision.startswith("bf16"),
         report_to=[],
         save_strategy="no",
@@ -237,6 +247,8 @@ def run_trl(prompts: list, precision: str, steps: int, max_new_tokens: int, fold
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if accelerator == "gpu":
+                torch.cuda.synchronize()
             step_times.append({"total": time.perf_counter() - self.start, "pairs": float(PROMPTS_PER_STEP)})
 
     trainer = OnlineDPOTrainer(
@@ -256,17 +268,19 @@ def worker(args: argparse.Namespace) -> None:
     prompts = gsm8k_prompts(PROMPTS_PER_STEP * args.steps)
     if args.worker in SIDES[:2]:
         share_prompts = args.worker == "rmrouter"
-        result = run_rmrouter(prompts, args.precision, args.steps, args.num_samples, args.max_new_tokens, share_prompts)
+        result = run_rmrouter(prompts, args.precision, args.steps, args.num_samples, args.max_new_tokens, share_prompts,
+                              args.accelerator)  # fmt: skip
     else:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="rmrouter-trl-") as folder:
-            result = run_trl(prompts, args.precision, args.steps, args.max_new_tokens, folder)
+            result = run_trl(prompts, args.precision, args.steps, args.max_new_tokens, folder, args.accelerator)
     Path(args.result).write_text(json.dumps(result))
 
 
 def run_block(side: str, precision: str, num_samples: int, args: argparse.Namespace, result: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", side, "--precision", precision, "--steps", str(args.steps)]
+    command = [sys.executable, __file__, "--worker", side, "--precision", precision, "--steps", str(args.steps),
+               "--accelerator", args.accelerator]  # fmt: skip
     command += [
         "--num-samples",
         str(num_samples),
@@ -330,6 +344,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="steps per block; the first is warm-up")
     parser.add_argument("--rounds", type=int, default=2, help="blocks per side, alternating")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="gpu: the first CUDA device")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 """The online routing benchmark: every router and ablation on simulated streams of held-out pairs, over seeds.
 
-    python benchmarks/routing_benchmark.py --behaviour checkpoints/behaviour/large.jsonl \
+    python benchmarks/routing_benchmark.py --behaviour rmrouter/shipped/behaviour_large \
         --priors checkpoints/offline_router_seeds_large --seeds 0 1 2 3 4 --output docs/routing_benchmark.md
 
 The stream is the `test` and `ood` splits of the offline router's config (pairs no prior trained or was selected on),
@@ -188,7 +188,7 @@ def run_one(bench: Benchmark, fidelity: str, key: str, config, overrides, seed: 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--behaviour", type=Path, default=Path("checkpoints/behaviour/large.jsonl"))
+    parser.add_argument("--behaviour", type=Path, default=Path("rmrouter/shipped/behaviour_large"))
     priors = parser.add_mutually_exclusive_group()
     priors.add_argument("--priors", type=Path, default=Path("checkpoints/offline_router_seeds_large"))
     priors.add_argument("--prior", type=Path, default=None, help="one prior for every seed")

@@ -2,12 +2,14 @@
 
     python cli.py fit --config configs/learned_rm/safety.yaml
     python cli.py collect --config configs/behaviour.yaml
-    python cli.py table --behaviour checkpoints/behaviour/large.jsonl --output docs/behaviour_table_large.md
+    python cli.py table --behaviour rmrouter/shipped/behaviour_large --output docs/behaviour_table_large.md
+    python cli.py ship --behaviour_config configs/behaviour_large.yaml --output rmrouter/shipped/behaviour_large
     python cli.py pipeline --config configs/pipeline.yaml
     python cli.py publish --config configs/publish.yaml
     python cli.py export --checkpoint checkpoints/online/live/last.ckpt
     python cli.py sweep --config configs/sweep.yaml
     python cli.py report --config configs/report.yaml
+    python cli.py reproduce --config configs/reproduce.yaml
 
 `rmrouter` (the console script) is the same entry point; `python cli.py --help` lists every command.
 """
@@ -31,11 +33,13 @@ LIGHTNING_HELP = {
 PROJECT_HELP = {
     "collect": "score labelled pairs with every RM of a pool: the behaviour file and its accuracy table",
     "table": "the accuracy table of an existing behaviour file",
+    "ship": "keep a collected behaviour file in the repository: its scores, pool, heads and provenance",
     "pipeline": "the main job: learned RMs, behaviour, offline router, online DPO (writes under checkpoints/)",
     "publish": "copy the main job's tables and demo summary into docs/ and the README",
     "export": "an online DPO policy or a learned RM checkpoint as a folder transformers/peft load without rmrouter",
     "sweep": "train and evaluate every method for the same budget and seeds: the downstream table",
     "report": "regenerate docs/RESULTS.md from the runs' output files",
+    "reproduce": "every published figure from this commit on this machine, stage by stage (resumable)",
 }
 
 
@@ -44,6 +48,10 @@ def _project_command(name: str) -> Callable:
         from rmrouter.behaviour.table import write_behaviour_table
 
         return write_behaviour_table
+    if name == "ship":
+        from rmrouter.behaviour.shipped import ship
+
+        return ship
     if name == "pipeline":
         from rmrouter.pipeline import run_pipeline
 
@@ -56,6 +64,10 @@ def _project_command(name: str) -> Callable:
         from rmrouter.sweep import run_sweep
 
         return run_sweep
+    if name == "reproduce":
+        from rmrouter.reproduce import reproduce
+
+        return reproduce
     if name == "report":
         from rmrouter.report import write_report
 

@@ -74,7 +74,11 @@ def router_bt_loss(scores: Tensor, agree: Tensor, eligible: Tensor | None = None
     rows, better, worse = disagreement_pairs(agree, eligible)
     if rows.numel() == 0:
         return scores.sum() * 0
-    return -F.logsigmoid(scores[rows, better] - scores[rows, worse]).mean()
+    # index_select, not scores[rows, better]: a score is in several pairs, and the gradient of advanced indexing adds
+    # its parts with atomic adds on the CPU, in an order that changes from run to run; index_select's adds in order.
+    flat, width = scores.reshape(-1), scores.shape[1]
+    margin = flat.index_select(0, rows * width + better) - flat.index_select(0, rows * width + worse)
+    return -F.logsigmoid(margin).mean()
 
 
 def best_eligible(scores: Tensor, eligible: Tensor) -> Tensor:

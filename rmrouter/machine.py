@@ -23,13 +23,16 @@ def _cpu_capability() -> str:
     return get() if get is not None else "unknown"
 
 
-def current_commit() -> str:
-    """The checkout's short commit, with `+changes` when tracked files differ from it; says so outside a checkout."""
+def current_commit(ignoring: tuple[str, ...] = ()) -> str:
+    """The checkout's short commit, with `+changes` when tracked files differ from it (except paths starting with one
+    of `ignoring`, e.g. the docs a command writes); says so outside a checkout."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True, check=True).stdout.strip()  # fmt: skip
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return f"{commit}+changes" if changed else commit
+    return f"{commit}+changes" if any(not path.startswith(ignoring) for path in changed) else commit
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.rstrip("\n")

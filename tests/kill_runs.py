@@ -162,21 +162,6 @@ def routing(path: Path) -> dict[int, dict]:
     return {row["step"]: row for row in map(json.loads, path.read_text().splitlines())}
 
 
-def differences(a, b, where: str = "") -> list[str]:
-    """Where two nested states (dicts, lists, tensors, numbers) differ; tensors must be equal bit for bit."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        if a.keys() != b.keys():
-            return [f"{where}: keys {sorted(a)} != {sorted(b)}"]
-        return [d for key in a for d in differences(a[key], b[key], f"{where}.{key}")]
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        if len(a) != len(b):
-            return [f"{where}: {len(a)} items != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [where]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
-
-
 def run_collect(output: Path, kill_in_batch: int | None = None, tear_in_batch: int | None = None) -> None:
     from test_behaviour import PAIRS, ListSource, make_pool
 

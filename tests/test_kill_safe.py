@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from behaviour_helpers import write_behaviour
-from kill_runs import differences, in_own_process, routing, run_online
+from determinism_runs import differences
+from kill_runs import in_own_process, routing, run_online
 from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import TorchCheckpointIO

@@ -96,3 +96,24 @@ def test_sampling_from_a_shared_prompt_cache_draws_the_same_completions(lora_pol
     assert shared == unshared
     assert len({tuple(ids) for row in shared for ids in row}) > 1  # sampling, not one repeated answer
     assert lora_policy.training  # back in train mode
+
+
+def test_gradients_through_a_shared_prefix_are_the_same_bits_every_time():
+    """A prefix shared by several rows gets their gradients summed in one order: two backward passes give the same
+    bits. Advanced indexing (`cache[rows]`) summed them with the CPU's atomic adds, whose order varies between runs;
+    the model is just big enough for its cache rows to be split across threads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    model = LlamaForCausalLM(config).train()
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 300, (length,), generator=generator).tolist() for length in (120, 90, 150, 100)]
+    continuations = [torch.randint(1, 300, (5 + 2 * i,), generator=generator).tolist() for i in range(16)]
+    gradients = []
+    for _ in range(4):
+        model.zero_grad()
+        continuation_logprobs(model, prompts * 4, continuations, 0, False, True).sum().backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert all(torch.equal(gradients[0], other) for other in gradients[1:])

@@ -217,11 +217,11 @@ def test_reward_signal_logs_the_auroc_of_each_window_of_steps():
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0}
 
 
-def lm_learner(tiny_causal_lm_dir, lora=LORA):
+def lm_learner(tiny_causal_lm_dir, lora=LORA, bfloat16=False):
     from rmrouter.simulation.lm_learner import LMPolicyDPO
 
     return LMPolicyDPO(tiny_causal_lm_dir, lora, beta=0.1, loss_type="sigmoid", learning_rate=0.05,
-                       max_prompt_length=32, max_new_tokens=8, bfloat16=False, seed=0)  # fmt: skip
+                       max_prompt_length=32, max_new_tokens=8, bfloat16=bfloat16, seed=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("lora", [LORA, None], ids=["lora", "full"])

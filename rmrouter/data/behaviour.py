@@ -115,9 +115,34 @@ def margin_agrees(margin: float) -> bool:
 def read_behaviour(
     path: str | Path, rm_names: Sequence[str] | None = None, exact: bool = True
 ) -> list[BehaviourRecord]:
-    """Reads a behaviour file; with `rm_names`, every row must carry exactly those RMs, or with `exact=False` at
-    least those, and the records keep those alone (the file of a pool with more RMs, read as the smaller pool)."""
+    """Reads a behaviour file, or a shipped set's folder (`rmrouter.behaviour.shipped`); with `rm_names`, every row
+    must carry exactly those RMs, or with `exact=False` at least those, and the records keep those alone (the file of
+    a pool with more RMs, read as the smaller pool)."""
+    from rmrouter.behaviour.shipped import is_shipped, read_shipped
+
+    rows = ((None, record) for record in read_shipped(path)) if is_shipped(path) else _read_lines(path)
     records = []
+    for line_number, record in rows:
+        where = f"{path}:{line_number}" if line_number is not None else f"{path}, pair '{record.pair.id}'"
+        if rm_names is not None and exact and sorted(record.scores) != sorted(rm_names):
+            raise DataError(
+                f"{where}: written by RMs {sorted(record.scores)}, expected {sorted(rm_names)}: "
+                "use another output file for another pool"
+            )
+        if rm_names is not None and not exact:
+            missing = [name for name in rm_names if name not in record.scores]
+            if missing:
+                raise DataError(
+                    f"{where}: no scores of RMs {missing} (the file has {sorted(record.scores)}): "
+                    "collect behaviour with a pool that has them"
+                )
+            record = record.restricted(rm_names)
+        records.append(record)
+    return records
+
+
+def _read_lines(path: str | Path):
+    """`(line number, record)` of each line of a behaviour file."""
     for line_number, line in iter_json_lines(path):
         try:
             row = json.loads(line)
@@ -130,25 +155,15 @@ def read_behaviour(
                     "drops that line and scores its pairs again"
                 ) from None
             raise DataError(f"{path}:{line_number}: not a behaviour record ({error})") from None
-        if rm_names is not None and exact and sorted(record.scores) != sorted(rm_names):
-            raise DataError(
-                f"{path}:{line_number}: written by RMs {sorted(record.scores)}, expected {sorted(rm_names)}: "
-                "use another output file for another pool"
-            )
-        if rm_names is not None and not exact:
-            missing = [name for name in rm_names if name not in record.scores]
-            if missing:
-                raise DataError(
-                    f"{path}:{line_number}: no scores of RMs {missing} (the file has {sorted(record.scores)}): "
-                    "collect behaviour with a pool that has them"
-                )
-            record = record.restricted(rm_names)
-        records.append(record)
-    return records
+        yield line_number, record
 
 
 def rm_names_of(path: str | Path) -> list[str]:
-    """The RMs of a behaviour file's first record, in its order ([] for an empty file)."""
+    """The RMs of a behaviour file's first record (or of a shipped set), in its order ([] for an empty file)."""
+    from rmrouter.behaviour.shipped import is_shipped, read_manifest
+
+    if is_shipped(path):
+        return list(read_manifest(path)["rm_names"])
     for _, line in iter_json_lines(path):
         return list(json.loads(line).get("scores", {}))
     return []

@@ -81,8 +81,8 @@ def continuation_logprobs(
         prefix_ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
         prefix_mask[i, width - len(prefix) :] = 1
     last_logits, cache = _prefill(model, prefix_ids.to(device), prefix_mask.to(device), keep_logits)
-    first_logits = last_logits[rows]  # [R, V]: predicts each row's first continuation token
-    cache.batch_select_indices(rows)
+    first_logits = last_logits.index_select(0, rows)  # [R, V]: predicts each row's first continuation token
+    select_cache_rows(cache, rows)
 
     # The continuations, right-padded after their prefix's cache; positions go on from the prefix's length.
     length = max(map(len, continuations))
@@ -115,6 +115,25 @@ def prompt_cache(model, input_ids: Tensor, attention_mask: Tensor, repeats: int,
     _, cache = _prefill(model, input_ids[:, :-1], attention_mask[:, :-1], keep_logits)
     cache.batch_repeat_interleave(repeats)
     return cache
+
+
+def select_cache_rows(cache, rows: Tensor) -> None:
+    """Keeps the cache's batch rows `rows` (a row may repeat), in place.
+
+    With `index_select`, not the advanced indexing of transformers' `batch_select_indices`: both give the same rows,
+    but the gradient of advanced indexing adds a repeated row's parts with atomic adds on the CPU, in an order that
+    changes from run to run, so two seeded runs would train slightly different weights. `index_select`'s gradient
+    adds them in index order. A cache without per-layer `keys` and `values` falls back to transformers' method.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None or not all(hasattr(layer, "keys") and hasattr(layer, "values") for layer in layers):
+        cache.batch_select_indices(rows)
+        return
+    for layer in layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name)
+            if isinstance(tensor, Tensor) and tensor.numel():
+                setattr(layer, name, tensor.index_select(0, rows))
 
 
 def _prefill(model, input_ids: Tensor, attention_mask: Tensor, keep_logits: bool) -> tuple[Tensor, Any]:

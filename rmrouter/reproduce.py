@@ -1,0 +1,94 @@
+"""Every published figure from one commit on one machine: the commands that write `docs/`, run in order.
+
+    bash scripts/reproduce.sh          # = python cli.py reproduce --config configs/reproduce.yaml
+
+Each stage is one command of `configs/reproduce.yaml`, run in its own process with this interpreter; a line per stage
+says where the run is, and `docs/reproduce.md` gets every stage's time, the machine and the commit. Resumable: a
+stage that finished at this commit with the same command is skipped (`checkpoints/reproduce/state.json`), so a stop
+loses at most the stage it was in, and the long stages resume on their own (the main job, the seeds, the sweep).
+Only what needs a GPU is left out (`bash scripts/gpu_check.sh`).
+
+"This commit" ignores changes under `docs/` and to `README.md`: those are what the stages write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rmrouter.machine import current_commit, describe_machine
+
+log = logging.getLogger(__name__)
+
+WRITTEN = ("docs/", "README.md")  # what the stages write: changes there do not change the commit they ran at
+
+
+def reproduce(
+    stages: dict[str, str],
+    output: Path = Path("docs/reproduce.md"),
+    state: Path = Path("checkpoints/reproduce/state.json"),
+    only: list[str] | None = None,
+) -> None:
+    """Runs every stage in order, each skipped when it already finished at this commit with the same command.
+
+    Args:
+        stages: Stage name -> its command line (`python ...`: `python` is this interpreter).
+        output: The report of stage times, machine and commit.
+        state: Where finished stages are recorded (under `checkpoints/`, so a run leaves `git status` clean but for
+            the docs it writes).
+        only: Run these stages alone (by name) and leave the report alone: for redoing one figure.
+    """
+    unknown = sorted(set(only or []) - set(stages))
+    if unknown:
+        raise SystemExit(f"--only names no stage of the config: {unknown}; its stages are {list(stages)}")
+    commit = current_commit(ignoring=WRITTEN)
+    state = Path(state)
+    done: dict[str, dict] = json.loads(state.read_text()) if state.is_file() else {}
+    selected = [name for name in stages if not only or name in only]
+    for number, name in enumerate(selected, start=1):
+        command = stages[name]
+        record = done.get(name)
+        where = f"[{number}/{len(selected)}] {name}"
+        if record is not None and record["command"] == command and record["commit"] == commit:
+            log.info("%s: done at this commit in %.0f s, skipped", where, record["seconds"])
+            continue
+        log.info("%s: %s", where, command)
+        start = time.perf_counter()
+        run_stage(command)
+        done[name] = {"command": command, "commit": commit, "seconds": time.perf_counter() - start}
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(done, indent=1) + "\n")
+        log.info("%s: finished in %.0f s", where, done[name]["seconds"])
+    if only:
+        return
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(report(stages, done, commit), encoding="utf-8")
+    log.info("every stage finished at commit %s; stage times in %s", commit, output)
+
+
+def run_stage(command: str) -> None:
+    """One stage's command, `python` being this interpreter; a failure stops the run with the stage's exit code."""
+    argv = shlex.split(command)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    finished = subprocess.run(argv)
+    if finished.returncode != 0:
+        raise SystemExit(f"`{command}` failed with exit code {finished.returncode}; rerun to resume from this stage")
+
+
+def report(stages: dict[str, str], done: dict[str, dict], commit: str) -> str:
+    rows = [f"| {name} | `{stages[name]}` | {done[name]['seconds'] / 60:.1f} |" for name in stages]
+    total = sum(done[name]["seconds"] for name in stages) / 60
+    return (
+        "# Reproducing every published figure\n\n"
+        "Written by `python cli.py reproduce --config configs/reproduce.yaml` (`bash scripts/reproduce.sh`); do not "
+        f"edit by hand.\n\nEvery stage ran at commit `{commit}` on {describe_machine()}. The minutes are each "
+        "stage's own run; a stage resumed after a stop counts only its last run. What needs a GPU is "
+        "`bash scripts/gpu_check.sh` ([gpu_check.md](gpu_check.md)).\n\n"
+        "| stage | command | minutes |\n|---|---|---:|\n" + "\n".join(rows) + f"\n| total | | {total:.1f} |\n"
+    )
