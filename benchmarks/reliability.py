@@ -17,7 +17,12 @@ Each trial does something that goes wrong in real use and records what happened 
   collected into again;
 - bad configs through `rmrouter.cli.main`: `configs/online/live.yaml` with `configs/routers/bayesian.yaml` and one bad
   value each, run in an empty folder with `Trainer.fit` replaced by a stop, so nothing trains; the first line of what
-  comes out is recorded, next to the same command without the bad value.
+  comes out is recorded, next to the same command without the bad value;
+- common mistakes typed in a shell (`python cli.py ...` in a process of its own): an empty behaviour file, a score of
+  Infinity, a pair twice, a negative learning rate (the offline router's and the online optimizer's), a typo in a
+  YAML key, RM lists in two orders, a model name that does not exist with no hub reachable: the exit code, how many
+  lines it printed to stderr after Lightning's "Seed set" line, whether a traceback came, the seconds and the last
+  line.
 
 The models are the tests' tiny random-init ones (`tests/conftest.py`), and every killed run is a process of its own
 (`tests/kill_runs.py`), so each SIGKILL is real; everything is written under a temporary folder.
@@ -46,7 +51,8 @@ sys.path.insert(0, str(TESTS))
 
 from behaviour_helpers import write_behaviour  # noqa: E402
 from conftest import build_tiny_tokenizer, save_tiny_causal_lm, save_tiny_encoder, write_toy_prior  # noqa: E402
-from kill_runs import differences, in_own_process, routing, run_online  # noqa: E402
+from determinism_runs import differences  # noqa: E402
+from kill_runs import in_own_process, routing, run_online  # noqa: E402
 from test_behaviour import PAIRS, ListSource, make_pool  # noqa: E402
 
 LIVE = ["--config", str(ROOT / "configs/online/live.yaml"), "--config", str(ROOT / "configs/routers/bayesian.yaml")]
@@ -279,6 +285,54 @@ class Trials:
         finally:
             pl.Trainer.fit = fit
 
+    def shell_mistakes(self) -> None:
+        import json
+        import subprocess
+
+        folder = self.work / "mistakes"
+        folder.mkdir()
+        empty, infinite, twice, typo = (folder / name for name in ("empty.jsonl", "inf.jsonl", "twice.jsonl", "t.yaml"))
+        empty.write_text("")
+        write_behaviour(twice, rows=4)
+        lines = twice.read_text().splitlines(keepends=True)
+        row = json.loads(lines[0])
+        row["scores"][next(iter(row["scores"]))] = [float("inf"), 0.0]
+        infinite.write_text(json.dumps(row) + "\n")
+        twice.write_text("".join([*lines, lines[0]]))
+        typo.write_text("model:\n  init_args:\n    learnng_rate: 0.1\n")
+        offline, live = ["fit", "--config", "configs/offline_router.yaml"], ["fit", *LIVE]
+        reversed_names = (
+            "[minilm-bt-math, minilm-bt-chat, minilm-bt-safety, minilm-reference, smollm2-likelihood, length]"
+        )
+        cases = [
+            ("an empty behaviour file", ["table", "--behaviour", str(empty), "--output", str(folder / "t.md")], 1),
+            ("a score of Infinity", ["table", "--behaviour", str(infinite), "--output", str(folder / "t.md")], 1),
+            ("one pair twice", ["table", "--behaviour", str(twice), "--output", str(folder / "t.md")], 1),
+            ("a negative learning rate", [*offline, "--model.init_args.learning_rate=-0.001"], 2),
+            ("a negative optimizer lr", [*live, "--model.init_args.optimizer.init_args.lr=-1e-4"], 2),
+            ("a typo in a YAML key", [*offline, "--config", str(typo)], 2),
+            ("RM lists in two orders", [*offline, f"--data.init_args.rm_names={reversed_names}"], 2),
+            (
+                "a model name that does not exist",
+                [*offline, "--model.init_args.encoder", "no-such-model-xyz", "--trainer.default_root_dir", str(folder)],
+                1,
+            ),  # fmt: skip
+        ]
+        env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # no hub answers there, as on this machine
+        for what, args, code in cases:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, env=env, text=True,
+                                  capture_output=True, timeout=300)  # fmt: skip
+            seconds = time.perf_counter() - started
+            printed = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("Seed set")]
+            traceback = "Traceback" in done.stderr
+            happened = (f"exit {done.returncode}, {len(printed)} line(s){', a traceback' if traceback else ''}, "
+                        f"{seconds:.0f} s: {printed[-1] if printed else '(nothing)'}")  # fmt: skip
+            ok = done.returncode == code and not traceback and 1 <= len(printed) <= 2 and seconds < 60
+            self.record(f"mistake: {what}", f"`python cli.py {' '.join(args[:3])} ...`",
+                        f"exit {code}, one line (two for a parse error) naming what to fix, no traceback, seconds",
+                        happened, ok)  # fmt: skip
+
 
 def write_default_pool_prior(path: Path, toy_prior: Path) -> None:
     """The toy prior's encoder and MLP with one random BT direction per RM of the default pool, so a config of the
@@ -372,7 +426,7 @@ def main() -> None:
         trials = Trials(work)
         for trial in (trials.online_kill_and_resume, trials.online_kill_while_writing, trials.lightning_staging,
                       trials.offline_kill_and_resume, trials.collection, trials.truncated_behaviour,
-                      trials.bad_configs):  # fmt: skip
+                      trials.bad_configs, trials.shell_mistakes):  # fmt: skip
             trial()
     finally:
         if args.keep:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -87,7 +88,55 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+DEBUG_ENV = "RMROUTER_DEBUG"
+
+
 def main(args: list[str] | None = None) -> None:
+    """The command line. Run from the shell (`args` None), a user's mistake ends in one line on stderr: exit code 2
+    for a config error, 1 for a data or model error (a missing or bad file, a model name that does not resolve);
+    `--debug` or `RMROUTER_DEBUG=1` shows the traceback instead. From Python (`args` given) errors propagate."""
+    if args is not None:
+        _main(args)
+        return
+    debug = "--debug" in sys.argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    sys.argv = [arg for arg in sys.argv if arg != "--debug"]
+    try:
+        _main(None)
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str):
+            raise
+        print(exit_.code, file=sys.stderr)
+        raise SystemExit(2 if exit_.code.startswith("config error:") else 1) from None
+    except Exception as error:
+        mistake = users_mistake(error)
+        if debug or mistake is None:
+            raise
+        print(f"error: {mistake} (--debug shows where)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def users_mistake(error: BaseException) -> BaseException | None:
+    """The user's mistake behind `error`: itself, or an error it was raised from or during (jsonargparse wraps the
+    errors of the classes a config builds); None for anything else, whose traceback is then shown."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, user_errors()):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that report a user's mistake in their message: a file, a record, a model name, a prior."""
+    from rmrouter.data.jsonl import DataError
+    from rmrouter.models.store import ModelNotAvailable
+    from rmrouter.routers.prior import RouterPriorError
+
+    return DataError, ModelNotAvailable, RouterPriorError, FileNotFoundError
+
+
+def _main(args: list[str] | None) -> None:
     quiet_third_party()
     given = args is not None
     args = list(args if given else sys.argv[1:])

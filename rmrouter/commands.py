@@ -7,16 +7,61 @@ pipeline calls a function with arguments instead of the CLI's `main`, and neithe
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
 import warnings
 from collections.abc import Callable
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from rmrouter.config_checks import ConfigError, check_config
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class RMRouterParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are two lines: a short usage and the key at fault with what was wrong,
+    naming the config files given (jsonargparse prints its whole usage and a nested report of every type it tried).
+    `RMROUTER_DEBUG=1` (or jsonargparse's own debug switch) shows the full report."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("RMROUTER_DEBUG", "") not in ("", "0"):
+            return super().error(message, ex)
+        self._logger.error(message)
+        configs = config_files(sys.argv)
+        where = f"keys come from {', '.join(configs)} and the command line" if configs else "keys come from the command"
+        command = " ".join(["python cli.py", *sys.argv[1:2]])
+        sys.stderr.write(f"usage: {command} --config FILE.yaml [--key value ...]   ({command} --help lists the keys)\n")
+        sys.stderr.write(f"config error: {short_parse_error(message)} ({where})\n")
+        sys.exit(2)
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The files of every `--config FILE` (or `--config=FILE`) of a command line, in order."""
+    return [arg.partition("=")[2] or following for arg, following in zip(argv, [*argv[1:], ""], strict=True)
+            if arg == "--config" or arg.startswith("--config=")]  # fmt: skip
+
+
+def short_parse_error(message: str) -> str:
+    """jsonargparse's nested error report as one line: the key, and the innermost reason with the value given."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    key = re.search(r'Parser key "([^"]+)"', message)
+    reasons = [
+        line
+        for line in lines
+        if re.search(r"not accepted|[Uu]nrecognized|required|[Ee]xpected a <class '(?!NoneType)", line)
+    ]
+    reason = (reasons[0] if reasons else lines[0]).lstrip("- ")
+    owner = re.search(r"Problem with given class_path '([^']+)'", message)
+    if owner and "not accepted" in reason:
+        reason += f" by {owner.group(1)}"
+    given = re.search(r"Given value: (.*)", message)
+    if given and "Expected" in reason:
+        reason += f", got {given.group(1)}"
+    return f"{key.group(1)}: {reason}" if key else reason
 
 
 class RMRouterCLI(LightningCLI):
@@ -25,9 +70,19 @@ class RMRouterCLI(LightningCLI):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_class", RMRouterParser)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        from rmrouter.callbacks.run_config import RunConfigInCheckpoint
+
+        subcommand = str(self.subcommand) if self.subcommand else None
+        config = self.config.get(subcommand, self.config) if subcommand else self.config
+        parser = self._parser(self.subcommand)
+        self.trainer.callbacks.append(RunConfigInCheckpoint(parser.dump(config, skip_none=False)))
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
@@ -57,6 +112,19 @@ def run_lightning(args: list[str]) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
         RMRouterCLI(args=list(args))
+
+
+def instantiate(spec, annotation):
+    """Builds `spec` (`class_path`/`init_args` dicts, as in a config file) as a value of type `annotation`, with the
+    same jsonargparse machinery and checks as the CLI's configs, e.g. `instantiate(pool_yaml, RewardModelPool)`."""
+    import json
+
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--value", type=annotation)
+    spec = json.loads(json.dumps(spec))  # parsing changes the dicts it is given
+    return parser.instantiate_classes(parser.parse_object({"value": spec})).value
 
 
 def run_function(function: Callable, args: list[str]) -> None:

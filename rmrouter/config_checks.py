@@ -36,9 +36,44 @@ def check_config(config: Mapping[str, Any], cuda_available: bool) -> None:
         cuda_available: Whether this machine has a CUDA GPU (`torch.cuda.is_available()`).
     """
     model = config.get("model")
+    if isinstance(model, Mapping):
+        check_optimizer(model.get("init_args") or {})
+        check_rm_names_agree(model.get("init_args") or {}, config.get("data") or {})
     if isinstance(model, Mapping) and is_online_dpo(model.get("class_path")):
         check_online_dpo(model.get("init_args") or {}, config.get("data") or {})
     check_trainer(config.get("trainer") or {}, cuda_available)
+
+
+def check_optimizer(init_args: Mapping[str, Any]) -> None:
+    """A learning rate and a weight decay >= 0 (0 trains nothing, a control some runs want), as a module's own
+    arguments (`learning_rate`, `weight_decay`) or its optimizer's (`optimizer.init_args.lr`, ...): torch would refuse
+    a negative one later, in a long traceback."""
+    optimizer = init_args.get("optimizer")
+    optimizer_args = (optimizer.get("init_args") or {}) if isinstance(optimizer, Mapping) else {}
+    for key, value in (
+        (f"{MODEL}.learning_rate", init_args.get("learning_rate")),
+        (f"{MODEL}.weight_decay", init_args.get("weight_decay")),
+        (f"{MODEL}.optimizer.init_args.lr", optimizer_args.get("lr")),
+        (f"{MODEL}.optimizer.init_args.weight_decay", optimizer_args.get("weight_decay")),
+    ):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not (math.isfinite(value) and value >= 0)
+        ):
+            raise ConfigError(key, f"must be a finite number >= 0, got {value}")
+
+
+def check_rm_names_agree(init_args: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+    """The offline router's RMs (`model.init_args.rm_names`) are the behaviour columns it reads
+    (`data.init_args.rm_names`): one list, in one order."""
+    model_names, data_names = init_args.get("rm_names"), (data.get("init_args") or {}).get("rm_names")
+    if isinstance(model_names, Sequence) and isinstance(data_names, Sequence) and list(model_names) != list(data_names):
+        how = "the same RMs in another order" if sorted(model_names) == sorted(data_names) else "different RMs"
+        raise ConfigError(
+            f"{MODEL}.rm_names",
+            f"{list(model_names)} differs from {BEHAVIOUR_RMS} {list(data_names)} ({how}): give both the same list",
+        )
 
 
 def is_online_dpo(class_path: Any) -> bool:

@@ -50,13 +50,14 @@ def export_checkpoint(
             An existing folder is replaced only if an earlier export wrote it.
         merge: Online DPO with LoRA: merge the adapter into the base (a plain causal LM) or, false, save the PEFT
             adapter alone, which is loaded onto the same base. Ignored for a learned RM.
-        run_config: The run's resolved config (LightningCLI writes it as `config.yaml` in the logger's folder), for
-            the card's data and pool; None takes the newest `config.yaml` in or under the checkpoint's folder.
+        run_config: The run's resolved config, for the card's data and pool, for a checkpoint that does not hold it;
+            None: the one the checkpoint holds (`RunConfigInCheckpoint`, in every run `python cli.py` starts). A
+            `config.yaml` lying in the folder is never read: a later run there may have written it.
     """
     path = _checkpoint_file(Path(checkpoint))
     content = torch.load(path, map_location="cpu", weights_only=True)
     hparams = dict(content.get("hyper_parameters") or {})
-    config = _run_config(path, run_config)
+    config = _run_config(content, run_config)
     if "policy" in hparams and "lora" in hparams:
         if hparams["lora"] is None and not merge:
             raise ValueError(
@@ -90,13 +91,13 @@ def _checkpoint_file(path: Path) -> Path:
     return path
 
 
-def _run_config(checkpoint: Path, given: str | None) -> dict[str, Any] | None:
+def _run_config(content: dict[str, Any], given: str | None) -> dict[str, Any] | None:
+    from rmrouter.callbacks.run_config import CHECKPOINT_KEY
+
     if given is not None:
         return yaml.safe_load(Path(given).read_text())
-    found = [*checkpoint.parent.glob("config.yaml"), *checkpoint.parent.glob("*/config.yaml")]
-    if not found:
-        return None
-    return yaml.safe_load(max(found, key=lambda p: p.stat().st_mtime).read_text())
+    saved = content.get(CHECKPOINT_KEY)
+    return yaml.safe_load(saved) if isinstance(saved, str) else None
 
 
 def _write_staged(target: Path, write: Callable[[Path], None], marker: dict[str, Any]) -> None:
@@ -235,7 +236,7 @@ def _router(content: dict[str, Any], config: dict | None) -> tuple[str, list[str
 
 def _data_lines(config: dict | None) -> str:
     if config is None:
-        return "not recorded (no `config.yaml` of the run was found; pass --run_config)"
+        return "not recorded (the checkpoint holds no run config; pass --run_config with the run's config.yaml)"
     sources = []
     init_args = (config.get("data") or {}).get("init_args") or {}
     for side in ("train", "val"):

@@ -91,6 +91,8 @@ def write_report(
     main_job: str = "docs/main_job_times.md",
     reliability: str = "docs/reliability.md",
     plot: str = "docs/downstream/win_rates.png",
+    offline_real: str | None = None,
+    routing_real: str | None = None,
 ) -> None:
     """Writes the results report and the README's headline block from the files the commands wrote.
 
@@ -105,11 +107,15 @@ def write_report(
         main_job: The main job's stage times (`python cli.py publish`).
         reliability: The reliability trials (`benchmarks/reliability.py`).
         plot: The downstream figure this writes (linked from the report).
+        offline_real: The offline router's seeds report on the second, real pool; None: the report has one pool.
+        routing_real: The routing benchmark on the second pool (with `offline_real`).
     """
     from rmrouter.evaluation.sweep_table import sweep_table
 
     inputs = dict(offline=offline, routing=routing, online_step=online_step, router_math=router_math,
                   main_job=main_job, reliability=reliability, downstream=downstream)  # fmt: skip
+    if offline_real is not None and routing_real is not None:
+        inputs.update(offline_real=offline_real, routing_real=routing_real)
     paths = {name: Path(path) for name, path in inputs.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
@@ -125,6 +131,14 @@ def write_report(
         return [f"### {title}", "", f"From [`{paths[name]}`]({link}): {provenance(docs[name], paths[name])}", "",
                 table.text, ""]  # fmt: skip
 
+    offline_sections, routing_sections = [], []
+    for (offline_doc, routing_doc), label in pools(docs):
+        offline_sections += quoted(offline_doc, table_under(docs[offline_doc]),
+                                   f"{label}: router accuracy against its baselines, over seeds")  # fmt: skip
+        for heading, after, title in (("Fidelity (a)", "", "fidelity (a): oracle reward"),
+                                      ("Goals", "Fidelity (a)", "fidelity (a): paired goals"),
+                                      ("Fidelity (b)", "", "fidelity (b): log-linear DPO policy")):  # fmt: skip
+            routing_sections += quoted(routing_doc, table_under(docs[routing_doc], heading, after), f"{label}, {title}")
     routing_figures = sorted((paths["routing"].parent / paths["routing"].stem).glob("*_cumulative.png"))
     lines = [
         "# Results",
@@ -139,12 +153,10 @@ def write_report(
         "",
         "## Offline router",
         "",
-        *quoted("offline", table_under(docs["offline"]), "Router accuracy against its baselines, over seeds"),
+        *offline_sections,
         "## Online routing benchmark",
         "",
-        *quoted("routing", table_under(docs["routing"], "Fidelity (a)"), "Fidelity (a): oracle reward"),
-        *quoted("routing", table_under(docs["routing"], "Goals", after="Fidelity (a)"), "Fidelity (a): paired goals"),
-        *quoted("routing", table_under(docs["routing"], "Fidelity (b)"), "Fidelity (b): log-linear DPO policy"),
+        *routing_sections,
         *[f"![{p.stem}]({_relative(p, out.parent)})" for p in routing_figures],
         "",
         "## Downstream: trained policies evaluated",
@@ -193,20 +205,7 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
     def link(name: str) -> str:
         return f"[{paths[name].name}]({_relative(paths[name], relative_to)})"
 
-    offline = table_under(docs["offline"])
-    goals = table_under(docs["routing"], "Goals", after="Fidelity (a)")
-    measured = "measured (points, 95 % interval)"
-    lines = [
-        f"- **Offline router** (test split, mean ± se over seeds): {offline.cell('test', 'router mean ± se')} against "
-        f"data-label routing {offline.cell('test', 'data-label routing')}: {offline.cell('test', 'verdict')} "
-        f"({link('offline')}).",
-    ]
-    for baseline in ("routing by data label", "best single RM (on train)"):
-        row = f"BayesianRouter above {baseline}"
-        lines.append(
-            f"- **Online routing benchmark** (oracle reward): BayesianRouter against {baseline}: "
-            f"{goals.cell(row, measured)} points, {goals.cell(row, 'verdict')} ({link('routing')})."
-        )
+    lines = [pools_table(docs, link), ""]
     reference = results["reference"]
     win, sd = mean_sd([run["metrics"].get("chat/win_rate", math.nan) for run in results["runs"]
                        if run["method"] == reference])  # fmt: skip
@@ -227,6 +226,43 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
     lines.append(f"- **Speed**: the online step at k = 2 in {_step_cell(table_under(docs['online_step']))} "
                  f"({link('online_step')}).")  # fmt: skip
     return "\n".join(lines)
+
+
+POOLS = {("offline", "routing"): "Default pool", ("offline_real", "routing_real"): "Real pool (LLMBar's LLM judges)"}
+
+
+def pools(docs: dict[str, str]) -> list[tuple[tuple[str, str], str]]:
+    """`((offline doc, routing doc), label)` of each pool the report has the docs of."""
+    return [(keys, label) for keys, label in POOLS.items() if all(key in docs for key in keys)]
+
+
+def pools_table(docs: dict[str, str], link) -> str:
+    """The routing results of every pool side by side: the offline router and BayesianRouter against the baselines a
+    user would pick instead, each cell from its doc."""
+    measured = "measured (points, 95 % interval)"
+    shown = pools(docs)
+    rows = [
+        "| | " + " | ".join(label for _, label in shown) + " |",
+        "|---|" + "---|" * len(shown),
+        "| **Offline router** (test split, mean ± se over seeds) against data-label routing | "
+        + " | ".join(_offline_cell(table_under(docs[offline])) for (offline, _), _ in shown)
+        + " |",
+    ]
+    for baseline in ("routing by data label", "best single RM (on train)"):
+        row = f"BayesianRouter above {baseline}"
+        cells = []
+        for (_, routing), _ in shown:
+            goals = table_under(docs[routing], "Goals", after="Fidelity (a)")
+            cells.append(f"{goals.cell(row, measured)} points, {goals.cell(row, 'verdict')}")
+        rows.append(f"| **Online routing** (oracle reward): BayesianRouter against {baseline} | " + " | ".join(cells)
+                    + " |")  # fmt: skip
+    rows.append("| from | " + " | ".join(f"{link(offline)}, {link(routing)}" for (offline, routing), _ in shown) + " |")
+    return "\n".join(rows)
+
+
+def _offline_cell(offline: Table) -> str:
+    return (f"{offline.cell('test', 'router mean ± se')} against {offline.cell('test', 'data-label routing')}: "
+            f"{offline.cell('test', 'verdict')}")  # fmt: skip
 
 
 def _step_cell(step: Table) -> str:

@@ -138,14 +138,57 @@ def test_pairs_the_data_no_longer_gives_are_warned_about(tmp_path, caplog):
     assert len(records) == len(PAIRS)  # kept, not silently dropped
 
 
-def test_resume_after_a_torn_last_line(tmp_path):
+def test_resume_after_a_torn_last_line_says_what_it_dropped(tmp_path, caplog):
     full = tmp_path / "full.jsonl"
     collect_behaviour(make_pool(), [ListSource(PAIRS)], full, table=None, batch_size=2)
     torn = tmp_path / "torn.jsonl"
     lines = full.read_text().splitlines(keepends=True)
     torn.write_text("".join(lines[:3]) + lines[3][:20])  # a crash in the middle of the second batch
-    collect_behaviour(make_pool(), [ListSource(PAIRS)], torn, table=None, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="rmrouter.behaviour.collect"):
+        collect_behaviour(make_pool(), [ListSource(PAIRS)], torn, table=None, batch_size=2)
     assert torn.read_bytes() == full.read_bytes()
+    assert f"{torn}: dropped its unfinished last line (20 bytes" in caplog.text
+
+
+def test_an_empty_behaviour_file_is_refused_by_its_readers_and_resumed_by_collect(tmp_path):
+    empty = tmp_path / "b.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=rf"{empty}: no behaviour records \(an empty file\): collect them first"):
+        read_behaviour(empty)
+    with pytest.raises(DataError, match="no behaviour records"):
+        write_behaviour_table(str(empty), str(tmp_path / "table.md"))
+    assert not (tmp_path / "table.md").exists()
+    from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+
+    with pytest.raises(DataError, match="no behaviour records"):  # the offline router's fit
+        BehaviourDataModule(str(empty), ["a", "b"]).setup("fit")
+    assert len(collect_behaviour(make_pool(), [ListSource(PAIRS)], empty, table=None)) == len(PAIRS)
+
+
+def test_a_pair_twice_or_an_infinite_score_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "b.jsonl"
+    collect_behaviour(make_pool(), [ListSource(PAIRS)], path, table=None)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + lines[1:2]))
+    with pytest.raises(DataError, match=rf"{path}:6: pair id 'p1' again \(first at {path}:2\)"):
+        read_behaviour(path)
+    row = json.loads(lines[0])
+    row["scores"]["a"] = [float("inf"), 1.0]  # json writes Infinity, which json.loads reads back
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1: .*RM 'a' has \[inf, 1.0\], expected .* finite numbers"):
+        read_behaviour(path)
+
+
+def test_an_rm_that_scores_infinite_abstains_there_and_is_counted(tmp_path, caplog):
+    class Unbounded(RewardModel):
+        def _score(self, prompts, responses, references):
+            return torch.tensor([float("inf") if r == "b" else 1.0 for r in responses])
+
+    pool = RewardModelPool([LetterCount("a", "a"), Unbounded("u")])
+    with caplog.at_level(logging.WARNING, logger="rmrouter.behaviour.collect"):
+        records = collect_behaviour(pool, [ListSource(PAIRS)], tmp_path / "b.jsonl", table=None)
+    assert [record.eligible["u"] for record in records] == [True, False, False, True, False]  # a side is "b"
+    assert "infinite scores made these RMs abstain on pairs of this batch: {'u': 3}" in caplog.text
 
 
 def test_a_file_from_another_pool_is_refused(tmp_path):

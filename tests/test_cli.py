@@ -88,3 +88,62 @@ def test_the_pipeline_runs_commands_without_importing_the_cli():
     tree = ast.parse((ROOT / "rmrouter" / "pipeline.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "rmrouter.commands" in imported and "rmrouter.cli" not in imported
+
+
+def shell(*args: str, env: dict | None = None, cwd: Path = ROOT):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)  # fmt: skip
+
+
+def test_from_the_shell_each_mistake_ends_in_one_line_with_its_exit_code(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    data = shell("table", "--behaviour", str(empty), "--output", str(tmp_path / "t.md"))
+    assert data.returncode == 1 and "Traceback" not in data.stderr
+    assert data.stderr.strip().splitlines()[-1].startswith(f"error: {empty}: no behaviour records (an empty file)")
+
+    config = shell("fit", "--config", "configs/offline_router.yaml", "--model.init_args.learning_rate=-0.001")
+    assert config.returncode == 2 and "Traceback" not in config.stderr
+    assert config.stderr.strip().splitlines()[-1] == (
+        "config error: model.init_args.learning_rate: must be a finite number >= 0, got -0.001"
+    )
+    model = shell("fit", "--config", "configs/learned_rm/safety.yaml", "--model.init_args.encoder", "no-such-model-xyz",
+                  "--trainer.default_root_dir", str(tmp_path), env={"HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip
+    assert model.returncode == 1 and "Traceback" not in model.stderr and "Retrying" not in model.stderr
+    last = model.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not load 'no-such-model-xyz'") and "127.0.0.1:9 could not be reached" in last
+
+    debug = shell("table", "--behaviour", str(empty), "--output", str(tmp_path / "t.md"), env={"RMROUTER_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_typo_in_a_yaml_file_is_two_lines_that_name_the_key_and_the_files(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  init_args:\n    learnng_rate: 0.1\n")
+    done = shell("fit", "--config", "configs/offline_router.yaml", "--config", str(typo))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    usage, error = done.stderr.strip().splitlines()[-2:]
+    assert usage.startswith("usage: python cli.py fit --config FILE.yaml")
+    assert error == (
+        "config error: model: Option 'learnng_rate' is not accepted by rmrouter.modules.offline_router."
+        f"OfflineRouterModule (keys come from configs/offline_router.yaml, {typo} and the command line)"
+    )
+
+
+def test_jsonargparse_reports_become_one_line():
+    from rmrouter.commands import config_files, short_parse_error
+
+    wrong_type = "\n".join([
+        'Parser key "trainer.max_epochs":', "  Does not validate against any of the Union subtypes",
+        "  Subtypes: [<class 'int'>, <class 'NoneType'>]", "  Errors:", "    - Expected a <class 'int'>",
+        "    - Expected a <class 'NoneType'>", "  Given value type: <class 'str'>", "  Given value: abc",
+    ])  # fmt: skip
+    assert short_parse_error(wrong_type) == "trainer.max_epochs: Expected a <class 'int'>, got abc"
+    assert short_parse_error("unrecognized arguments: --trainr.max_epochs 3") == (
+        "unrecognized arguments: --trainr.max_epochs 3"
+    )
+    assert config_files(["cli.py", "fit", "--config", "a.yaml", "--config=b.yaml", "--x", "1"]) == ["a.yaml", "b.yaml"]

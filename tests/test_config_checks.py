@@ -137,6 +137,33 @@ def test_a_gpu_accelerator_needs_cuda(accelerator):
         checks.check_trainer({"accelerator": runs_here, "strategy": "ddp"}, False)
 
 
+@pytest.mark.parametrize(
+    ("init_args", "key"),
+    [
+        ({"learning_rate": -0.001}, "learning_rate"),
+        ({"learning_rate": float("inf")}, "learning_rate"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": -1e-4}}}, "optimizer.init_args.lr"),
+        ({"optimizer": {"init_args": {"lr": 1e-4, "weight_decay": float("nan")}}}, "optimizer.init_args.weight_decay"),
+    ],
+)
+def test_learning_rates_and_weight_decays_are_checked_with_their_key(init_args, key):
+    with pytest.raises(ConfigError, match=rf"^model\.init_args\.{key}: must be a finite number >= 0, got"):
+        checks.check_config({"model": {"class_path": "x.Module", "init_args": init_args}}, cuda_available=False)
+    good = {"learning_rate": 0.0, "weight_decay": 0.0, "optimizer": {"init_args": {"lr": 1e-4, "weight_decay": 0}}}
+    checks.check_config({"model": {"class_path": "x.Module", "init_args": good}}, cuda_available=False)
+
+
+def test_the_routers_rms_and_the_behaviour_columns_must_be_one_list():
+    config = {"model": {"init_args": {"rm_names": ["a", "b"]}}, "data": {"init_args": {"rm_names": ["b", "a"]}}}
+    with pytest.raises(ConfigError, match=r"model\.init_args\.rm_names: \['a', 'b'\] differs from data\.init_args"
+                       r"\.rm_names \['b', 'a'\] \(the same RMs in another order\)"):  # fmt: skip
+        checks.check_config(config, cuda_available=False)
+    config["data"]["init_args"]["rm_names"] = ["a", "c"]
+    with pytest.raises(ConfigError, match=r"\(different RMs\)"):
+        checks.check_config(config, cuda_available=False)
+
+
 def test_only_online_dpo_configs_get_its_checks():
     assert checks.is_online_dpo("rmrouter.modules.online_dpo.OnlineDPOModule")
     assert not checks.is_online_dpo("rmrouter.modules.offline_router.OfflineRouterModule")

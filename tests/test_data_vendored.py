@@ -58,7 +58,7 @@ def test_vendored_default_loads(source, domains):
 
 
 def test_vendored_files_and_licences_are_shipped():
-    for folder in ("gsm8k", "hh-rlhf", "alpaca_eval", "mt_bench"):
+    for folder in ("gsm8k", "hh-rlhf", "alpaca_eval", "mt_bench", "llmbar"):
         assert "License" in vendored_path(f"{folder}/LICENSE").read_text()
     assert vendored_path("README.md").is_file()
     names = sorted(path.name.removesuffix(".jsonl.gz") for path in vendored_path("alpaca_eval/annotations").iterdir())
@@ -104,3 +104,12 @@ def test_load_dataset_has_the_record_columns():
     prompts = MTBenchPrompts(limit=3).load_dataset()
     assert prompts.column_names == ["id", "prompt", "domain", "source", "reference", "metadata"]
     assert prompts[0]["prompt"][0]["role"] == "user" and prompts["domain"] == ["writing"] * 3
+
+
+def test_llmbar_vendored_gives_874_pairs_in_its_eight_subsets():
+    from rmrouter.data.llmbar import DOMAINS, LLMBarPairs
+
+    pairs = LLMBarPairs().load()
+    assert len(pairs) == 874 and len({pair.id for pair in pairs}) == 874
+    assert {pair.domain for pair in pairs} == set(DOMAINS.values())
+    assert all(pair.chosen != pair.rejected and pair.prompt[0]["content"].strip() for pair in pairs)

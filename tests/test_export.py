@@ -73,8 +73,22 @@ def test_the_card_names_base_router_pool_steps_and_data(online_run, tiny_causal_
     assert f"- base model: `{tiny_causal_lm_dir}`" in card
     assert "- trained: 2 optimizer steps on " in card and "beta 0.1" in card
     assert f"`rmrouter.routers.baseline_routers.RandomRouter` over the reward-model pool `{RM_NAMES[0]}`" in card
-    assert "`rmrouter.data.GSM8KPrompts` (train: limit=2" in card  # from the run's config.yaml
+    assert "`rmrouter.data.GSM8KPrompts` (train: limit=2" in card  # from the run's config, saved in the checkpoint
     assert "AutoModelForCausalLM.from_pretrained(" in card
+
+
+def test_the_card_describes_the_checkpoints_own_run_whatever_a_later_run_wrote_in_the_folder(online_run):
+    from rmrouter.callbacks.run_config import CHECKPOINT_KEY
+
+    folder, checkpoint, _ = online_run
+    saved = torch.load(checkpoint, weights_only=True)[CHECKPOINT_KEY]
+    assert "RandomRouter" in saved and "GSM8KPrompts" in saved  # the run's resolved config, as text
+    later = checkpoint.parent / "tensorboard" / "config.yaml"  # as a later, failed run in this folder leaves it
+    later.write_text(saved.replace("rmrouter.routers.baseline_routers.RandomRouter", "some.other.Router")
+                     .replace("GSM8KPrompts", "OtherPrompts"))  # fmt: skip
+    card = (export_checkpoint(str(checkpoint), output=str(folder / "card_later")) / "README.md").read_text()
+    assert "`rmrouter.routers.baseline_routers.RandomRouter`" in card and "some.other.Router" not in card
+    assert "`rmrouter.data.GSM8KPrompts`" in card and "OtherPrompts" not in card
 
 
 def test_export_replaces_its_own_folder_and_no_other(online_run, tmp_path):

@@ -149,3 +149,42 @@ def test_test_validate_and_predict_evaluate_every_row_of_another_file(workdir, t
     assert {row["split"] for row in rows} == {"test"} and not (folder / "predictions.jsonl").exists()
     with pytest.raises(ValueError, match="evaluate_all"):
         on_other("fit")
+
+
+def test_a_run_resumed_in_another_folder_writes_the_prior_of_its_own_best_checkpoint(workdir, tiny_encoder_dir):
+    """A run copied to a new folder and resumed there must not follow its restored best path back to the old folder,
+    which may hold another run's best.ckpt by then; without its own best.ckpt it fails, naming both paths."""
+    config = yaml.safe_load(CONFIG.read_text())
+
+    def run(folder: str, *args: str) -> None:
+        callbacks = config["trainer"]["callbacks"]
+        for callback in callbacks:
+            init_args = callback["init_args"]
+            init_args.update({key: f"{folder}/{Path(init_args[key]).name}" for key in ("path",) if key in init_args})
+            if "dirpath" in init_args:
+                init_args.update(dirpath=folder, monitor="step", mode="min")  # epoch 0 stays the best
+        overlay = workdir / f"{folder.replace('/', '_')}.yaml"
+        overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "default_root_dir": folder}}))
+        main(["fit", "--config", str(CONFIG), "--config", str(overlay), "--model.init_args.encoder", tiny_encoder_dir,
+              "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false",
+              "--model.init_args.learning_rate", "0.05", "--trainer.logger", "false", *args])  # fmt: skip
+
+    run("old", "--trainer.max_epochs", "2")
+    (workdir / "moved").mkdir()
+    for name in ("best.ckpt", "last.ckpt"):
+        (workdir / "moved" / name).write_bytes((workdir / "old" / name).read_bytes())
+    run("other", "--trainer.max_epochs", "2", "--seed_everything", "7")
+    (workdir / "old" / "best.ckpt").write_bytes((workdir / "other" / "best.ckpt").read_bytes())  # another run's
+
+    run("moved", "--trainer.max_epochs", "2", "--ckpt_path", "moved/last.ckpt")  # finished: no new best to save
+    prior = RouterPrior.load(workdir / "moved" / "prior.pt")
+    own = OfflineRouterModule.load_from_checkpoint(workdir / "moved" / "best.ckpt", weights_only=True).prior_state()
+    other = RouterPrior.load(workdir / "other" / "prior.pt")
+    assert torch.equal(prior.bt_embeddings, own["bt_embeddings"])
+    assert not torch.equal(prior.bt_embeddings, other.bt_embeddings)
+    assert Path(prior.metadata["selected"]) == workdir / "moved" / "best.ckpt"
+    assert prior.metadata["step"] == prior.metadata["global_step"]  # the score saved with that file, not NaN
+
+    (workdir / "moved" / "best.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"the monitored best checkpoint \S*moved/best.ckpt is missing"):
+        run("moved", "--trainer.max_epochs", "2", "--ckpt_path", "moved/last.ckpt")

@@ -12,7 +12,9 @@ from rmrouter.report import HEADLINE_END, HEADLINE_START, table_under, tables, w
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("offline_router_seeds_large.md", "routing_benchmark.md", "online_step.md", "router_math.md",
-        "main_job_times.md", "reliability.md")  # fmt: skip
+        "main_job_times.md", "reliability.md", "offline_router_seeds_llmbar.md",
+        "routing_benchmark_llmbar.md")  # fmt: skip
+REAL_POOL = dict(offline_real="docs/offline_router_seeds_llmbar.md", routing_real="docs/routing_benchmark_llmbar.md")
 
 
 def fake_results() -> dict:
@@ -41,7 +43,7 @@ def inputs(tmp_path):
 
 def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
     monkeypatch.chdir(inputs)
-    write_report()
+    write_report(**REAL_POOL)
     report = Path("docs/RESULTS.md").read_text()
     for name in DOCS:
         assert f"[`docs/{name}`]({name})" in report
@@ -58,6 +60,18 @@ def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
     assert "[offline_router_seeds_large.md](docs/offline_router_seeds_large.md)" in block
     assert "best single RM +100.0 points (p 0, above)" in block  # BayesianRouter wins every row at both seeds
     assert "[downstream/results.json]" not in block and "(docs/downstream/results.json)" in block
+    assert "| | Default pool | Real pool (LLMBar's LLM judges) |" in block  # both pools side by side
+    assert "[offline_router_seeds_llmbar.md](docs/offline_router_seeds_llmbar.md)" in block
+    real = table_under((inputs / "docs" / "offline_router_seeds_llmbar.md").read_text())
+    assert f"{real.cell('test', 'router mean ± se')} against {real.cell('test', 'data-label routing')}" in block
+    assert "### Real pool (LLMBar's LLM judges), fidelity (a): paired goals" in report
+
+
+def test_without_the_real_pool_the_report_shows_the_default_one(inputs, monkeypatch):
+    monkeypatch.chdir(inputs)
+    write_report()
+    report = Path("docs/RESULTS.md").read_text()
+    assert "| | Default pool |\n" in report and "Real pool" not in report
 
 
 def test_a_missing_input_is_named(inputs, monkeypatch):
@@ -80,7 +94,8 @@ def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files(
     from rmrouter.report import headline
 
     names = dict(offline="offline_router_seeds_large.md", routing="routing_benchmark.md", online_step="online_step.md",
-                 downstream="downstream/results.json")  # fmt: skip
+                 downstream="downstream/results.json", offline_real="offline_router_seeds_llmbar.md",
+                 routing_real="routing_benchmark_llmbar.md")  # fmt: skip
     paths = {name: ROOT / "docs" / file for name, file in names.items()}
     docs = {name: path.read_text() for name, path in paths.items() if name != "downstream"}
     results = json.loads(paths["downstream"].read_text())

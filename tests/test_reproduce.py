@@ -92,7 +92,9 @@ def test_changes_to_the_docs_a_run_writes_do_not_change_its_commit(tmp_path, mon
 def test_the_shipped_config_names_every_published_doc():
     """Every doc under docs/ that a command writes is written by a stage (or copied by publish, or the report's)."""
     stages = yaml.safe_load((ROOT / "configs" / "reproduce.yaml").read_text())["stages"]
-    commands = " ".join(stages.values())
+    collected = [command.split("--config ")[1].split()[0] for command in stages.values() if " collect " in command]
+    tables = [yaml.safe_load((ROOT / config).read_text()).get("table") or "" for config in collected]
+    commands = " ".join([*stages.values(), *tables])  # a collection writes its config's table
     published = yaml.safe_load((ROOT / "configs" / "publish.yaml").read_text())["copies"].values()
     by_stages = {"docs/RESULTS.md", "docs/downstream.md", "docs/reproduce.md", "docs/gpu_check.md", *published}
     for doc in sorted((ROOT / "docs").glob("*.md")):

@@ -82,8 +82,13 @@ def collect_behaviour(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(data)
-    drop_torn_tail(output)
-    done = {record.pair.id for record in read_behaviour(output, pool.names)} if output.is_file() else set()
+    torn = drop_torn_tail(output)
+    if torn:
+        log.warning("%s: dropped its unfinished last line (%d bytes, a stopped collection's); its pairs are scored "
+                    "again", output, torn)  # fmt: skip
+    done = set()
+    if output.is_file():
+        done = {record.pair.id for record in read_behaviour(output, pool.names, allow_empty=True)}
     _warn_stale(output, done - {pair.id for pair in pairs})
     pool.to(device)
     batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
@@ -97,7 +102,7 @@ def collect_behaviour(
     start = time.perf_counter()
     with open(output, "a", encoding="utf-8") as handle:
         for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
-            scores = _score_batch(pool, batch, seconds)
+            scores = _finite_or_abstain(_score_batch(pool, batch, seconds), pool.names)
             scored = [
                 BehaviourRecord(pair, {name: tuple(sides) for name, sides in zip(pool.names, row, strict=True)})
                 for pair, row in zip(batch, scores.tolist(), strict=True)
@@ -110,13 +115,24 @@ def collect_behaviour(
             run["pairs"] += len(scored)
             run["wall_seconds"] = round(time.perf_counter() - start, 1)
             runs.save()
-    records = read_behaviour(output, pool.names)
+    records = read_behaviour(output, pool.names, allow_empty=True)
     if todo:
         timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
         log.info("scored %d batches; time per RM: %s", len(todo), timing)
     if table is not None and records:
         write_table(records, pool.names, Path(table), output, f"`{command}`" if command else COLLECT_COMMAND)
     return records
+
+
+def _finite_or_abstain(scores: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """`[B, N, 2]` scores with a pair an RM scored infinite on either side made that RM's abstention (NaN), counted
+    and logged: a behaviour file holds finite scores or null."""
+    infinite = scores.isinf().any(dim=-1)  # [B, N]
+    if infinite.any():
+        counts = {name: int(count) for name, count in zip(names, infinite.sum(dim=0).tolist(), strict=True) if count}
+        log.warning("infinite scores made these RMs abstain on pairs of this batch: %s", counts)
+        scores = scores.masked_fill(infinite[..., None], float("nan"))
+    return scores
 
 
 def runs_path(output: Path) -> Path:

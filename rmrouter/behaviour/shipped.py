@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from rmrouter.commands import instantiate
 from rmrouter.data.behaviour import BehaviourRecord, read_behaviour
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.sources import PreferenceSource
@@ -60,17 +61,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def instantiate(spec: Any, annotation: Any) -> Any:
-    """Builds `spec` (`class_path`/`init_args` dicts, as in a config) as a value of type `annotation`, with the
-    same jsonargparse machinery and checks as the CLI's configs."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--value", type=annotation)
-    spec = json.loads(json.dumps(spec))  # parsing changes the dicts it is given
-    return parser.instantiate_classes(parser.parse_object({"value": spec})).value
 
 
 def shipped_sources(folder: str | Path) -> list[PreferenceSource]:

@@ -8,6 +8,7 @@ from rmrouter.callbacks.online_summary import OnlineSummary
 from rmrouter.callbacks.prior_writer import RouterPriorWriter
 from rmrouter.callbacks.reward_signal import RewardSignal
 from rmrouter.callbacks.routing_predictions import RoutingPredictionWriter
+from rmrouter.callbacks.run_config import RunConfigInCheckpoint
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -18,4 +19,5 @@ __all__ = [
     "RewardSignal",
     "RouterPriorWriter",
     "RoutingPredictionWriter",
+    "RunConfigInCheckpoint",
 ]

@@ -55,20 +55,51 @@ class RouterPriorWriter(Callback):
 def selected_module(trainer: Trainer, pl_module: LightningModule) -> tuple[LightningModule, dict[str, Any]]:
     """The module with the weights model selection kept, and metadata that says which they are."""
     checkpoint = trainer.checkpoint_callback
-    best = getattr(checkpoint, "best_model_path", "") if isinstance(checkpoint, ModelCheckpoint) else ""
-    if not best or checkpoint.monitor is None or not Path(best).is_file():
+    monitored = isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is not None
+    if not monitored or not checkpoint.best_model_path:
         log.warning("no monitored best checkpoint: the router prior holds the weights the fit ended with")
         return pl_module, {"selected": "final", "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+    best = own_best(checkpoint)
     state = torch.load(best, map_location="cpu", weights_only=True)
     selected = type(pl_module).load_from_checkpoint(best, map_location="cpu", weights_only=True)
-    score = checkpoint.best_model_score
-    return selected, {
-        "selected": str(best),
-        "epoch": int(state["epoch"]),
-        "global_step": int(state["global_step"]),
-        "monitor": checkpoint.monitor,
-        checkpoint.monitor: float(score) if score is not None else float("nan"),
-    }
+    metadata = {"selected": str(best), "epoch": int(state["epoch"]), "global_step": int(state["global_step"]),
+                "monitor": checkpoint.monitor}  # fmt: skip
+    score = checkpoint.best_model_score if checkpoint.best_model_score is not None else saved_best_score(state)
+    if score is not None:
+        metadata[checkpoint.monitor] = float(score)
+    return selected, metadata
+
+
+def own_best(checkpoint: ModelCheckpoint) -> Path:
+    """The monitored best checkpoint in this run's own folder (`dirpath`).
+
+    A run resumed in a copied or moved folder restores the path of its old folder's best checkpoint, which may since
+    hold another run's; the file of that name in this run's folder is the one its own selection kept.
+
+    Raises:
+        FileNotFoundError: This run's folder has no such file (one line naming both paths).
+    """
+    best = Path(checkpoint.best_model_path)
+    if checkpoint.dirpath is None:
+        own = best
+    else:
+        own = Path(checkpoint.dirpath) / best.name
+        if best.resolve() != own.resolve():
+            log.info("the restored best checkpoint %s is another folder's; this run's own is %s", best, own)
+    if not own.is_file():
+        raise FileNotFoundError(
+            f"the monitored best checkpoint {own} is missing (the run's selection named {best}): restore it, or "
+            "refit; the prior is written from the checkpoint model selection kept, never from other weights"
+        )
+    return own
+
+
+def saved_best_score(state: dict[str, Any]) -> float | None:
+    """The monitored best score a checkpoint file saved with its ModelCheckpoint state, if any."""
+    for key, value in (state.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(value, dict) and value.get("best_model_score") is not None:
+            return float(value["best_model_score"])
+    return None
 
 
 def reward_scale(module: LightningModule, datamodule: Any) -> float | None:

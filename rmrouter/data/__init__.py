@@ -4,6 +4,7 @@ from rmrouter.data.alpaca_eval import AlpacaEvalPairs, AlpacaEvalPrompts
 from rmrouter.data.gsm8k import GSM8KPrompts, GSM8KSolutionPairs
 from rmrouter.data.hh_rlhf import HHRLHFHarmlessPairs, HHRLHFHarmlessPrompts
 from rmrouter.data.jsonl import DataError, OnError, RowError, read_records, write_jsonl
+from rmrouter.data.llmbar import LLMBarPairs
 from rmrouter.data.mt_bench import MTBenchPrompts
 from rmrouter.data.records import Message, PreferenceRecord, Prompt, PromptRecord, as_messages, as_text
 from rmrouter.data.sources import (
@@ -23,6 +24,7 @@ __all__ = [
     "GSM8KSolutionPairs",
     "HHRLHFHarmlessPairs",
     "HHRLHFHarmlessPrompts",
+    "LLMBarPairs",
     "MTBenchPrompts",
     "Message",
     "OnError",

@@ -24,6 +24,7 @@ from rmrouter.data.jsonl import DataError, iter_json_lines
 from rmrouter.data.records import PreferenceRecord
 
 NOT_JUDGED = (math.nan, math.nan)
+COLLECT_HINT = "`python cli.py collect --config configs/behaviour.yaml`, or your pool's collect config"
 RECORD_FIELDS = ("scores", "agree")
 
 
@@ -100,9 +101,10 @@ def _side_scores(name: str, value: Any) -> tuple[float, float]:
     if value is None:
         return NOT_JUDGED
     numbers = isinstance(value, list) and len(value) == 2
-    if not numbers or any(isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) for v in value):
+    if not numbers or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in value):
         raise ValueError(
-            f"field 'scores': RM '{name}' has {value!r}, expected [score(chosen), score(rejected)] or null"
+            f"field 'scores': RM '{name}' has {value!r}, expected [score(chosen), score(rejected)] of finite numbers, "
+            "or null where it could not judge the pair"
         )
     return float(value[0]), float(value[1])
 
@@ -113,17 +115,27 @@ def margin_agrees(margin: float) -> bool:
 
 
 def read_behaviour(
-    path: str | Path, rm_names: Sequence[str] | None = None, exact: bool = True
+    path: str | Path, rm_names: Sequence[str] | None = None, exact: bool = True, allow_empty: bool = False
 ) -> list[BehaviourRecord]:
     """Reads a behaviour file, or a shipped set's folder (`rmrouter.behaviour.shipped`); with `rm_names`, every row
     must carry exactly those RMs, or with `exact=False` at least those, and the records keep those alone (the file of
-    a pool with more RMs, read as the smaller pool)."""
+    a pool with more RMs, read as the smaller pool).
+
+    Refused, naming the file and line: a file with no record (unless `allow_empty`, for a collection that resumes),
+    a pair id that occurs twice, scores that are not finite numbers (an RM that could not judge has null)."""
     from rmrouter.behaviour.shipped import is_shipped, read_shipped
 
     rows = ((None, record) for record in read_shipped(path)) if is_shipped(path) else _read_lines(path)
     records = []
+    seen: dict[str, str] = {}
     for line_number, record in rows:
         where = f"{path}:{line_number}" if line_number is not None else f"{path}, pair '{record.pair.id}'"
+        if record.pair.id in seen:
+            raise DataError(
+                f"{where}: pair id '{record.pair.id}' again (first at {seen[record.pair.id]}): a pair counted twice "
+                "would weigh twice in training and reports; keep one of the two lines"
+            )
+        seen[record.pair.id] = where
         if rm_names is not None and exact and sorted(record.scores) != sorted(rm_names):
             raise DataError(
                 f"{where}: written by RMs {sorted(record.scores)}, expected {sorted(rm_names)}: "
@@ -138,6 +150,8 @@ def read_behaviour(
                 )
             record = record.restricted(rm_names)
         records.append(record)
+    if not records and not allow_empty:
+        raise DataError(f"{path}: no behaviour records (an empty file): collect them first ({COLLECT_HINT})")
     return records
 
 
@@ -169,18 +183,19 @@ def rm_names_of(path: str | Path) -> list[str]:
     return []
 
 
-def drop_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
-    """Cuts a last line left unfinished by a crash, so appending resumes on a clean line boundary.
+def drop_torn_tail(path: Path, chunk: int = 1 << 16) -> int:
+    """Cuts a last line left unfinished by a crash, so appending resumes on a clean line boundary; returns the bytes
+    cut (0: the file ended on a whole line, or does not exist).
 
     In place, by one `truncate` after reading the file's end only: rewriting the file instead would lose every record
     if a kill came in the middle of the rewrite.
     """
     if not path.is_file():
-        return
+        return 0
     with open(path, "rb+") as handle:
         end = size = handle.seek(0, os.SEEK_END)
         if size == 0 or (handle.seek(size - 1), handle.read(1))[1] == b"\n":
-            return  # empty, or its last line is whole
+            return 0  # empty, or its last line is whole
         keep = 0  # where the last whole line ends: 0 when even the first line is torn
         while end > 0:
             start = max(0, end - chunk)
@@ -193,3 +208,4 @@ def drop_torn_tail(path: Path, chunk: int = 1 << 16) -> None:
         handle.truncate(keep)
         handle.flush()
         os.fsync(handle.fileno())
+    return size - keep

@@ -20,8 +20,11 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +140,53 @@ def load_model(auto_class, name: str, trust_remote_code: bool = False, **kwargs)
     return _load(auto_class, name, trust_remote_code, **kwargs)
 
 
+HUB_PROBE_SECONDS = 2.0
+
+
+@lru_cache(maxsize=1)
+def hub_reachable() -> tuple[bool, str]:
+    """Whether the Hugging Face hub answers here, and how that was decided; asked once per process.
+
+    `HF_HUB_OFFLINE` decides alone when set; otherwise one TCP connection to the hub's host (or `HF_ENDPOINT`'s)
+    must open within `HUB_PROBE_SECONDS`. Without it, a name that is not in the local cache fails at once instead of
+    after transformers' retries, which cost about a minute on a machine with no network.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False, "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as error:
+        return False, f"{host}:{port} could not be reached within {HUB_PROBE_SECONDS:.0f} s ({error})"
+    return True, f"{host}:{port} answered"
+
+
+def _go_offline(how: str) -> None:
+    """Makes huggingface_hub (and so transformers) send no request for the rest of the process: the hub does not
+    answer, and each request would otherwise be retried for a minute (transformers asks for an adapter config
+    first, whatever `local_files_only` says)."""
+    import huggingface_hub.constants
+
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        log.info("the hub is out of reach (%s): looking in the local Hugging Face cache alone", how)
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def _load(auto_class, name: str, trust_remote_code: bool, **kwargs):
     path = resolve_model(name)
+    hub_id = path == name and not is_packaged(name)
+    reachable, how = hub_reachable() if hub_id else (True, "")
+    if not reachable:
+        _go_offline(how)
     try:
         return auto_class.from_pretrained(path, trust_remote_code=bool(trust_remote_code), **kwargs)
     except OSError as error:
-        if path != name or is_packaged(name):
+        if not hub_id:
             raise
         known = ", ".join(PACKAGED)
+        where = "the Hugging Face cache and the hub" if reachable else f"the local Hugging Face cache alone ({how})"
         raise ModelNotAvailable(
-            f"could not load '{name}' with {auto_class.__name__}: it is not a packaged model ({known}), not a local "
-            f"folder, and not in the Hugging Face cache, and this machine may not reach the hub ({error})"
+            f"could not load '{name}' with {auto_class.__name__}: it is not a packaged model ({known}) nor a local "
+            f"folder, and {where} had no such model: check the name ({type(error).__name__})"
         ) from error

@@ -75,6 +75,22 @@ class RewardModel(nn.Module, ABC):
             scores[rows] = scored.detach().float().cpu()
         return scores
 
+    def score_pairs(
+        self,
+        prompts: Sequence[Prompt],
+        first: Sequence[str],
+        second: Sequence[str],
+        references: Sequence[str | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sides of each pair, `(scores of first, scores of second)`, from one `score` call over the 2B rows.
+
+        A pairwise judge, which sees both responses at once (an LLM judge comparing two outputs), overrides this:
+        its score of a side depends on the other side.
+        """
+        references = list(references) if references is not None else [None] * len(first)
+        scores = self.score(list(prompts) * 2, list(first) + list(second), references * 2)
+        return scores[: len(first)], scores[len(first) :]
+
     @abstractmethod
     def _score(self, prompts: list[list[Message]], responses: list[str], references: list[str | None]) -> torch.Tensor:
         """Scores rows that this RM can judge (references are all set when `needs_reference`)."""

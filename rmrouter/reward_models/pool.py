@@ -46,10 +46,9 @@ class RewardModelPool(nn.Module):
         second: Sequence[str],
         references: Sequence[str | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One RM's scores for both sides of each pair, in a single `score` call (one batch of 2B rows)."""
-        references = list(references) if references is not None else [None] * len(first)
-        scores = rm.score(list(prompts) * 2, list(first) + list(second), references * 2)
-        return scores[: len(first)], scores[len(first) :]
+        """One RM's scores for both sides of each pair (`RewardModel.score_pairs`: one `score` call over 2B rows, or
+        a pairwise judge's own)."""
+        return rm.score_pairs(prompts, first, second, references)
 
     def margins(
         self,
