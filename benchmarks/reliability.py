@@ -18,6 +18,10 @@ Each trial does something that goes wrong in real use and records what happened 
 - bad configs through `rmrouter.cli.main`: `configs/online/live.yaml` with `configs/routers/bayesian.yaml` and one bad
   value each, run in an empty folder with `Trainer.fit` replaced by a stop, so nothing trains; the first line of what
   comes out is recorded, next to the same command without the bad value;
+- the offline fit copied to another folder (another run's best.ckpt then put in the old one) and resumed where it
+  finished: whose weights its prior holds, and what happens without its own best.ckpt;
+- an online run's folder with a `config.yaml` a later, failed run wrote: what `export`'s card of the first run's
+  checkpoint says;
 - common mistakes typed in a shell (`python cli.py ...` in a process of its own): an empty behaviour file, a score of
   Infinity, a pair twice, a negative learning rate (the offline router's and the online optimizer's), a typo in a
   YAML key, RM lists in two orders, a model name that does not exist with no hub reachable: the exit code, how many
@@ -197,6 +201,81 @@ class Trials:
         self.record("offline router fit: SIGKILL mid-epoch, resume from last", "SIGKILL in epoch 2 of 4 (3 steps "
                     "an epoch, `last.ckpt` at each epoch's end), `--ckpt_path last`", "as an uninterrupted fit, bit "
                     "for bit", happened, not found)  # fmt: skip
+
+    def moved_run_prior(self) -> None:
+        """The offline fit's folder copied (its best and last checkpoints), another run's best.ckpt put in the old
+        folder, and the copy resumed where it finished: its prior must be its own best's."""
+        import yaml
+
+        from rmrouter.cli import main
+        from rmrouter.modules.offline_router import OfflineRouterModule
+        from rmrouter.routers.prior import RouterPrior
+
+        config = yaml.safe_load((ROOT / "configs/offline_router.yaml").read_text())
+        folder = self.work / "moved_run"
+        write_behaviour(folder / "checkpoints" / "behaviour" / "default.jsonl")
+
+        def run(name: str, *extra: str) -> str:
+            callbacks = config["trainer"]["callbacks"]
+            for callback in callbacks:
+                init_args = callback["init_args"]
+                if "path" in init_args:
+                    init_args["path"] = f"{name}/{Path(init_args['path']).name}"
+                if "dirpath" in init_args:
+                    init_args.update(dirpath=name, monitor="step", mode="min")  # epoch 0 stays the best
+            overlay = folder / f"{name}.yaml"
+            overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "default_root_dir": name}}))
+            args = ["fit", "--config", str(ROOT / "configs/offline_router.yaml"), "--config", str(overlay),
+                    "--model.init_args.encoder", self.encoder, "--data.init_args.batch_size", "8",
+                    "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+                    "--model.init_args.learning_rate", "0.05", "--trainer.max_epochs", "2", *extra]  # fmt: skip
+            with in_folder(folder), one_thread():
+                return first_line(lambda: main(args))
+
+        run("old")
+        (folder / "moved").mkdir()
+        for name in ("best.ckpt", "last.ckpt"):
+            shutil.copy(folder / "old" / name, folder / "moved" / name)
+        run("other", "--seed_everything", "7")
+        shutil.copy(folder / "other" / "best.ckpt", folder / "old" / "best.ckpt")
+        run("moved", "--ckpt_path", "moved/last.ckpt")
+        prior = RouterPrior.load(folder / "moved" / "prior.pt")
+        own = OfflineRouterModule.load_from_checkpoint(folder / "moved" / "best.ckpt", weights_only=True)
+        mine = torch.equal(prior.bt_embeddings, own.prior_state()["bt_embeddings"])
+        (folder / "moved" / "best.ckpt").unlink()
+        missing = run("moved", "--ckpt_path", "moved/last.ckpt")
+        happened = (f"prior from {'its own best.ckpt' if mine else 'another file'} (metadata: `selected` "
+                    f"{Path(prior.metadata['selected']).parent.name}/best.ckpt, {prior.metadata['monitor']} "
+                    f"{prior.metadata.get(prior.metadata['monitor'])}); without it: {missing}")  # fmt: skip
+        self.record("offline fit moved to another folder and resumed", "best and last copied to a new folder, "
+                    "another run's best.ckpt in the old one, `--ckpt_path` the copy's last", "the prior of the "
+                    "copy's own best; without that file an error naming it", happened,
+                    mine and "is missing" in missing)  # fmt: skip
+
+    def later_run_and_export(self) -> None:
+        """A later run that fails in an online run's folder leaves a config.yaml there: the export's card of the
+        earlier checkpoint must still describe the earlier run."""
+        from online_cli_helpers import run_online as run_live
+
+        from rmrouter.export import export_checkpoint
+
+        folder = self.work / "export"
+        folder.mkdir()
+        with one_thread():
+            run_live(folder, self.policy)
+        checkpoint = folder / "checkpoints" / "online" / "live" / "last.ckpt"
+        later = checkpoint.parent / "tensorboard" / "config.yaml"
+        later.write_text(later.read_text().replace("rmrouter.routers.baseline_routers.RandomRouter", "a.Later"))
+        card = (export_checkpoint(str(checkpoint), output=str(folder / "card")) / "README.md").read_text()
+        line = next(line for line in card.splitlines() if line.startswith("- router:"))
+        self.record(
+            "a later run's config.yaml beside a checkpoint",
+            "an online run, then its folder's config.yaml "
+            "rewritten as a later failed run's (another router), then `export` of the first run's last.ckpt",
+            "the card names the checkpoint's own run",
+            line,
+            "RandomRouter" in line and "a.Later" not in line,
+        )
 
     def collection(self) -> None:
         from rmrouter.behaviour.collect import collect_behaviour
@@ -426,7 +505,8 @@ def main() -> None:
         trials = Trials(work)
         for trial in (trials.online_kill_and_resume, trials.online_kill_while_writing, trials.lightning_staging,
                       trials.offline_kill_and_resume, trials.collection, trials.truncated_behaviour,
-                      trials.bad_configs, trials.shell_mistakes):  # fmt: skip
+                      trials.bad_configs, trials.shell_mistakes, trials.moved_run_prior,
+                      trials.later_run_and_export):  # fmt: skip
             trial()
     finally:
         if args.keep:

@@ -41,7 +41,8 @@ def reproduce(
         output: The report of stage times, machine and commit.
         state: Where finished stages are recorded (under `checkpoints/`, so a run leaves `git status` clean but for
             the docs it writes).
-        only: Run these stages alone (by name) and leave the report alone: for redoing one figure.
+        only: Run these stages alone (by name), for redoing a figure; the report is written when every stage has run,
+            and names each stage's commit.
     """
     unknown = sorted(set(only or []) - set(stages))
     if unknown:
@@ -64,11 +65,11 @@ def reproduce(
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps(done, indent=1) + "\n")
         log.info("%s: finished in %.0f s", where, done[name]["seconds"])
-    if only:
+    if any(name not in done for name in stages):
         return
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(report(stages, done, commit), encoding="utf-8")
-    log.info("every stage finished at commit %s; stage times in %s", commit, output)
+    Path(output).write_text(report(stages, done), encoding="utf-8")
+    log.info("every stage has run; stage times and commits in %s", output)
 
 
 def run_stage(command: str) -> None:
@@ -81,14 +82,18 @@ def run_stage(command: str) -> None:
         raise SystemExit(f"`{command}` failed with exit code {finished.returncode}; rerun to resume from this stage")
 
 
-def report(stages: dict[str, str], done: dict[str, dict], commit: str) -> str:
-    rows = [f"| {name} | `{stages[name]}` | {done[name]['seconds'] / 60:.1f} |" for name in stages]
+def report(stages: dict[str, str], done: dict[str, dict]) -> str:
+    commits = sorted({done[name]["commit"] for name in stages})
+    at = f"at commit `{commits[0]}`" if len(commits) == 1 else f"at the commits of the table ({', '.join(commits)})"
+    rows = [f"| {name} | `{stages[name]}` | `{done[name]['commit']}` | {done[name]['seconds'] / 60:.1f} |"
+            for name in stages]  # fmt: skip
     total = sum(done[name]["seconds"] for name in stages) / 60
     return (
         "# Reproducing every published figure\n\n"
         "Written by `python cli.py reproduce --config configs/reproduce.yaml` (`bash scripts/reproduce.sh`); do not "
-        f"edit by hand.\n\nEvery stage ran at commit `{commit}` on {describe_machine()}. The minutes are each "
-        "stage's own run; a stage resumed after a stop counts only its last run. What needs a GPU is "
-        "`bash scripts/gpu_check.sh` ([gpu_check.md](gpu_check.md)).\n\n"
-        "| stage | command | minutes |\n|---|---|---:|\n" + "\n".join(rows) + f"\n| total | | {total:.1f} |\n"
+        f"edit by hand.\n\nEvery stage ran {at} on {describe_machine()}. The minutes are each stage's own run; a "
+        "stage resumed after a stop counts only its last run. What needs a GPU is `bash scripts/gpu_check.sh` "
+        "([gpu_check.md](gpu_check.md)).\n\n| stage | command | commit | minutes |\n|---|---|---|---:|\n"
+        + "\n".join(rows)
+        + f"\n| total | | | {total:.1f} |\n"
     )

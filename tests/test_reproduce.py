@@ -40,7 +40,7 @@ def test_stages_run_in_order_once_per_commit_and_the_report_names_each(at, monke
     assert runs(at) == ["one", "two"]  # both done at this commit with the same command
     report = (at / "reproduce.md").read_text()
     assert "Every stage ran at commit `abc1234`" in report
-    assert f"| first | `{stages['first']}` |" in report and "| total | |" in report
+    assert f"| first | `{stages['first']}` | `abc1234` |" in report and "| total | | |" in report
 
     stages["second"] = stage("two again")  # a changed command runs again
     module.reproduce(stages, output=at / "reproduce.md")
@@ -60,10 +60,17 @@ def test_a_failed_stage_stops_the_run_and_the_next_run_resumes_there(at):
     assert runs(at) == ["one", "two", "three"]
 
 
-def test_only_reruns_the_named_stages_and_leaves_the_report(at):
+def test_only_reruns_the_named_stages_and_the_report_names_each_stages_commit(at, monkeypatch):
     stages = {"first": stage("one"), "second": stage("two")}
     module.reproduce(stages, only=["second"], output=at / "reproduce.md")
-    assert runs(at) == ["two"] and not (at / "reproduce.md").exists()
+    assert runs(at) == ["two"] and not (at / "reproduce.md").exists()  # the first stage has not run: no report
+    module.reproduce(stages, output=at / "reproduce.md")
+    monkeypatch.setattr(module, "current_commit", lambda ignoring: "def5678")
+    module.reproduce(stages, only=["second"], output=at / "reproduce.md")  # one figure redone at a later commit
+    assert runs(at) == ["two", "one", "two"]
+    report = (at / "reproduce.md").read_text()
+    assert "Every stage ran at the commits of the table (abc1234, def5678)" in report
+    assert f"| second | `{stages['second']}` | `def5678` |" in report
     with pytest.raises(SystemExit, match=r"--only names no stage of the config: \['third'\]"):
         module.reproduce(stages, only=["third"])
 
