@@ -20,7 +20,14 @@ import os
 import sys
 from collections.abc import Callable
 
-from rmrouter.commands import LIGHTNING_COMMANDS, RMRouterCLI, prepare_process, run_function, run_lightning
+from rmrouter.commands import (
+    LIGHTNING_COMMANDS,
+    RMRouterCLI,
+    negative_values_joined,
+    prepare_process,
+    run_function,
+    run_lightning,
+)
 from rmrouter.quiet import quiet_third_party
 
 __all__ = ["RMRouterCLI", "main"]
@@ -139,7 +146,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def _main(args: list[str] | None) -> None:
     quiet_third_party()
     given = args is not None
-    args = list(args if given else sys.argv[1:])
+    args = negative_values_joined(list(args if given else sys.argv[1:]))
+    if not given:
+        sys.argv[1:] = args
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -22,9 +23,9 @@ from rmrouter.config_checks import ConfigError, check_config
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-class RMRouterParser(LightningArgumentParser):
-    """LightningCLI's parser, whose errors are two lines: a short usage and the key at fault with what was wrong,
-    naming the config files given (jsonargparse prints its whole usage and a nested report of every type it tried).
+class ShortErrors:
+    """A parser whose errors are two lines: a short usage and the key at fault with what was wrong, naming the config
+    files given (jsonargparse prints its whole usage and a nested report of every type it tried).
     `RMROUTER_DEBUG=1` (or jsonargparse's own debug switch) shows the full report."""
 
     def error(self, message: str, ex: Exception | None = None):
@@ -37,6 +38,30 @@ class RMRouterParser(LightningArgumentParser):
         sys.stderr.write(f"usage: {command} --config FILE.yaml [--key value ...]   ({command} --help lists the keys)\n")
         sys.stderr.write(f"config error: {short_parse_error(message)} ({where})\n")
         sys.exit(2)
+
+
+class RMRouterParser(ShortErrors, LightningArgumentParser):
+    """LightningCLI's parser with two-line errors."""
+
+
+class FunctionParser(ShortErrors, ArgumentParser):
+    """The parser of rmrouter's own jobs (`collect`, `table`, ...), with two-line errors."""
+
+
+def negative_values_joined(args: list[str]) -> list[str]:
+    """`--key -1e-4` as `--key=-1e-4`: argparse takes a value that starts with `-` and is not a plain `-1` or `-0.5`
+    for an option, and would report `--key: expected one argument`."""
+    joined: list[str] = []
+    for arg in args:
+        previous = joined[-1] if joined else ""
+        if NEGATIVE_NUMBER.match(arg) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$|^-nan$", re.IGNORECASE)
 
 
 def config_files(argv: list[str]) -> list[str]:
@@ -119,8 +144,6 @@ def instantiate(spec, annotation):
     same jsonargparse machinery and checks as the CLI's configs, e.g. `instantiate(pool_yaml, RewardModelPool)`."""
     import json
 
-    from jsonargparse import ArgumentParser
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--value", type=annotation)
     spec = json.loads(json.dumps(spec))  # parsing changes the dicts it is given
@@ -134,4 +157,4 @@ def run_function(function: Callable, args: list[str]) -> None:
     prepare_process()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    auto_cli(function, args=list(args), as_positional=False)
+    auto_cli(function, args=list(args), as_positional=False, parser_class=FunctionParser)

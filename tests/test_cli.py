@@ -106,7 +106,8 @@ def test_from_the_shell_each_mistake_ends_in_one_line_with_its_exit_code(tmp_pat
     assert data.returncode == 1 and "Traceback" not in data.stderr
     assert data.stderr.strip().splitlines()[-1].startswith(f"error: {empty}: no behaviour records (an empty file)")
 
-    config = shell("fit", "--config", "configs/offline_router.yaml", "--model.init_args.learning_rate=-0.001")
+    # a negative value after a space, which argparse would take for an option
+    config = shell("fit", "--config", "configs/offline_router.yaml", "--model.init_args.learning_rate", "-1e-3")
     assert config.returncode == 2 and "Traceback" not in config.stderr
     assert config.stderr.strip().splitlines()[-1] == (
         "config error: model.init_args.learning_rate: must be a finite number >= 0, got -0.001"
@@ -132,6 +133,25 @@ def test_a_typo_in_a_yaml_file_is_two_lines_that_name_the_key_and_the_files(tmp_
         "config error: model: Option 'learnng_rate' is not accepted by rmrouter.modules.offline_router."
         f"OfflineRouterModule (keys come from configs/offline_router.yaml, {typo} and the command line)"
     )
+
+
+def test_a_typo_in_a_job_of_our_own_is_two_lines_too(tmp_path):
+    done = shell("collect", "--config", "configs/behaviour.yaml", "--batch_sise", "3")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    usage, error = done.stderr.strip().splitlines()
+    assert usage.startswith("usage: python cli.py collect --config FILE.yaml")
+    assert error == (
+        "config error: unrecognized arguments: --batch_sise 3"
+        " (keys come from configs/behaviour.yaml and the command line)"
+    )
+
+
+def test_a_negative_number_after_a_key_is_its_value():
+    from rmrouter.commands import negative_values_joined
+
+    args = ["fit", "--lr", "-1e-4", "--beta", "-.5", "--seed", "-3", "--flag", "--name", "-x", "--lr=-1", "-2"]
+    joined = ["fit", "--lr=-1e-4", "--beta=-.5", "--seed=-3", "--flag", "--name", "-x", "--lr=-1", "-2"]
+    assert negative_values_joined(args) == joined
 
 
 def test_jsonargparse_reports_become_one_line():
