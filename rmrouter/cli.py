@@ -41,6 +41,7 @@ LIGHTNING_HELP = {
 PROJECT_HELP = {
     "collect": "score labelled pairs with every RM of a pool: the behaviour file and its accuracy table",
     "table": "the accuracy table of an existing behaviour file",
+    "probe": "cross-validated: how much routing learns beyond the data label on a behaviour file, before training",
     "ship": "keep a collected behaviour file in the repository: its scores, pool, heads and provenance",
     "pipeline": "the main job: learned RMs, behaviour, offline router, online DPO (writes under checkpoints/)",
     "publish": "copy the main job's tables and demo summary into docs/ and the README",
@@ -56,6 +57,10 @@ def _project_command(name: str) -> Callable:
         from rmrouter.behaviour.table import write_behaviour_table
 
         return write_behaviour_table
+    if name == "probe":
+        from rmrouter.behaviour.probe import run_probe
+
+        return run_probe
     if name == "ship":
         from rmrouter.behaviour.shipped import ship
 

@@ -23,16 +23,20 @@ ROWS = (
 
 
 def results_table(
-    metrics: dict[str, float], splits: list[str], rm_names: list[str], sizes: dict[str, int] | None = None
+    metrics: dict[str, float],
+    splits: list[str],
+    rm_names: list[str],
+    sizes: dict[str, int] | None = None,
+    router_label: str = ROWS[0][0],
 ) -> str:
     """Markdown: rows are the router and its baselines, columns the splits; accuracies over rows some RM gets right.
 
-    `sizes` (rows per split) becomes a first `rows` line when given.
+    `sizes` (rows per split) becomes a first `rows` line when given; `router_label` names the router's row.
     """
     lines = ["| method | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     if sizes is not None:
         lines.append("| rows | " + " | ".join(str(sizes.get(s, "n/a")) for s in splits) + " |")
-    for label, key in ROWS:
+    for label, key in [(router_label, ROWS[0][1]), *ROWS[1:]]:
         lines.append(f"| {label} | " + " | ".join(_percent(metrics, f"{s}/{key}") for s in splits) + " |")
     for name in rm_names:
         cells = " | ".join(_percent(metrics, f"{s}/baseline/single/{name}") for s in splits)
@@ -83,7 +87,8 @@ class OfflineRouterReport(Callback):
         hparams = pl_module.hparams
         mode = "frozen encoder, cached embeddings" if hparams.freeze_encoder else "fine-tuned encoder"
         sizes = getattr(trainer.datamodule, "split_sizes", {})
-        table = results_table(metrics, splits, list(hparams.rm_names), sizes)
+        router_label = getattr(pl_module, "router_label", ROWS[0][0])
+        table = results_table(metrics, splits, list(hparams.rm_names), sizes, router_label)
         about = f"{self.about.strip()}\n\n" if self.about else ""
         if path != self.path:  # evaluate_all: the configured paragraph is about the main run's data
             about = (

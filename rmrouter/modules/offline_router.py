@@ -29,22 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt
-from rmrouter.losses import (
-    best_eligible,
-    disagreement_pairs,
-    majority_vote_credit,
-    masked_bce_with_logits,
-    router_bt_loss,
-)
+from rmrouter.losses import disagreement_pairs, masked_bce_with_logits, router_bt_loss
 from rmrouter.models.encoder import Pooling
-from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
 from rmrouter.models.pair_encoder import PairEncoder
-from rmrouter.modules.routing_metrics import RoutingMetrics
+from rmrouter.modules.behaviour_router import ENCODER_PREFIX, BehaviourRouterModule
 
 # Measured on the toy routing problem of tests/test_offline_router.py (tiny frozen encoder, 48 rows, batch 8, 8 epochs,
 # 3 seeds): a learnable scale starting at 1 learned the routing in 2 of 3 seeds (train BT loss down to 0.13, and to
@@ -53,16 +45,10 @@ from rmrouter.modules.routing_metrics import RoutingMetrics
 # when every `h` is nearly the same, keep the router on the constant choice longer. So it starts as the plain cosine.
 BT_SCALE_INIT = 1.0
 BT_SCALE_MAX = 100.0  # as CLIP: a cap keeps a runaway scale from making the loss a hard margin
-ENCODER_PREFIX = "pair_encoder.encoder."
-STAGES = ("train", "val", "test", "ood")
+__all__ = ["ENCODER_PREFIX", "OfflineRouterModule"]
 
 
-def _metrics_key(stage: str) -> str:
-    # a bare "train" key would shadow nn.Module.train; "/" (as in `ood/koala`) is no module-name character
-    return f"{stage.replace('/', '__')}_metrics"
-
-
-class OfflineRouterModule(LightningModule):
+class OfflineRouterModule(BehaviourRouterModule):
     """Trains the router's pair encoder, per-RM BT embeddings and classification head on behaviour data.
 
     Batches are those of `BehaviourDataModule`: lists `prompt`, `chosen`, `rejected`, float tensors `agree`, `margin`
@@ -85,6 +71,8 @@ class OfflineRouterModule(LightningModule):
             test or predict on the same texts skips the encoder; false embeds again in every process.
     """
 
+    router_label = "router (argmax BT)"
+
     def __init__(
         self,
         rm_names: list[str],
@@ -99,13 +87,10 @@ class OfflineRouterModule(LightningModule):
         weight_decay: float,
         store_embeddings: bool = True,
     ):
-        super().__init__()
+        super().__init__(rm_names, ("loss", "bt_loss", "cls_loss"))
         self.save_hyperparameters()
-        if len(rm_names) < 2 or len(set(rm_names)) != len(rm_names):
-            raise ValueError(f"rm_names must list at least two distinct RMs to route between, got {rm_names}")
         if cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
-        self.rm_names = list(rm_names)
         self.freeze_encoder = freeze_encoder
         self.pair_encoder = PairEncoder(
             encoder, pooling, max_length, hidden_size, embedding_size, freeze_encoder, store_embeddings
@@ -113,8 +98,6 @@ class OfflineRouterModule(LightningModule):
         self.bt_embeddings = nn.Parameter(F.normalize(torch.randn(len(rm_names), embedding_size), dim=-1))
         self.bt_log_scale = nn.Parameter(torch.tensor(math.log(BT_SCALE_INIT)))
         self.cls_head = nn.Linear(embedding_size, len(rm_names))
-        self.stage_metrics = nn.ModuleDict({_metrics_key(stage): RoutingMetrics(rm_names) for stage in STAGES})
-        self._stages_to_log: list[str] = []
 
     # ---- scores ---------------------------------------------------------------------------------------------------
 
@@ -181,129 +164,21 @@ class OfflineRouterModule(LightningModule):
 
     # ---- steps ----------------------------------------------------------------------------------------------------
 
-    def _common_step(self, batch: dict[str, Any], stage: str) -> Tensor:
-        agree, margin, eligible = batch["agree"], batch["margin"], batch["eligible"]
-        if (
-            agree.dim() != 2
-            or agree.shape[1] != len(self.rm_names)
-            or not margin.shape == eligible.shape == agree.shape
-        ):
-            raise ValueError(
-                f"batch 'agree' {tuple(agree.shape)}, 'margin' {tuple(margin.shape)} and 'eligible' "
-                f"{tuple(eligible.shape)} must all be [batch, {len(self.rm_names)}], one column per RM of "
-                f"rm_names={self.rm_names}: build the data with these RMs"
-            )
+    def _scores(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        agree, eligible = batch["agree"], batch["eligible"]
         scores, cls_logits = self._route(batch["prompt"], batch["chosen"], batch["rejected"], self._use_cache())
         bt_loss = router_bt_loss(self.bt_scale() * scores, agree, eligible)
         cls_loss = masked_bce_with_logits(cls_logits, agree, eligible)
         # a cls_weight of 0 still multiplies: the head stays in the graph (zero gradients), as DDP needs
         loss = bt_loss + self.hparams.cls_weight * cls_loss
-        self._metrics(stage).update(
-            {"loss": loss, "bt_loss": bt_loss, "cls_loss": cls_loss},
-            scores.detach(),
-            cls_logits.detach(),
-            agree,
-            margin,
-            eligible,
-            batch["label_route"],
-        )
-        # per step, so steps without pairs show up; batch_size 1 makes the epoch value the mean count per step
-        pairs = disagreement_pairs(agree, eligible)[0].numel()
-        self.log(
-            f"{stage}/bt_pairs", float(pairs), on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=1,
-            add_dataloader_idx=False,
-        )  # fmt: skip
-        return loss
-
-    def _use_cache(self) -> bool:
-        # while fitting the same train and val texts come back every epoch; a store keeps them for the next process
-        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
-        return fitting or self.pair_encoder.stores_embeddings
-
-    def _metrics(self, stage: str) -> RoutingMetrics:
-        key = _metrics_key(stage)
-        if key not in self.stage_metrics:
-            self.stage_metrics[key] = RoutingMetrics(self.rm_names).to(self.device)
-        if stage not in self._stages_to_log:
-            self._stages_to_log.append(stage)
-        return self.stage_metrics[key]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._common_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        return self._common_step(batch, self._test_stage(dataloader_idx))
-
-    @torch.no_grad()
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per row of a test split: the router's scores and choice among the eligible RMs, next to what each RM and
-        the data-label routing got right, so routing decisions can be compared row by row (paired tests).
-
-        Rows are those of `datamodule.test_split_names[dataloader_idx]` (`predict_dataloader` serves the test splits).
-        """
-        scores = self._route(batch["prompt"], batch["chosen"], batch["rejected"], self._use_cache())[0]
-        eligible = batch["eligible"]
-        chosen = best_eligible(scores, eligible)
-        right = (batch["agree"] == 1) & eligible
-        majority = majority_vote_credit(batch["margin"])
-        split = self._test_stage(dataloader_idx)
-        return [
-            {
-                "split": split,
-                "id": batch["id"][i],
-                "domain": batch["domain"][i],
-                "source": batch["source"][i],
-                "routed": int(chosen[i]),
-                "label_route": int(batch["label_route"][i]),
-                "scores": scores[i].tolist(),
-                "right": right[i].tolist(),
-                "eligible": eligible[i].tolist(),
-                "majority_credit": float(majority[i]),
-            }  # fmt: skip
-            for i in range(len(chosen))
-        ]
-
-    def _test_stage(self, dataloader_idx: int) -> str:
-        """A test dataloader's split: `datamodule.test_split_names[i]`, else `test` (`test_<i>` after the first)."""
-        names = getattr(getattr(self._trainer, "datamodule", None), "test_split_names", None)
-        if names is None:
-            return "test" if dataloader_idx == 0 else f"test_{dataloader_idx}"
-        if dataloader_idx >= len(names):
-            raise ValueError(f"test dataloader {dataloader_idx} has no name in datamodule.test_split_names={names}")
-        return names[dataloader_idx]
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch(["train"])
-        self.pair_encoder.cache.flush()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch(["val"])
-        self.pair_encoder.cache.flush()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch([stage for stage in self._stages_to_log if stage not in ("train", "val")])
-        self.pair_encoder.cache.flush()
-
-    def on_predict_epoch_end(self) -> None:
-        self.pair_encoder.cache.flush()
-
-    def _log_epoch(self, stages: list[str]) -> None:
-        # stages in first-seen order, the same on every rank, as each compute is a collective under DDP
-        for stage in [stage for stage in self._stages_to_log if stage in stages]:
-            metrics = self.stage_metrics[_metrics_key(stage)]
-            values = {f"{stage}/{name}": value for name, value in metrics.compute().items()}
-            shown = {name: values.pop(name) for name in (f"{stage}/loss", f"{stage}/router_acc")}
-            # already reduced across processes by torchmetrics: sync_dist averages identical values
-            self.log_dict(shown, prog_bar=True, sync_dist=True)
-            self.log_dict(values, sync_dist=True)
-            metrics.reset()
-            self._stages_to_log.remove(stage)
-
-    def on_fit_end(self) -> None:
-        self.pair_encoder.cache.clear()
+        if self._trainer is not None and self._trainer.state.fn != TrainerFn.PREDICTING:
+            # per step, so steps without pairs show up; batch_size 1 makes the epoch value the mean count per step
+            pairs = disagreement_pairs(agree, eligible)[0].numel()
+            self.log(
+                f"{stage}/bt_pairs", float(pairs), on_step=stage == "train", on_epoch=True, sync_dist=True,
+                batch_size=1, add_dataloader_idx=False,
+            )  # fmt: skip
+        return scores, cls_logits, {"loss": loss, "bt_loss": bt_loss, "cls_loss": cls_loss}
 
     # ---- optimizer and checkpoints --------------------------------------------------------------------------------
 
@@ -313,13 +188,3 @@ class OfflineRouterModule(LightningModule):
         decayed = [parameter for parameter in parameters if parameter is not self.bt_log_scale]
         groups = [{"params": decayed}, {"params": [self.bt_log_scale], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.freeze_encoder:
-            drop_frozen_weights(checkpoint, ENCODER_PREFIX, self.pair_encoder.encoder)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.freeze_encoder:
-            restore_frozen_weights(
-                checkpoint, ENCODER_PREFIX, self.pair_encoder.encoder, self.hparams.encoder, "router head"
-            )

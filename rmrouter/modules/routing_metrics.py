@@ -55,13 +55,15 @@ class RoutingMetrics(nn.Module):
 
     Args:
         rm_names: The RM of each column of `agree`, `margin` and the scores.
+        loss_names: The losses `update` is given (the router's own; `loss` first).
     """
 
-    def __init__(self, rm_names: Sequence[str]):
+    def __init__(self, rm_names: Sequence[str], loss_names: Sequence[str] = LOSSES):
         super().__init__()
         self.rm_names = list(rm_names)
+        self.loss_names = tuple(loss_names)
         # module names with underscores: slashes would end up in state-dict keys and metric names alike
-        self.means = nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in LOSSES + MEANS})
+        self.means = nn.ModuleDict({name.replace("/", "_"): MeanMetric() for name in self.loss_names + MEANS})
         num_rms = len(self.rm_names)
         self.single = ColumnMeans(num_rms)  # each RM's accuracy on the rows it can judge where some RM is right
         self.alone = ColumnMeans(num_rms)  # each RM used on every row where some RM is right; ineligible: no label
@@ -88,8 +90,9 @@ class RoutingMetrics(nn.Module):
         """Adds one batch.
 
         Args:
-            losses: `loss`, `bt_loss` and `cls_loss` of the batch. Each is weighted by the batch's rows, so the epoch
-                value of `bt_loss` (a mean over each batch's pairs) is the row-weighted mean the optimiser saw.
+            losses: Each of `loss_names` for the batch (`loss`, `bt_loss` and `cls_loss` by default). Each is weighted
+                by the batch's rows, so the epoch value of a loss that is a mean over each batch's rows or pairs is
+                the row-weighted mean the optimiser saw.
             scores: `[B, N]` router scores (the argmax over the eligible RMs is the routed RM).
             cls_logits: `[B, N]` classification logits predicting `agree`.
             agree: `[B, N]`, 1.0 where the RM is right.
@@ -100,7 +103,7 @@ class RoutingMetrics(nn.Module):
         right = (agree == 1) & eligible
         rows = len(agree)
         index = torch.arange(rows, device=agree.device)
-        for name in LOSSES:
+        for name in self.loss_names:
             self.means[name].update(losses[name].detach(), weight=rows)
         routable = right.any(dim=1)
         self._mean("any_right", routable.float())
@@ -136,7 +139,7 @@ class RoutingMetrics(nn.Module):
         with warnings.catch_warnings():
             # a metric without data (no pairs in the epoch, a one-class RM for AUROC) is reported as NaN below
             warnings.filterwarnings("ignore", message=".*(before the ``update``|No (positive|negative) samples)")
-            values = {name: self.means[name.replace("/", "_")].compute() for name in LOSSES + MEANS}
+            values = {name: self.means[name.replace("/", "_")].compute() for name in self.loss_names + MEANS}
             single, right_rate, auroc = self.single.compute(), self.right_rate.compute(), self.auroc.compute()
             alone, coverage = self.alone.compute(), self.coverage.compute()
         values.update({f"baseline/single/{rm}": single[n] for n, rm in enumerate(self.rm_names)})
