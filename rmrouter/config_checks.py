@@ -18,6 +18,7 @@ ROUTER = f"{MODEL}.router.init_args"
 POOL = f"{MODEL}.pool"
 BEHAVIOUR_RMS = "data.init_args.rm_names"
 OFFLINE_FIT = "python cli.py fit --config configs/offline_router.yaml"
+TASK_OFFLINE_FIT = "python cli.py fit --config configs/offline_router_task.yaml"
 
 
 class ConfigError(ValueError):
@@ -107,7 +108,7 @@ def check_online_dpo(init_args: Mapping[str, Any], data: Mapping[str, Any]) -> N
         names, whose = pool_rm_names(init_args.get("pool")), f"the pool's ({POOL})"
     router = init_args.get("router")
     if names is not None and isinstance(router, Mapping):
-        check_router(router.get("init_args") or {}, names, whose)
+        check_router(router.get("init_args") or {}, names, whose, str(router.get("class_path") or ""))
 
 
 def check_num_samples(num_samples: Any, simulated: bool) -> None:
@@ -168,13 +169,14 @@ def pool_rm_names(pool: Any) -> list[str] | None:
     return names
 
 
-def check_router(router: Mapping[str, Any], names: list[str], whose: str) -> None:
+def check_router(router: Mapping[str, Any], names: list[str], whose: str, class_path: str = "") -> None:
     """A router's own `rm_names` (if given), `rm` (a single-RM router) and prior against the RMs it routes over.
 
     Args:
         router: `model.init_args.router.init_args`.
         names: The RMs it routes over, in order.
         whose: Whose names they are, for the message, e.g. `the pool's (model.init_args.pool)`.
+        class_path: The router's class, which says what kind of prior it reads.
     """
     given = router.get("rm_names")
     if given is not None and list(given) != names:
@@ -187,20 +189,23 @@ def check_router(router: Mapping[str, Any], names: list[str], whose: str) -> Non
     if isinstance(rm, str) and rm not in names:
         raise ConfigError(f"{ROUTER}.rm", f"{rm!r} is not one of {whose} RMs {names}: pick one of those")
     if router.get("prior_path") is not None:
-        check_prior(router, names, whose)
+        check_prior(router, names, whose, task_prior=class_path.endswith("TaskBayesianRouter"))
 
 
-def check_prior(router: Mapping[str, Any], names: list[str], whose: str) -> None:
-    """The router's prior file exists, is a prior, and was made for these RMs (in this order) and, where the config
-    states an encoder, pooling or token limit, for that one."""
+def check_prior(router: Mapping[str, Any], names: list[str], whose: str, task_prior: bool = False) -> None:
+    """The router's prior file exists, is a prior of the kind it reads (a `TaskPrior` for `task_prior`), and was made
+    for these RMs (in this order) and, where the config states an encoder, pooling or token limit, for that one."""
     from rmrouter.routers.bayesian import prior_encoder_mismatch
     from rmrouter.routers.prior import RouterPrior, RouterPriorError
+    from rmrouter.routers.task_prior import TaskPrior
 
     key, path = f"{ROUTER}.prior_path", Path(router["prior_path"])
+    fit = TASK_OFFLINE_FIT if task_prior else OFFLINE_FIT
     if not path.is_file():
-        raise ConfigError(key, f"no router prior at {path} (looked in {Path.cwd()}): write it with `{OFFLINE_FIT}`")
+        raise ConfigError(key, f"no router prior at {path} (looked in {Path.cwd()}): write it with `{fit}`")
     try:
-        prior = RouterPrior.load(path)  # tensors and primitives only (weights_only): no model is built
+        # tensors and primitives only (weights_only): no model is built
+        prior = TaskPrior.load(path) if task_prior else RouterPrior.load(path)
     except RouterPriorError as error:
         raise ConfigError(key, str(error)) from None
     if prior.rm_names != names:

@@ -21,12 +21,13 @@ ROUTERS = sorted(path.stem for path in (CONFIGS / "routers").glob("*.yaml"))
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path:
-    """A behaviour file, an offline prior on the tiny encoder, and the simulated config on the tiny policy."""
+    """A behaviour file, the offline priors on the tiny encoder, and the simulated config on the tiny policy."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     write_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl", rows=24)
-    main(["fit", "--config", str(CONFIGS / "offline_router.yaml"), "--model.init_args.encoder", tiny_encoder_dir,
-          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    for offline in ("offline_router.yaml", "offline_router_task.yaml"):  # the priors of bayesian and task_bayesian
+        main(["fit", "--config", str(CONFIGS / offline), "--model.init_args.encoder", tiny_encoder_dir,
+              "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])  # fmt: skip
     config = yaml.safe_load(SIMULATED.read_text())
     assert config["data"]["init_args"]["rm_names"] == RM_NAMES
     config["model"]["init_args"]["policy"] = tiny_causal_lm_dir

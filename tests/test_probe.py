@@ -13,10 +13,12 @@ from rmrouter.behaviour.probe import (
     PER_PAIR,
     PER_PAIR_LABEL,
     SINGLE,
+    TASK_MIXTURE,
     TWO_STAGE,
     ProbeData,
     cross_validate,
     fold_credits,
+    label_accuracies,
     routed_credit,
 )
 from rmrouter.cli import main
@@ -27,6 +29,13 @@ def test_routed_credit_takes_the_best_eligible_rm_and_counts_a_pair_no_rm_judged
     right = np.array([[False, True], [False, True], [True, True]])
     eligible = np.array([[True, True], [False, True], [False, False]])
     assert routed_credit(scores, right, eligible).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_label_accuracies_are_over_the_rows_each_rm_could_judge():
+    right = np.array([[True, False], [False, False], [True, True]])
+    eligible = np.array([[True, True], [True, False], [True, True]])
+    table = label_accuracies(["a", "a", "b"], ["a", "b", "c"], right, eligible)
+    assert table.tolist() == [[0.5, 0.0], [1.0, 1.0], [0.0, 0.0]]  # RM 1 judged one `a` row; nobody judged `c`
 
 
 def two_domain_data(rows: int = 80, seed: int = 0) -> ProbeData:
@@ -69,6 +78,7 @@ def test_each_method_on_a_fold_where_the_text_says_more_than_the_label():
     assert np.array_equal(credits[SINGLE], data.right[test, 0].astype(float))
     assert credits[LOOKUP][domain_a].tolist() == [1.0] * int(domain_a.sum())
     assert np.array_equal(credits[TWO_STAGE], credits[LOOKUP])  # the domain is in the text
+    assert credits[TASK_MIXTURE][domain_a].tolist() == [1.0] * int(domain_a.sum())
     assert credits[MAJORITY].tolist() == [0.5] * 20  # two RMs that always disagree
     assert credits[CEILING].tolist() == [1.0] * 20
     # only a per-pair model reads which RM is right on `b`
@@ -97,7 +107,7 @@ def test_probe_command_writes_the_report_of_a_behaviour_file(tmp_path, tiny_enco
     assert f"RMs {RM_NAMES}" in report
     assert "| data-label lookup | 100.0 ± 0.0 | (the lookup) | 100.0 | 100.0 | 100.0 | 100.0 |" in report
     assert "| majority vote | 0.0 ± 0.0 | -100.0 ± 0.0, below |" in report  # one RM right, five wrong
-    assert "| per-pair + label | 100.0 ± 0.0 | +0.0 ± 0.0, no difference |" in report
+    assert "| lookup + per-pair residual | 100.0 ± 0.0 | +0.0 ± 0.0, no difference |" in report
     single = next(line for line in report.splitlines() if line.startswith("| best single RM |"))
     assert single.split(" | ")[2].endswith(", below")  # the RM of one domain, wrong on the three others
     assert "| ceiling | 100.0 ± 0.0 | +0.0 ± 0.0, no difference |" in report

@@ -116,11 +116,9 @@ def flatten(value, prefix=""):
 
 
 def test_the_task_router_config_is_the_paper_routers_but_for_its_model_and_paths():
-    """Compared on the same rows with the same training: only the model, where runs write and the prior differ."""
-    default = yaml.safe_load((ROOT / "configs" / "offline_router.yaml").read_text())
-    callbacks = default["trainer"]["callbacks"]
-    default["trainer"]["callbacks"] = [c for c in callbacks if not c["class_path"].endswith("RouterPriorWriter")]
-    default, task = flatten(default), flatten(yaml.safe_load(TASK_CONFIG.read_text()))
+    """Compared on the same rows with the same training: only the model and where runs write differ."""
+    default = flatten(yaml.safe_load((ROOT / "configs" / "offline_router.yaml").read_text()))
+    task = flatten(yaml.safe_load(TASK_CONFIG.read_text()))
     outside_model = {key for key in {*default, *task} if not key.startswith("model.")}
     changed = sorted(key for key in outside_model if default.get(key) != task.get(key))
     paths = ("dir", "save_dir", "dirpath", "init_args.path", "init_args.command")
@@ -142,3 +140,27 @@ def test_fit_test_and_predict_from_the_shipped_config_with_and_without_labels(tm
     header, rows = read_predictions(tmp_path / "checkpoints" / "offline_router_task" / "predictions.jsonl")
     assert header["rm_names"] == POOL_RM_NAMES and {row["split"] for row in rows} >= {"test", "ood"}
     assert all(0.0 <= score <= 1.0 for row in rows for score in row["scores"])  # probabilities that an RM is right
+
+
+def test_the_task_router_on_the_real_pool_is_its_default_config_with_the_pools_names_and_paths():
+    default = flatten(yaml.safe_load(TASK_CONFIG.read_text()))
+    config = yaml.safe_load((ROOT / "configs" / "offline_router_task_llmbar.yaml").read_text())
+    real = flatten(config)
+    assert default.keys() == real.keys()
+    changed = {key for key in default if default[key] != real[key]}
+    allowed = ("rm_names", "tasks", "data.init_args.path", "ood_domains", "ood_sources", "dir", "save_dir", "dirpath",
+               "init_args.path", "init_args.command", "init_args.about")  # fmt: skip
+    assert changed and all(key.endswith(allowed) for key in changed), sorted(changed)
+    from rmrouter.data.llmbar import LLMBarPairs
+
+    held_out = set(config["data"]["init_args"]["ood_domains"])
+    assert config["model"]["init_args"]["tasks"] == sorted({p.domain for p in LLMBarPairs().load()} - held_out)
+
+
+def test_the_tasks_are_the_shipped_large_sets_domains_but_the_held_out_one():
+    from rmrouter.data.behaviour import read_behaviour
+
+    config = yaml.safe_load(TASK_CONFIG.read_text())
+    held_out = set(config["data"]["init_args"]["ood_domains"])
+    domains = {record.pair.domain for record in read_behaviour(ROOT / "rmrouter" / "shipped" / "behaviour_large")}
+    assert config["model"]["init_args"]["tasks"] == sorted(domains - held_out)

@@ -10,9 +10,14 @@ Each method is fitted on the training folds and scored on the held-out fold:
 - **majority vote** of every RM (fits nothing);
 - **data-label lookup**: the RM best on the pair's label in the training folds (`DataLabelRouting`);
 - **per-pair**: per RM, a logistic model of "this RM is right" from the features; the most probable eligible RM;
-- **per-pair + label**: the same with the label's one-hot appended: the lookup plus a per-pair residual;
+- **lookup + per-pair residual**: the same with the label's one-hot appended, penalised far less than the text
+  (`LABEL_SCALE`): the label's effect plus a per-pair residual;
 - **two-stage, label-free**: a logistic classifier of the label from the features, then the lookup of the label it
   predicts, so no label is read at routing time;
+- **task mixture, label-free**: the same classifier's probabilities `q(t | x)` weigh each label's RM accuracies in
+  training, `sum_t q(t | x) acc[t, n]`, and the pair goes to the eligible RM with the highest: it hedges where the
+  text leaves the label in doubt (the task-aware router's label-free routing, `rmrouter.routers.task_aware`, without
+  its residual);
 - **ceiling**: some eligible RM is right.
 
 The label is the lookup's: a pair's domain. Folds group pairs by prompt text: the pairs of one prompt share its text
@@ -46,8 +51,13 @@ from rmrouter.stats import paired_test
 log = logging.getLogger(__name__)
 
 SINGLE, MAJORITY, LOOKUP = "best single RM", "majority vote", "data-label lookup"
-PER_PAIR, PER_PAIR_LABEL, TWO_STAGE, CEILING = "per-pair", "per-pair + label", "two-stage, label-free", "ceiling"
-METHODS = (SINGLE, MAJORITY, LOOKUP, PER_PAIR, PER_PAIR_LABEL, TWO_STAGE, CEILING)
+PER_PAIR, PER_PAIR_LABEL, CEILING = "per-pair", "lookup + per-pair residual", "ceiling"
+TWO_STAGE, TASK_MIXTURE = "two-stage, label-free", "task mixture, label-free"
+METHODS = (SINGLE, MAJORITY, LOOKUP, PER_PAIR, PER_PAIR_LABEL, TWO_STAGE, TASK_MIXTURE, CEILING)
+# The label's one-hot columns are scaled up in the residual model, which makes their L2 penalty 100 times weaker than
+# the text features': the label's effect is estimated almost freely (as the lookup estimates it), and the penalty
+# falls on the per-pair residual.
+LABEL_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,13 +117,27 @@ def one_hot(labels: Sequence[str], vocabulary: Sequence[str]) -> np.ndarray:
     return encoded
 
 
-def predicted_labels(features: np.ndarray, labels: Sequence[str], test_features: np.ndarray, C: float) -> list[str]:
-    """The label a logistic classifier on `features` gives each test row (the only label, if training has one)."""
+def label_probabilities(
+    features: np.ndarray, labels: Sequence[str], test_features: np.ndarray, C: float
+) -> tuple[list[str], np.ndarray]:
+    """The labels of training, sorted, and `[T, len(labels)]` a logistic classifier's probabilities of each on the test
+    rows (1 for the only label, if training has one)."""
     vocabulary = sorted(set(labels))
     if len(vocabulary) == 1:
-        return vocabulary * len(test_features)
+        return vocabulary, np.ones((len(test_features), 1))
     model = LogisticRegression(C=C, max_iter=1000).fit(features, labels)
-    return list(model.predict(test_features))
+    return list(model.classes_), model.predict_proba(test_features)
+
+
+def label_accuracies(labels: Sequence[str], vocabulary: Sequence[str], right: np.ndarray, eligible: np.ndarray):
+    """`[len(vocabulary), N]`: each RM's accuracy on the rows of each label it could judge (0 where it judged none)."""
+    labels = np.asarray(labels)
+    table = np.zeros((len(vocabulary), right.shape[1]))
+    for t, label in enumerate(vocabulary):
+        rows = labels == label
+        judged = eligible[rows].sum(axis=0)
+        table[t] = np.where(judged > 0, (right[rows] & eligible[rows]).sum(axis=0) / np.maximum(judged, 1), 0.0)
+    return table
 
 
 def fold_credits(data: ProbeData, train: np.ndarray, test: np.ndarray, C: float) -> dict[str, np.ndarray]:
@@ -136,7 +160,10 @@ def fold_credits(data: ProbeData, train: np.ndarray, test: np.ndarray, C: float)
     single_rank = rank_rms(train_right, train_eligible)
     single_scores = -np.array([single_rank.index(n) for n in range(right.shape[1])], dtype=float)
     vocabulary = sorted(set(domains[train]))
-    labelled = np.hstack([features, one_hot(list(domains), vocabulary)])
+    labelled = np.hstack([features, LABEL_SCALE * one_hot(list(domains), vocabulary)])
+    classes, probabilities = label_probabilities(features[train], list(domains[train]), features[test], C)
+    predicted = [classes[i] for i in probabilities.argmax(axis=1)]
+    accuracies = label_accuracies(domains[train], classes, right[train], eligible[train])
     return {
         SINGLE: credit(np.broadcast_to(single_scores, test_right.shape)),
         MAJORITY: majority_vote_credit(torch.from_numpy(data.margins[test])).numpy(),
@@ -145,7 +172,8 @@ def fold_credits(data: ProbeData, train: np.ndarray, test: np.ndarray, C: float)
         PER_PAIR_LABEL: credit(
             rm_right_probabilities(labelled[train], right[train], eligible[train], labelled[test], C)
         ),
-        TWO_STAGE: lookup(predicted_labels(features[train], list(domains[train]), features[test], C), [""] * len(test)),
+        TWO_STAGE: lookup(predicted, [""] * len(test)),
+        TASK_MIXTURE: credit(probabilities @ accuracies),
         CEILING: (test_right & test_eligible).any(axis=1).astype(float),
     }
 
@@ -220,11 +248,11 @@ def probe_report(credits: dict[str, np.ndarray], data: ProbeData, rm_names: Sequ
         rows.append(f"| {method} | {by_repeat.mean():.1f} ± {by_repeat.std():.1f} | {versus} |{cells}")
     counts = ", ".join(f"{label} {int((domains == label).sum())}" for label in labels)
     beyond = paired_test(per_pair[PER_PAIR_LABEL].tolist(), lookup.tolist())
-    label_free = paired_test(per_pair[TWO_STAGE].tolist(), lookup.tolist())
+    label_free = paired_test(per_pair[TASK_MIXTURE].tolist(), lookup.tolist())
     reading = (
-        f"- **Beyond the label:** the per-pair residual on top of the label is {100 * beyond.mean:+.1f} ± "
+        f"- **Beyond the label:** the lookup plus a per-pair residual is {100 * beyond.mean:+.1f} ± "
         f"{100 * beyond.se:.1f} points against the lookup ({beyond.verdict()}, p = {beyond.p_value:.3f}).\n"
-        f"- **Without the label:** predicting it from the text and then looking it up is {100 * label_free.mean:+.1f} "
+        f"- **Without the label:** the task mixture, which reads no label, is {100 * label_free.mean:+.1f} "
         f"± {100 * label_free.se:.1f} points against the lookup that reads it ({label_free.verdict()}, "
         f"p = {label_free.p_value:.3f}).\n"
         f"- **Headroom:** the ceiling is {100 * per_pair[CEILING].mean():.1f}, the lookup {100 * lookup.mean():.1f}: "

@@ -1,4 +1,5 @@
-"""Writes the offline router's prior artifact (`RouterPrior`) when a fit ends, from the checkpoint it selected."""
+"""Writes the offline router's prior artifact when a fit ends, from the checkpoint it selected: a `RouterPrior` for the
+paper's router, a `TaskPrior` for the task-aware one (each module's `router_prior`)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.calibration import fit_prior_scale
-from rmrouter.routers.prior import RouterPrior
 
 log = logging.getLogger(__name__)
 
 
 class RouterPriorWriter(Callback):
-    """At the end of `fit`, saves the selected router as a `RouterPrior` file for the online router.
+    """At the end of `fit`, saves the selected router's prior file (its module's `router_prior`) for the online router.
 
     The prior holds exactly the weights of the checkpoint that model selection kept: the trainer's monitored
     `ModelCheckpoint` best (`best.ckpt` in the shipped config, the one `test` and the offline report evaluate), not
     the weights the fit ends with, which may be many epochs past it. Its metadata names that checkpoint, its epoch and
-    step, the monitored metric and its value, and `reward_scale`: the factor that puts the prior on the online
-    reward's scale, fitted on the validation split (`rmrouter.routers.calibration`; BayesianRouter's
-    `prior_scale: calibrated`). Without a monitored checkpoint (checkpointing off, or no `monitor`), the final weights
-    are saved and the metadata says `selected: final`. A fine-tuned encoder is saved beside the prior
+    step, the monitored metric and its value, and, for the paper's router, `reward_scale`: the factor that puts its BT
+    scores on the online reward's scale, fitted on the validation split (`rmrouter.routers.calibration`;
+    BayesianRouter's `prior_scale: calibrated`). Without a monitored checkpoint (checkpointing off, or no `monitor`),
+    the final weights are saved and the metadata says `selected: final`. A fine-tuned encoder is saved beside the prior
     (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
 
     Args:
@@ -43,12 +43,11 @@ class RouterPriorWriter(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "path"):
             metadata["behaviour_file"] = str(datamodule.path)
-        scale = reward_scale(selected, datamodule)
+        scale = reward_scale(selected, datamodule) if hasattr(selected, "router_scores") else None
         if scale is not None:
             metadata["reward_scale"] = scale
         encoder_dir = self.path.parent / f"{self.path.stem}-encoder"
-        prior = RouterPrior(**selected.prior_state(encoder_dir=encoder_dir), metadata=metadata)
-        prior.save(self.path)
+        selected.router_prior(metadata, encoder_dir=encoder_dir).save(self.path)
         log.info("wrote the router prior to %s (%s)", self.path, metadata["selected"])
 
 

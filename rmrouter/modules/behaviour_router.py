@@ -9,6 +9,7 @@ the best eligible one), the `[B, N]` logits of "RM n is right" and the batch's l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -112,6 +113,32 @@ class BehaviourRouterModule(LightningModule):
             }  # fmt: skip
             for i in range(len(chosen))
         ]
+
+    def pair_encoder_state(self, encoder_dir: str | Path | None = None) -> dict[str, Any]:
+        """A prior's pair-encoder fields: `encoder`, `pooling`, `max_length`, `mlp_config` and `mlp_state`.
+
+        Args:
+            encoder_dir: Where a fine-tuned encoder is saved (`save_pretrained`, with its tokenizer); the prior then
+                names that folder as its encoder. Unused, and nothing is written, when the encoder is frozen.
+
+        Raises:
+            ValueError: The encoder was fine-tuned and no `encoder_dir` was given: its name alone would load other
+                weights online.
+        """
+        encoder = self.pair_encoder.encoder
+        encoder_name = encoder.name
+        if not self.pair_encoder.freeze_encoder:
+            if encoder_dir is None:
+                raise ValueError(
+                    f"the router fine-tuned its encoder '{encoder_name}': pass encoder_dir so the prior can name a "
+                    "folder holding the fine-tuned weights"
+                )
+            encoder.model.save_pretrained(encoder_dir)
+            encoder.tokenizer.save_pretrained(encoder_dir)
+            encoder_name = str(encoder_dir)
+        mlp_state = {key: value.detach().cpu().clone() for key, value in self.pair_encoder.mlp.state_dict().items()}
+        return {"encoder": encoder_name, "pooling": encoder.pooling, "max_length": encoder.max_length,
+                "mlp_config": self.pair_encoder.mlp_config(), "mlp_state": mlp_state}  # fmt: skip
 
     def _use_cache(self) -> bool:
         # while fitting the same train and val texts come back every epoch; a store keeps them for the next process

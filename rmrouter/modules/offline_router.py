@@ -37,6 +37,7 @@ from rmrouter.losses import disagreement_pairs, masked_bce_with_logits, router_b
 from rmrouter.models.encoder import Pooling
 from rmrouter.models.pair_encoder import PairEncoder
 from rmrouter.modules.behaviour_router import ENCODER_PREFIX, BehaviourRouterModule
+from rmrouter.routers.prior import RouterPrior
 
 # Measured on the toy routing problem of tests/test_offline_router.py (tiny frozen encoder, 48 rows, batch 8, 8 epochs,
 # 3 seeds): a learnable scale starting at 1 learned the routing in 2 of 3 seeds (train BT loss down to 0.13, and to
@@ -138,29 +139,16 @@ class OfflineRouterModule(BehaviourRouterModule):
             ValueError: The encoder was fine-tuned and no `encoder_dir` was given: its name alone would load other
                 weights online.
         """
-        encoder = self.pair_encoder.encoder
-        encoder_name = encoder.name
-        if not self.freeze_encoder:
-            if encoder_dir is None:
-                raise ValueError(
-                    f"the router fine-tuned its encoder '{encoder_name}': pass encoder_dir so the prior can name a "
-                    "folder holding the fine-tuned weights"
-                )
-            encoder.model.save_pretrained(encoder_dir)
-            encoder.tokenizer.save_pretrained(encoder_dir)
-            encoder_name = str(encoder_dir)
         return {
             "rm_names": list(self.rm_names),
             "bt_embeddings": self.normalized_bt_embeddings().detach().cpu().clone(),
             "bt_scale": float(self.bt_scale().detach()),
-            "encoder": encoder_name,
-            "pooling": encoder.pooling,
-            "max_length": encoder.max_length,
-            "mlp_config": self.pair_encoder.mlp_config(),
-            "mlp_state": {
-                key: value.detach().cpu().clone() for key, value in self.pair_encoder.mlp.state_dict().items()
-            },
+            **self.pair_encoder_state(encoder_dir),
         }
+
+    def router_prior(self, metadata: dict[str, Any], encoder_dir: str | Path | None = None) -> RouterPrior:
+        """The `RouterPrior` of these weights (`prior_state`), with `metadata`."""
+        return RouterPrior(**self.prior_state(encoder_dir=encoder_dir), metadata=metadata)
 
     # ---- steps ----------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from the task head otherwise; the routing scores are the probabilities that each
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from rmrouter.routers.task_aware import (
     task_indices,
     task_probabilities,
 )
+from rmrouter.routers.task_prior import TaskPrior
 
 PROBABILITY_FLOOR = 1e-6  # the logit of a probability of 0 or 1 is infinite; AUROC needs finite scores
 
@@ -125,6 +127,15 @@ class TaskRouterModule(BehaviourRouterModule):
                      batch_size=int(labelled.sum()), add_dataloader_idx=False)  # fmt: skip
         logits = torch.logit(scores.clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR))
         return scores, logits, {"loss": loss, "right_loss": right_loss, "task_loss": task_loss}
+
+    def router_prior(self, metadata: dict[str, Any], encoder_dir: str | Path | None = None) -> TaskPrior:
+        """The `TaskPrior` of these weights: the reliabilities, the pair encoder and the task head. The residual stays
+        offline: the online router learns in the task space alone (`rmrouter.routers.task_bayesian`)."""
+        head = {name: value.detach().cpu().clone() for name, value in self.task_head.state_dict().items()}
+        return TaskPrior(
+            rm_names=list(self.rm_names), tasks=list(self.tasks), reliability=self.reliability.detach().cpu().clone(),
+            task_head_state=head, metadata=metadata, **self.pair_encoder_state(encoder_dir),
+        )  # fmt: skip
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         decayed = [p for p in self.trainer.model.parameters() if p.requires_grad and p is not self.reliability]

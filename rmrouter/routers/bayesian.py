@@ -175,8 +175,12 @@ class BayesianRouter(Router):
             return self.offline_weight * offline + (1 - self.offline_weight) * sampled
         return sampled
 
+    def context(self, pairs: PairBatch) -> Tensor:
+        """`[P, d]` float64 CPU features the posteriors score: the prior's pair embedding `h`."""
+        return self.embedder.pairs(pairs)
+
     def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
-        h = self.embedder.pairs(pairs)
+        h = self.context(pairs)
         # Thompson draws over every rank's pairs, so the generator advances alike everywhere; each keeps its slice.
         every_h, mine = self.all_gather_rows(h)
         scores = self.scores(every_h)[mine]

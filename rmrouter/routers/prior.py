@@ -114,19 +114,7 @@ class RouterPrior:
 
     def check_pool(self, rm_names: Sequence[str]) -> None:
         """Refuses a pool whose RMs differ from the prior's, in names or in order (the embeddings are per position)."""
-        pool = list(rm_names)
-        if pool == self.rm_names:
-            return
-        if sorted(pool) == sorted(self.rm_names):
-            fix = "same RMs in another order: list the pool's RMs in the prior's order"
-        else:
-            missing = [name for name in self.rm_names if name not in pool]
-            extra = [name for name in pool if name not in self.rm_names]
-            fix = f"the pool lacks {missing} and has no prior for {extra}: train a prior on this pool's behaviour"
-        where = f" {self.source}" if self.source else ""
-        raise RouterPriorError(
-            f"router prior{where} was trained for RMs {self.rm_names} (in this order), but the pool is {pool}: {fix}"
-        )
+        check_pool(self.rm_names, rm_names, "router prior", self.source)
 
     def to_payload(self) -> dict[str, Any]:
         """The prior as plain dicts, lists, tensors and primitives (what `save` writes)."""
@@ -147,56 +135,85 @@ class RouterPrior:
 
     def save(self, path: str | Path) -> Path:
         """Writes the prior to `path` atomically: a failed write leaves whatever was there before."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = self.to_payload()
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(payload, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.chmod(temp, 0o644)  # mkstemp makes the file private; a prior is an ordinary shareable artifact
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        return path
+        return save_payload(self.to_payload(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> RouterPrior:
         """Reads a prior written by `save`, refusing other files, unknown format versions and inconsistent shapes."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no router prior here (train the offline router to write one)")
+        payload = read_payload(path, KIND, FORMAT_VERSION, PAYLOAD_FIELDS, "router prior")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            raise RouterPriorError(f"{path}: not a router prior file ({type(error).__name__}: {error})") from None
-        if not isinstance(payload, dict) or payload.get("kind") != KIND:
-            keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
-            raise RouterPriorError(f"{path}: not a router prior file (expected kind {KIND!r}, found {keys})")
-        version = payload.get("version")
-        if version != FORMAT_VERSION:
-            newer = isinstance(version, int) and version > FORMAT_VERSION
-            older = isinstance(version, int) and 0 < version < FORMAT_VERSION
-            fix = (
-                "written by a newer rmrouter: upgrade rmrouter"
-                if newer
-                else "written by an older rmrouter: train the offline router again"
-                if older
-                else "an unknown version"
-            )
-            raise RouterPriorError(
-                f"{path}: router prior format version {version!r}, this rmrouter reads version {FORMAT_VERSION} ({fix})"
-            )
-        missing = [name for name in PAYLOAD_FIELDS if name not in payload]
-        if missing:
-            raise RouterPriorError(f"{path}: router prior lacks {missing}; the file is damaged, write it again")
-        try:
-            return cls(**{name: payload[name] for name in PAYLOAD_FIELDS}, version=version, source=str(path))
+            return cls(**{name: payload[name] for name in PAYLOAD_FIELDS}, version=payload["version"], source=str(path))
         except RouterPriorError as error:
             raise RouterPriorError(f"{path}: {error}") from None
+
+
+def check_pool(prior_names: Sequence[str], rm_names: Sequence[str], what: str, source: str | None) -> None:
+    """Refuses a pool whose RMs differ from a prior's, in names or in order (a prior's rows are per position)."""
+    pool = list(rm_names)
+    if pool == list(prior_names):
+        return
+    if sorted(pool) == sorted(prior_names):
+        fix = "same RMs in another order: list the pool's RMs in the prior's order"
+    else:
+        missing = [name for name in prior_names if name not in pool]
+        extra = [name for name in pool if name not in prior_names]
+        fix = f"the pool lacks {missing} and has no prior for {extra}: train a prior on this pool's behaviour"
+    where = f" {source}" if source else ""
+    raise RouterPriorError(
+        f"{what}{where} was trained for RMs {list(prior_names)} (in this order), but the pool is {pool}: {fix}"
+    )
+
+
+def save_payload(payload: dict[str, Any], path: str | Path) -> Path:
+    """Writes a prior's payload to `path` atomically (temp file, fsync, rename): a failed write leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temp, 0o644)  # mkstemp makes the file private; a prior is an ordinary shareable artifact
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_payload(path: Path, kind: str, version: int, fields: Sequence[str], what: str) -> dict[str, Any]:
+    """A payload `save_payload` wrote, checked to be of `kind` at `version` with every field; never runs code."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {what} here (train the offline router to write one)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise RouterPriorError(f"{path}: not a {what} file ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != kind:
+        found = payload.get("kind") if isinstance(payload, dict) and "kind" in payload else None
+        keys = sorted(payload)[:10] if isinstance(payload, dict) else type(payload).__name__
+        described = f"kind {found!r}" if found else keys
+        raise RouterPriorError(f"{path}: not a {what} file (expected kind {kind!r}, found {described})")
+    given = payload.get("version")
+    if given != version:
+        newer = isinstance(given, int) and given > version
+        older = isinstance(given, int) and 0 < given < version
+        fix = (
+            "written by a newer rmrouter: upgrade rmrouter"
+            if newer
+            else "written by an older rmrouter: train the offline router again"
+            if older
+            else "an unknown version"
+        )
+        raise RouterPriorError(
+            f"{path}: {what} format version {given!r}, this rmrouter reads version {version} ({fix})"
+        )
+    missing = [name for name in fields if name not in payload]
+    if missing:
+        raise RouterPriorError(f"{path}: {what} lacks {missing}; the file is damaged, write it again")
+    return payload
 
 
 def _check_primitives(value: Any, where: str) -> None:

@@ -1,0 +1,107 @@
+"""The online task-space router: its prior file, its features, and its posterior moving as computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rmrouter.modules.task_router import TaskRouterModule
+from rmrouter.routers.base import PairBatch, Routing
+from rmrouter.routers.normalizer import QuantileNormalizer, batch_baseline
+from rmrouter.routers.prior import RouterPrior, RouterPriorError
+from rmrouter.routers.task_bayesian import TaskBayesianRouter
+from rmrouter.routers.task_prior import TaskPrior
+
+RMS = ["a", "b"]
+TASKS = ["math", "chat"]
+ACCURACY = torch.tensor([[0.9, 0.6], [0.3, 0.8]])  # rows: math, chat; columns: RM a, RM b
+
+
+def logit(p: torch.Tensor) -> torch.Tensor:
+    return torch.log(p) - torch.log1p(-p)
+
+
+def hand_prior(path, dim: int = 4) -> str:
+    """A prior with the accuracies above; its encoder is never built while every pair's label is a known task."""
+    TaskPrior(
+        rm_names=RMS, tasks=TASKS, reliability=logit(ACCURACY), encoder="never-loaded", pooling="mean", max_length=16,
+        mlp_config={"input_size": 2 * dim, "hidden_size": dim, "output_size": dim}, mlp_state={},
+        task_head_state={"weight": torch.zeros(2, dim), "bias": torch.zeros(2)},
+    ).save(path)  # fmt: skip
+    return str(path)
+
+
+def pairs(domains: list[str]) -> PairBatch:
+    size = len(domains)
+    return PairBatch([[{"role": "user", "content": f"q{i}"}] for i in range(size)], ["x"] * size, ["y"] * size,
+                     [None] * size, domains)  # fmt: skip
+
+
+class EveryRMPrefersFirst:
+    def margins(self, rm_index: int, batch: PairBatch) -> torch.Tensor:
+        return torch.ones(len(batch))
+
+
+def router(path: str, **overrides) -> TaskBayesianRouter:
+    settings = {"sigma2": 1.0, "lambda0": 25.0, "warmup": 1, "seed": 0, "warmup_rewards": "placeholder", **overrides}
+    return TaskBayesianRouter(RMS, path, **settings)
+
+
+def test_the_prior_file_round_trips_and_is_told_apart_from_the_paper_routers(tmp_path):
+    path = hand_prior(tmp_path / "prior.pt")
+    prior = TaskPrior.load(path)
+    torch.testing.assert_close(prior.accuracies(), ACCURACY)
+    assert prior.tasks == TASKS and prior.source == path
+    with pytest.raises(RouterPriorError, match="expected kind 'rmrouter.RouterPrior', found kind 'rmrouter.TaskPrior'"):
+        RouterPrior.load(path)
+    with pytest.raises(RouterPriorError, match=r"reliability must be a float tensor \[2, 2\]"):
+        TaskPrior(**{**prior.__dict__, "reliability": torch.zeros(3, 2), "source": None})
+    with pytest.raises(RouterPriorError, match="task prior .* was trained for RMs"):
+        prior.check_pool(["b", "a"])
+
+
+def test_the_prior_means_are_the_accuracies_on_the_rewards_scale_and_route_without_updates(tmp_path):
+    path = hand_prior(tmp_path / "prior.pt")
+    centred = router(path)
+    torch.testing.assert_close(centred.posteriors.means(), (2 * ACCURACY.T - 1).double())
+    torch.testing.assert_close(router(path, centred_rewards=False).posteriors.means(), ACCURACY.T.double())
+    fixed = router(path, online_updates=False)
+    routing = fixed.route(pairs(["math", "chat", "math"]), EveryRMPrefersFirst())
+    assert routing.rm_index.tolist() == [0, 1, 0]  # the RM of higher accuracy on each pair's task
+    torch.testing.assert_close(routing.context, torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]).double())
+
+
+def test_a_reward_moves_only_its_task_and_rm_and_as_computed_by_hand(tmp_path):
+    path = hand_prior(tmp_path / "prior.pt")
+    learner = router(path)  # three math pairs and a chat pair, routed to b, b, a and b
+    routing = Routing(torch.ones(4), torch.tensor([1, 1, 0, 1]), 4, torch.tensor([[1.0, 0], [1, 0], [1, 0], [0, 1]]))
+    losses = torch.tensor([0.2, 0.9, 0.5, 0.4])
+    learner.observe(routing, losses)
+    expected_rewards = 2 * QuantileNormalizer(warmup=1)(batch_baseline(losses.double())) - 1
+    prior = (2 * ACCURACY.T - 1).double()
+    expected = prior.clone()
+    # (math, b) saw rows 0 and 1; (chat, b) row 3; (math, a) row 2; (chat, a) nothing: mean (25 mu0 + sum r) / (25 + k)
+    for rm, task, rows in ((1, 0, [0, 1]), (1, 1, [3]), (0, 0, [2])):
+        expected[rm, task] = (25 * prior[rm, task] + expected_rewards[rows].sum()) / (25 + len(rows))
+    torch.testing.assert_close(learner.posteriors.means(), expected)
+
+
+def test_a_pair_of_unknown_task_reads_the_task_head_and_labels_can_be_ignored(tmp_path, tiny_encoder_dir):
+    module = TaskRouterModule(
+        rm_names=RMS, tasks=TASKS, encoder=tiny_encoder_dir, pooling="mean", max_length=32, hidden_size=8,
+        embedding_size=4, freeze_encoder=True, task_weight=1.0, learning_rate=1e-3, weight_decay=0.0,
+    )  # fmt: skip
+    with torch.no_grad():
+        module.task_head.weight.normal_()
+    module.router_prior({}).save(tmp_path / "prior.pt")
+    labelled = router(str(tmp_path / "prior.pt"))
+    batch = pairs(["math", "koala"])
+    q = labelled.context(batch)
+    assert q[0].tolist() == [1.0, 0.0]
+    head = torch.softmax(labelled.prior.task_logits(labelled.embedder.pairs(batch)), dim=-1)
+    torch.testing.assert_close(q[1], head[1])
+    assert not math.isclose(q[1, 0].item(), 0.5)  # the head's weights say something
+    unlabelled = router(str(tmp_path / "prior.pt"), use_labels=False)
+    torch.testing.assert_close(unlabelled.context(batch), head)
