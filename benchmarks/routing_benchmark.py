@@ -17,9 +17,10 @@ it), so the LM's minutes go to the routers that learn.
 
 Routers are built from `configs/routers/*.yaml` with the seed's prior and generator seed; the ablations of the
 switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is the seed's prior's own `reward_scale`,
-which the offline fit writes from its validation split (`rmrouter.routers.calibration.fit_prior_scale`). Each run's
-log is kept under `--runs-dir` and reused, so an interrupted benchmark resumes; `routing_report.py` turns the logs
-into the report.
+which the offline fit writes from its validation split (`rmrouter.routers.calibration.fit_prior_scale`). The
+task-space router (`task_bayesian.yaml`) reads the task-aware offline router's priors (`--task-priors DIR`,
+`seed_<s>/prior.pt`) and has its own ablations. Each run's log is kept under `--runs-dir` and reused, so an
+interrupted benchmark resumes; `routing_report.py` turns the logs into the report.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUTERS = ROOT / "configs" / "routers"
 FIDELITIES = ("oracle", "log_linear_dpo", "lm_dpo")
 # Routers whose labels never depend on the losses they observe: the same at every fidelity of one stream.
-REWARD_FREE = ("single_best", "random", "majority", "uwo", "data_label", "no_online")
+REWARD_FREE = ("single_best", "random", "majority", "uwo", "data_label", "no_online", "task_no_online")
 
 # (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`.
 METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
@@ -70,6 +71,10 @@ METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("placeholder", "- held warm-up rewards (placeholders)", "bayesian.yaml", {"warmup_rewards": "placeholder"}),
     ("uncentred", "- centred rewards ([0, 1])", "bayesian.yaml", {"centred_rewards": False}),
     ("any_rm", "- eligible RMs only", "bayesian.yaml", {"eligible_only": False}),
+    ("task", "TaskBayesianRouter", "task_bayesian.yaml", {}),
+    ("task_label_free", "TaskBayesianRouter without labels", "task_bayesian.yaml", {"use_labels": False}),
+    ("task_no_online", "TaskBayesianRouter - online updates", "task_bayesian.yaml", {"online_updates": False}),
+    ("task_no_prior", "TaskBayesianRouter - offline prior", "task_bayesian.yaml", {"use_prior": False}),
 ]  # fmt: skip
 
 
@@ -92,7 +97,10 @@ class Benchmark:
         self.best_single = self.rm_names[int(train.agree.mean(dim=0).argmax())]
         self.caches: dict[str, EmbeddingCache] = {}
 
-    def prior_path(self, seed: int) -> str:
+    def prior_path(self, seed: int, task: bool = False) -> str:
+        """The seed's prior of the paper's router, or of the task-aware router (`--task-priors`) for `task`."""
+        if task:
+            return str(Path(self.args.task_priors) / f"seed_{seed}" / "prior.pt")
         if self.args.prior is not None:
             return str(self.args.prior)
         return str(Path(self.args.priors) / f"seed_{seed}" / "prior.pt")
@@ -116,7 +124,7 @@ class Benchmark:
         if "seed" in init_args:
             init_args["seed"] = seed
         if init_args.get("prior_path") is not None:
-            init_args["prior_path"] = self.prior_path(seed)
+            init_args["prior_path"] = self.prior_path(seed, task=name == "TaskBayesianRouter")
         if "encoder" in init_args and self.args.encoder is not None:
             init_args["encoder"] = self.args.encoder
         built = getattr(importlib.import_module(module), name)(**init_args)
@@ -192,6 +200,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     priors = parser.add_mutually_exclusive_group()
     priors.add_argument("--priors", type=Path, default=Path("checkpoints/offline_router_seeds_large"))
     priors.add_argument("--prior", type=Path, default=None, help="one prior for every seed")
+    parser.add_argument(
+        "--task-priors", type=Path, default=Path("checkpoints/offline_router_task_seeds_large"),
+        help="the task-aware router's priors, seed_<s>/prior.pt (benchmarks/offline_router_seeds.py --config "
+        "configs/offline_router_task.yaml --out-dir DIR)",
+    )  # fmt: skip
     parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream (passes repeat the held-out set)")

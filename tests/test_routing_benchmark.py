@@ -14,6 +14,7 @@ from behaviour_helpers import RM_NAMES, write_behaviour
 
 from rmrouter.models.pair_encoder import build_mlp
 from rmrouter.routers.prior import RouterPrior
+from rmrouter.routers.task_prior import TaskPrior
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +34,19 @@ def tiny_prior(path: Path, encoder: str) -> Path:
     return path
 
 
+def tiny_task_priors(folder: Path, encoder: str, seeds: tuple[int, ...] = (0, 1)) -> Path:
+    """`seed_<s>/prior.pt` task priors over the behaviour helper's training domains (koala is its ood domain)."""
+    torch.manual_seed(0)
+    config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
+    tasks = ["math", "oasst", "safety"]
+    for seed in seeds:
+        TaskPrior(RM_NAMES, tasks, torch.randn(len(tasks), len(RM_NAMES)), encoder=encoder, pooling="mean",
+                  max_length=32, mlp_config=config, mlp_state=build_mlp(config).state_dict(),
+                  task_head_state={"weight": torch.randn(3, 4), "bias": torch.zeros(3)},
+                  ).save(folder / f"seed_{seed}" / "prior.pt")  # fmt: skip
+    return folder
+
+
 def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_runs_say(
     benchmark, tmp_path, tiny_encoder_dir, tiny_causal_lm_dir
 ):
@@ -41,7 +55,8 @@ def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_r
     argv = ["--behaviour", str(tmp_path / "behaviour.jsonl"), "--prior", str(tiny_prior(tmp_path / "prior.pt",
             tiny_encoder_dir)), "--encoder", tiny_encoder_dir, "--seeds", "0", "1", "--pairs", "40", "--batch-size",
             "4", "--window", "3", "--runs-dir", str(tmp_path / "runs"), "--output", str(output), "--lm-policy",
-            tiny_causal_lm_dir, "--lm-pairs", "8"]  # fmt: skip
+            tiny_causal_lm_dir, "--lm-pairs", "8", "--task-priors",
+            str(tiny_task_priors(tmp_path / "task_priors", tiny_encoder_dir))]  # fmt: skip
     runs = benchmark.main(argv)
     keys = [key for key, *_ in benchmark.METHODS]
     assert set(runs) == {"oracle", "log_linear_dpo", "lm_dpo"} and list(runs["oracle"]) == keys
@@ -64,6 +79,9 @@ def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_r
     row = f"| routing by data label | {100 * statistics.fmean(accuracies):.1f} ± {100 * sd:.1f} |"
     assert row in report
     assert "| BayesianRouter above best single RM (on train) |" in report
+    assert "| TaskBayesianRouter above routing by data label |" in report
+    assert "| TaskBayesianRouter without labels within 1 point of routing by data label |" in report
+    assert "### How far online learning moves the routing" in report and "| TaskBayesianRouter | " in report
     for name in ("oracle_cumulative.png", "oracle_auroc.png", "log_linear_dpo_cumulative.png"):
         assert (output.parent / "routing" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(routing/{name})" in report
@@ -86,7 +104,8 @@ def test_reward_free_methods_route_the_same_whatever_the_learner(benchmark, tmp_
     argv = ["--behaviour", str(tmp_path / "behaviour.jsonl"), "--prior", str(tiny_prior(tmp_path / "prior.pt",
             tiny_encoder_dir)), "--encoder", tiny_encoder_dir, "--seeds", "0", "--pairs", "40", "--batch-size", "4",
             "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "r.md"), "--fidelities", "oracle",
-            "log_linear_dpo", "--methods", *benchmark.REWARD_FREE, "bayesian"]  # fmt: skip
+            "log_linear_dpo", "--methods", *benchmark.REWARD_FREE, "bayesian", "--task-priors",
+            str(tiny_task_priors(tmp_path / "task_priors", tiny_encoder_dir, seeds=(0,)))]  # fmt: skip
     runs = benchmark.main(argv)
     for key in benchmark.REWARD_FREE:
         oracle, dpo = runs["oracle"][key][0]["log"], runs["log_linear_dpo"][key][0]["log"]
