@@ -93,6 +93,8 @@ def write_report(
     plot: str = "docs/downstream/win_rates.png",
     offline_real: str | None = None,
     routing_real: str | None = None,
+    offline_task: str | None = None,
+    offline_task_real: str | None = None,
 ) -> None:
     """Writes the results report and the README's headline block from the files the commands wrote.
 
@@ -109,6 +111,8 @@ def write_report(
         plot: The downstream figure this writes (linked from the report).
         offline_real: The offline router's seeds report on the second, real pool; None: the report has one pool.
         routing_real: The routing benchmark on the second pool (with `offline_real`).
+        offline_task: The task-aware router's seeds report on the default pool; None: the report has none.
+        offline_task_real: The same on the second pool.
     """
     from rmrouter.evaluation.sweep_table import sweep_table
 
@@ -116,6 +120,9 @@ def write_report(
                   main_job=main_job, reliability=reliability, downstream=downstream)  # fmt: skip
     if offline_real is not None and routing_real is not None:
         inputs.update(offline_real=offline_real, routing_real=routing_real)
+    for name, path in (("offline_task", offline_task), ("offline_task_real", offline_task_real)):
+        if path is not None:
+            inputs[name] = path
     paths = {name: Path(path) for name, path in inputs.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
@@ -135,6 +142,9 @@ def write_report(
     for (offline_doc, routing_doc), label in pools(docs):
         offline_sections += quoted(offline_doc, table_under(docs[offline_doc]),
                                    f"{label}: router accuracy against its baselines, over seeds")  # fmt: skip
+        if TASK_DOCS[offline_doc] in docs:
+            offline_sections += quoted(TASK_DOCS[offline_doc], table_under(docs[TASK_DOCS[offline_doc]]),
+                                       f"{label}: the task-aware router against the same baselines")  # fmt: skip
         for heading, after, title in (("Fidelity (a)", "", "fidelity (a): oracle reward"),
                                       ("Goals", "Fidelity (a)", "fidelity (a): paired goals"),
                                       ("Fidelity (b)", "", "fidelity (b): log-linear DPO policy")):  # fmt: skip
@@ -229,6 +239,7 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
 
 
 POOLS = {("offline", "routing"): "Default pool", ("offline_real", "routing_real"): "Real pool (LLMBar's LLM judges)"}
+TASK_DOCS = {"offline": "offline_task", "offline_real": "offline_task_real"}  # each pool's task-aware router report
 
 
 def pools(docs: dict[str, str]) -> list[tuple[tuple[str, str], str]]:
@@ -248,15 +259,26 @@ def pools_table(docs: dict[str, str], link) -> str:
         + " | ".join(_offline_cell(table_under(docs[offline])) for (offline, _), _ in shown)
         + " |",
     ]
-    for baseline in ("routing by data label", "best single RM (on train)"):
-        row = f"BayesianRouter above {baseline}"
-        cells = []
-        for (_, routing), _ in shown:
-            goals = table_under(docs[routing], "Goals", after="Fidelity (a)")
-            cells.append(f"{goals.cell(row, measured)} points, {goals.cell(row, 'verdict')}")
-        rows.append(f"| **Online routing** (oracle reward): BayesianRouter against {baseline} | " + " | ".join(cells)
-                    + " |")  # fmt: skip
-    rows.append("| from | " + " | ".join(f"{link(offline)}, {link(routing)}" for (offline, routing), _ in shown) + " |")
+    if all(TASK_DOCS[offline] in docs for (offline, _), _ in shown):
+        rows.append(
+            "| **Task-aware router** (test split, labels read where known) against data-label routing | "
+            + " | ".join(_offline_cell(table_under(docs[TASK_DOCS[offline]])) for (offline, _), _ in shown)
+            + " |"
+        )
+    for router in ("BayesianRouter", "TaskBayesianRouter"):
+        for baseline in ("routing by data label", "best single RM (on train)"):
+            row = f"{router} above {baseline}"
+            goals = [table_under(docs[routing], "Goals", after="Fidelity (a)") for (_, routing), _ in shown]
+            if not all(any(cells[0] == row for cells in table.rows) for table in goals):
+                continue  # a router the benchmark did not run
+            cells = [f"{table.cell(row, measured)} points, {table.cell(row, 'verdict')}" for table in goals]
+            rows.append(f"| **Online routing** (oracle reward): {router} against {baseline} | " + " | ".join(cells)
+                        + " |")  # fmt: skip
+    sources = [
+        ", ".join(link(name) for name in (offline, TASK_DOCS[offline], routing) if name in docs)
+        for (offline, routing), _ in shown
+    ]
+    rows.append("| from | " + " | ".join(sources) + " |")
     return "\n".join(rows)
 
 

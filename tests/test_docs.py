@@ -49,3 +49,12 @@ def test_publish_names_what_is_missing_and_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"summary\.md.*bash scripts/run\.sh"):
         publish_docs({str(tmp_path / "table.md"): str(tmp_path / "docs" / "t.md")}, tmp_path / "summary.md")
     assert not (tmp_path / "docs").exists()
+
+
+def test_every_file_a_design_note_links_to_is_in_the_repository():
+    notes = sorted((ROOT / "docs" / "design").glob("*.md"))
+    assert notes  # the pattern finds the notes
+    for note in notes:
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", note.read_text())
+        missing = [target for target in targets if "://" not in target and not (note.parent / target).exists()]
+        assert missing == [], f"{note.name} links to files that are not in the repository: {missing}"

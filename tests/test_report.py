@@ -13,8 +13,11 @@ from rmrouter.report import HEADLINE_END, HEADLINE_START, table_under, tables, w
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("offline_router_seeds_large.md", "routing_benchmark.md", "online_step.md", "router_math.md",
         "main_job_times.md", "reliability.md", "offline_router_seeds_llmbar.md",
-        "routing_benchmark_llmbar.md")  # fmt: skip
-REAL_POOL = dict(offline_real="docs/offline_router_seeds_llmbar.md", routing_real="docs/routing_benchmark_llmbar.md")
+        "routing_benchmark_llmbar.md", "offline_router_task_seeds_large.md",
+        "offline_router_task_seeds_llmbar.md")  # fmt: skip
+REAL_POOL = dict(offline_real="docs/offline_router_seeds_llmbar.md", routing_real="docs/routing_benchmark_llmbar.md",
+                 offline_task="docs/offline_router_task_seeds_large.md",
+                 offline_task_real="docs/offline_router_task_seeds_llmbar.md")  # fmt: skip
 
 
 def fake_results() -> dict:
@@ -65,13 +68,17 @@ def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
     real = table_under((inputs / "docs" / "offline_router_seeds_llmbar.md").read_text())
     assert f"{real.cell('test', 'router mean ± se')} against {real.cell('test', 'data-label routing')}" in block
     assert "### Real pool (LLMBar's LLM judges), fidelity (a): paired goals" in report
+    task = table_under((inputs / "docs" / "offline_router_task_seeds_llmbar.md").read_text())
+    assert "| **Task-aware router** (test split, labels read where known) against data-label routing |" in block
+    assert f"{task.cell('test', 'router mean ± se')} against {task.cell('test', 'data-label routing')}" in block
+    assert "### Default pool: the task-aware router against the same baselines" in report
 
 
 def test_without_the_real_pool_the_report_shows_the_default_one(inputs, monkeypatch):
     monkeypatch.chdir(inputs)
     write_report()
     report = Path("docs/RESULTS.md").read_text()
-    assert "| | Default pool |\n" in report and "Real pool" not in report
+    assert "| | Default pool |\n" in report and "Real pool" not in report and "Task-aware router" not in report
 
 
 def test_a_missing_input_is_named(inputs, monkeypatch):
@@ -95,7 +102,8 @@ def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files(
 
     names = dict(offline="offline_router_seeds_large.md", routing="routing_benchmark.md", online_step="online_step.md",
                  downstream="downstream/results.json", offline_real="offline_router_seeds_llmbar.md",
-                 routing_real="routing_benchmark_llmbar.md")  # fmt: skip
+                 routing_real="routing_benchmark_llmbar.md", offline_task="offline_router_task_seeds_large.md",
+                 offline_task_real="offline_router_task_seeds_llmbar.md")  # fmt: skip
     paths = {name: ROOT / "docs" / file for name, file in names.items()}
     docs = {name: path.read_text() for name, path in paths.items() if name != "downstream"}
     results = json.loads(paths["downstream"].read_text())

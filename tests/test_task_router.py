@@ -18,6 +18,7 @@ from rmrouter.cli import main
 from rmrouter.modules.task_router import TaskRouterModule
 from rmrouter.routers.task_aware import (
     UNKNOWN_TASK,
+    empirical_reliability,
     right_logits,
     right_probabilities,
     task_indices,
@@ -164,3 +165,37 @@ def test_the_tasks_are_the_shipped_large_sets_domains_but_the_held_out_one():
     held_out = set(config["data"]["init_args"]["ood_domains"])
     domains = {record.pair.domain for record in read_behaviour(ROOT / "rmrouter" / "shipped" / "behaviour_large")}
     assert config["model"]["init_args"]["tasks"] == sorted(domains - held_out)
+
+
+def test_empirical_reliability_is_laplaces_rule_per_task_by_hand():
+    right = torch.tensor([[True, False], [True, True], [True, False], [False, True], [False, True]])
+    eligible = torch.tensor([[True, True], [True, True], [True, False], [True, True], [True, True]])
+    labels = ["math", "math", "math", "chat", "koala"]  # koala is no task: left out
+    expected = torch.logit(torch.tensor([[4 / 5, 2 / 4], [1 / 3, 2 / 3], [0.5, 0.5]]))  # RM 1 judged 2 math rows
+    expected[2] = 0.0  # a task without rows: a coin
+    torch.testing.assert_close(empirical_reliability(labels, right, eligible, [*TASKS, "safety"]), expected)
+
+
+def test_a_fit_starts_at_the_lookup_of_its_training_split(tiny_encoder_dir):
+    from types import SimpleNamespace
+
+    from behaviour_helpers import record_of
+
+    from rmrouter.data.behaviour_datamodule import BehaviourPairs
+    from rmrouter.data.records import PreferenceRecord
+
+    margins = [("math", [1.0, -1.0]), ("math", [1.0, 1.0]), ("chat", [-1.0, 1.0])]
+    records = [
+        record_of(PreferenceRecord(f"r{i}", [{"role": "user", "content": "q"}], "a", "b", domain, "s"),
+                  dict(zip(RM_NAMES, margin, strict=True)))
+        for i, (domain, margin) in enumerate(margins)
+    ]  # fmt: skip
+    module = make_task_module(tiny_encoder_dir)
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(splits={"train": BehaviourPairs(records, RM_NAMES)}))
+    module.setup("fit")
+    expected = torch.logit(torch.tensor([[3 / 4, 2 / 4], [1 / 3, 2 / 3]]))
+    torch.testing.assert_close(module.reliability.detach(), expected)
+    with torch.no_grad():
+        module.reliability.zero_()  # as a checkpoint's weights would be
+    module.setup("validate")  # only a fit starts at the lookup
+    assert module.reliability.abs().max() == 0

@@ -2,8 +2,9 @@
 residual where the data support one (the math and why: `rmrouter.routers.task_aware`).
 
 On the pair encoder's unit vector `h` (the paper router's, `rmrouter.models.pair_encoder`) sit two linear heads: the
-task head `q(t | h)` over `tasks`, and the residual `r(h)`, one value per RM, zero at the start so that training starts
-from the lookup and moves off it only as far as the data pull. The `[T, N]` reliability logits `a` take no weight decay:
+task head `q(t | h)` over `tasks`, and the residual `r(h)`, one value per RM. The reliabilities start at the training
+split's per-task accuracies and the residual at zero, so that training starts from the lookup and moves off it only
+as far as the data pull. The `[T, N]` reliability logits `a` take no weight decay:
 decay would pull every RM's accuracy towards a coin's. The loss over the pairs of a known task is
 
     L = BCE(a[t] + r(h), agree; eligible) + task_weight * CE(q(. | h), t)
@@ -26,6 +27,7 @@ from rmrouter.models.pair_encoder import PairEncoder
 from rmrouter.modules.behaviour_router import BehaviourRouterModule
 from rmrouter.routers.task_aware import (
     UNKNOWN_TASK,
+    empirical_reliability,
     right_logits,
     right_probabilities,
     task_indices,
@@ -93,6 +95,19 @@ class TaskRouterModule(BehaviourRouterModule):
         self.residual_head = nn.Linear(embedding_size, len(rm_names), bias=False)
         nn.init.zeros_(self.residual_head.weight)
         self.residual_head.requires_grad_(residual)
+
+    def setup(self, stage: str) -> None:
+        """A fit starts its reliabilities at the training split's per-task accuracies (`empirical_reliability`), so it
+        starts at the lookup; a resumed fit's checkpoint then overwrites them."""
+        if stage != "fit":
+            return
+        splits = getattr(getattr(self._trainer, "datamodule", None), "splits", None) or {}
+        train = splits.get("train")
+        if train is None or len(train) == 0:
+            return
+        with torch.no_grad():
+            start = empirical_reliability(train.domains, train.agree.bool(), train.eligible, self.tasks)
+            self.reliability.copy_(start.to(self.reliability))
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Task logits `[B, T]`, residuals `[B, N]` and the known task of each pair `[B]` (`UNKNOWN_TASK` if none)."""

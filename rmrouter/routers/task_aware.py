@@ -69,3 +69,25 @@ def right_probabilities(reliability: Tensor, residual: Tensor, task_probs: Tenso
     """
     per_task = torch.sigmoid(reliability.unsqueeze(0) + residual.unsqueeze(1))  # [B, T, N]
     return torch.einsum("bt,btn->bn", task_probs, per_task)
+
+
+def empirical_reliability(labels: Sequence[str], right: Tensor, eligible: Tensor, tasks: Sequence[str]) -> Tensor:
+    """`[T, N]` logits of each RM's accuracy on each task's rows it could judge, with one right and one wrong judgement
+    added to each (Laplace's rule, so an RM right on every row gets a finite logit); 0 (a coin) for a task without rows.
+
+    With the residual at zero these are the reliabilities the BCE loss fits, so a router started here starts at the
+    lookup.
+
+    Args:
+        labels: Each row's task label.
+        right: `[R, N]` bool, RM `n` right on row `r`.
+        eligible: `[R, N]` bool, RM `n` could judge row `r`.
+        tasks: The task labels, in the order of the rows of the result.
+    """
+    index = task_indices(labels, tasks)
+    known = index >= 0
+    one_hot = torch.nn.functional.one_hot(index[known], len(tasks)).double().T  # [T, R_known]
+    judged = one_hot @ eligible[known].double()
+    hits = one_hot @ (right & eligible)[known].double()
+    accuracy = (hits + 1) / (judged + 2)
+    return torch.where(judged > 0, torch.logit(accuracy), torch.zeros_like(accuracy)).float()
