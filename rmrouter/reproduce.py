@@ -3,7 +3,8 @@
     bash scripts/reproduce.sh          # = python cli.py reproduce --config configs/reproduce.yaml
 
 Each stage is one command of `configs/reproduce.yaml`, run in its own process with this interpreter; a line per stage
-says where the run is, and `docs/reproduce.md` gets every stage's time, the machine and the commit. Resumable: a
+says where the run is, and `docs/reproduce.md` gets every stage's time, the machine and the commit (and which stages
+have not run yet). Resumable: a
 stage that finished at this commit with the same command is skipped (`checkpoints/reproduce/state.json`), so a stop
 loses at most the stage it was in, and the long stages resume on their own (the main job, the seeds, the sweep).
 Only what needs a GPU is left out (`bash scripts/gpu_check.sh`).
@@ -41,8 +42,8 @@ def reproduce(
         output: The report of stage times, machine and commit.
         state: Where finished stages are recorded (under `checkpoints/`, so a run leaves `git status` clean but for
             the docs it writes).
-        only: Run these stages alone (by name), for redoing a figure; the report is written when every stage has run,
-            and names each stage's commit.
+        only: Run these stages alone (by name), for redoing a figure. The report names each stage's commit, and the
+            stages that have not run yet.
     """
     unknown = sorted(set(only or []) - set(stages))
     if unknown:
@@ -65,11 +66,10 @@ def reproduce(
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps(done, indent=1) + "\n")
         log.info("%s: finished in %.0f s", where, done[name]["seconds"])
-    if any(name not in done for name in stages):
-        return
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(report(stages, done), encoding="utf-8")
-    log.info("every stage has run; stage times and commits in %s", output)
+    missing = [name for name in stages if name not in done]
+    log.info("stage times and commits in %s%s", output, f"; not run yet: {missing}" if missing else "")
 
 
 def run_stage(command: str) -> None:
@@ -83,15 +83,28 @@ def run_stage(command: str) -> None:
 
 
 def report(stages: dict[str, str], done: dict[str, dict]) -> str:
-    commits = sorted({done[name]["commit"] for name in stages})
+    ran = [name for name in stages if name in done]
+    commits = sorted({done[name]["commit"] for name in ran})
     at = f"at commit `{commits[0]}`" if len(commits) == 1 else f"at the commits of the table ({', '.join(commits)})"
-    rows = [f"| {name} | `{stages[name]}` | `{done[name]['commit']}` | {done[name]['seconds'] / 60:.1f} |"
-            for name in stages]  # fmt: skip
-    total = sum(done[name]["seconds"] for name in stages) / 60
+    rows = [
+        f"| {name} | `{stages[name]}` | `{done[name]['commit']}` | {done[name]['seconds'] / 60:.1f} |"
+        if name in done
+        else f"| {name} | `{stages[name]}` | not run yet | |"
+        for name in stages
+    ]
+    total = sum(done[name]["seconds"] for name in ran) / 60
+    if len(ran) == len(stages):
+        status = f"Every stage ran {at}"
+    elif ran:
+        status = (
+            f"{len(ran)} of {len(stages)} stages have run, {at}; the others have not run yet, and their docs are older"
+        )
+    else:
+        status = "No stage has run yet"
     return (
         "# Reproducing every published figure\n\n"
         "Written by `python cli.py reproduce --config configs/reproduce.yaml` (`bash scripts/reproduce.sh`); do not "
-        f"edit by hand.\n\nEvery stage ran {at} on {describe_machine()}. The minutes are each stage's own run; a "
+        f"edit by hand.\n\n{status}, on {describe_machine()}. The minutes are each stage's own run; a "
         "stage resumed after a stop counts only its last run. What needs a GPU is `bash scripts/gpu_check.sh` "
         "([gpu_check.md](gpu_check.md)).\n\n| stage | command | commit | minutes |\n|---|---|---|---:|\n"
         + "\n".join(rows)

@@ -63,7 +63,10 @@ def test_a_failed_stage_stops_the_run_and_the_next_run_resumes_there(at):
 def test_only_reruns_the_named_stages_and_the_report_names_each_stages_commit(at, monkeypatch):
     stages = {"first": stage("one"), "second": stage("two")}
     module.reproduce(stages, only=["second"], output=at / "reproduce.md")
-    assert runs(at) == ["two"] and not (at / "reproduce.md").exists()  # the first stage has not run: no report
+    assert runs(at) == ["two"]
+    partial = (at / "reproduce.md").read_text()  # the first stage has not run: the report says so
+    assert "1 of 2 stages have run, at commit `abc1234`" in partial
+    assert f"| first | `{stages['first']}` | not run yet | |" in partial
     module.reproduce(stages, output=at / "reproduce.md")
     monkeypatch.setattr(module, "current_commit", lambda ignoring: "def5678")
     module.reproduce(stages, only=["second"], output=at / "reproduce.md")  # one figure redone at a later commit
