@@ -24,6 +24,7 @@ from rmrouter.routers.task_aware import (
     task_indices,
     task_probabilities,
 )
+from rmrouter.routers.task_prior import TaskPrior
 
 TASKS = ["math", "chat"]
 
@@ -134,6 +135,9 @@ def test_fit_test_and_predict_from_the_shipped_config_with_and_without_labels(tm
               "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     checkpoint = "checkpoints/offline_router_task/best.ckpt"
     main(["fit", *common])
+    prior = TaskPrior.load(tmp_path / "checkpoints" / "offline_router_task" / "prior.pt")  # the online router's
+    assert prior.rm_names == POOL_RM_NAMES and prior.tasks == yaml.safe_load(TASK_CONFIG.read_text())["model"][
+        "init_args"]["tasks"] and prior.metadata["selected"].endswith("best.ckpt")  # fmt: skip
     main(["test", *common, "--ckpt_path", checkpoint])
     report = (tmp_path / "checkpoints" / "offline_router_task" / "report.md").read_text()
     assert "| task-aware router |" in report and "| method | test | ood | ood/koala | ood/math |" in report
