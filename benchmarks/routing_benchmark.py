@@ -74,7 +74,8 @@ METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("task", "TaskBayesianRouter", "task_bayesian.yaml", {}),
     ("task_label_free", "TaskBayesianRouter without labels", "task_bayesian.yaml", {"use_labels": False}),
     ("task_no_online", "TaskBayesianRouter - online updates", "task_bayesian.yaml", {"online_updates": False}),
-    ("task_no_prior", "TaskBayesianRouter - offline prior", "task_bayesian.yaml", {"use_prior": False}),
+    ("task_no_prior", "TaskBayesianRouter - offline prior", "task_bayesian.yaml", {"use_prior": False, "lambda0": 1.0}),
+    ("task_fixed_strength", "TaskBayesianRouter, prior strength 25 per cell", "task_bayesian.yaml", {"lambda0": 25.0}),
 ]  # fmt: skip
 
 

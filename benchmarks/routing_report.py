@@ -142,7 +142,7 @@ FORMS = (
     ("bayesian", "BayesianRouter", "no_online", "no_prior"),
     ("task", "TaskBayesianRouter", "task_no_online", "task_no_prior"),
 )
-TASK_VARIANTS = ("task_label_free", "task_no_online", "task_no_prior")
+TASK_VARIANTS = ("task_label_free", "task_no_online", "task_no_prior", "task_fixed_strength")
 
 
 def goals(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], num_records: int) -> str:

@@ -40,7 +40,8 @@ def tiny_task_priors(folder: Path, encoder: str, seeds: tuple[int, ...] = (0, 1)
     config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
     tasks = ["math", "oasst", "safety"]
     for seed in seeds:
-        TaskPrior(RM_NAMES, tasks, torch.randn(len(tasks), len(RM_NAMES)), encoder=encoder, pooling="mean",
+        TaskPrior(RM_NAMES, tasks, torch.randn(len(tasks), len(RM_NAMES)), torch.full((len(tasks), len(RM_NAMES)), 9.0),
+                  encoder=encoder, pooling="mean",
                   max_length=32, mlp_config=config, mlp_state=build_mlp(config).state_dict(),
                   task_head_state={"weight": torch.randn(3, 4), "bias": torch.zeros(3)},
                   ).save(folder / f"seed_{seed}" / "prior.pt")  # fmt: skip

@@ -17,6 +17,7 @@ from rmrouter.routers.task_prior import TaskPrior
 RMS = ["a", "b"]
 TASKS = ["math", "chat"]
 ACCURACY = torch.tensor([[0.9, 0.6], [0.3, 0.8]])  # rows: math, chat; columns: RM a, RM b
+JUDGED = torch.tensor([[40.0, 0.0], [10.0, 20.0]])  # the training judgements behind each accuracy
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:
@@ -26,7 +27,8 @@ def logit(p: torch.Tensor) -> torch.Tensor:
 def hand_prior(path, dim: int = 4) -> str:
     """A prior with the accuracies above; its encoder is never built while every pair's label is a known task."""
     TaskPrior(
-        rm_names=RMS, tasks=TASKS, reliability=logit(ACCURACY), encoder="never-loaded", pooling="mean", max_length=16,
+        rm_names=RMS, tasks=TASKS, reliability=logit(ACCURACY), judged=JUDGED, encoder="never-loaded", pooling="mean",
+        max_length=16,
         mlp_config={"input_size": 2 * dim, "hidden_size": dim, "output_size": dim}, mlp_state={},
         task_head_state={"weight": torch.zeros(2, dim), "bias": torch.zeros(2)},
     ).save(path)  # fmt: skip
@@ -71,6 +73,21 @@ def test_the_prior_means_are_the_accuracies_on_the_rewards_scale_and_route_witho
     routing = fixed.route(pairs(["math", "chat", "math"]), EveryRMPrefersFirst())
     assert routing.rm_index.tolist() == [0, 1, 0]  # the RM of higher accuracy on each pair's task
     torch.testing.assert_close(routing.context, torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]).double())
+
+
+def test_an_evidence_prior_counts_the_offline_judgements_as_rewards_seen(tmp_path):
+    path = hand_prior(tmp_path / "prior.pt")
+    learner = router(path, lambda0="evidence", sigma2=2.0)
+    precision = torch.diagonal(learner.posteriors.precision, dim1=1, dim2=2)  # [N, T]
+    torch.testing.assert_close(precision, torch.tensor([[40.0, 10.0], [1.0, 20.0]]).double() / 2)  # at least one
+    torch.testing.assert_close(learner.posteriors.means(), (2 * ACCURACY.T - 1).double())
+    routing = Routing(torch.ones(2), torch.tensor([0, 0]), 2, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    learner.observe(routing, torch.tensor([0.0, 1.0]))  # two math rewards through RM a: 40 judged weigh 40 seen
+    rewards = 2 * QuantileNormalizer(warmup=1)(batch_baseline(torch.tensor([0.0, 1.0]).double())) - 1
+    expected = (40 / 2 * 0.8 + rewards.sum() / 2) / (40 / 2 + 2 / 2)
+    assert learner.posteriors.means()[0, 0].item() == pytest.approx(expected.item())
+    with pytest.raises(ValueError, match="no-prior ablation needs a number"):
+        router(path, lambda0="evidence", use_prior=False)
 
 
 def test_a_reward_moves_only_its_task_and_rm_and_as_computed_by_hand(tmp_path):

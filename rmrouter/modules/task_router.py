@@ -30,6 +30,7 @@ from rmrouter.routers.task_aware import (
     empirical_reliability,
     right_logits,
     right_probabilities,
+    task_counts,
     task_indices,
     task_probabilities,
 )
@@ -95,6 +96,8 @@ class TaskRouterModule(BehaviourRouterModule):
         self.residual_head = nn.Linear(embedding_size, len(rm_names), bias=False)
         nn.init.zeros_(self.residual_head.weight)
         self.residual_head.requires_grad_(residual)
+        # how many training judgements stand behind each reliability: the online prior's strength (`TaskPrior.judged`)
+        self.register_buffer("judged", torch.zeros(len(tasks), len(rm_names)))
 
     def setup(self, stage: str) -> None:
         """A fit starts its reliabilities at the training split's per-task accuracies (`empirical_reliability`), so it
@@ -108,6 +111,7 @@ class TaskRouterModule(BehaviourRouterModule):
         with torch.no_grad():
             start = empirical_reliability(train.domains, train.agree.bool(), train.eligible, self.tasks)
             self.reliability.copy_(start.to(self.reliability))
+            self.judged.copy_(task_counts(train.domains, train.eligible, self.tasks).to(self.judged))
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Task logits `[B, T]`, residuals `[B, N]` and the known task of each pair `[B]` (`UNKNOWN_TASK` if none)."""
@@ -149,7 +153,8 @@ class TaskRouterModule(BehaviourRouterModule):
         head = {name: value.detach().cpu().clone() for name, value in self.task_head.state_dict().items()}
         return TaskPrior(
             rm_names=list(self.rm_names), tasks=list(self.tasks), reliability=self.reliability.detach().cpu().clone(),
-            task_head_state=head, metadata=metadata, **self.pair_encoder_state(encoder_dir),
+            judged=self.judged.detach().cpu().clone(), task_head_state=head, metadata=metadata,
+            **self.pair_encoder_state(encoder_dir),
         )  # fmt: skip
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

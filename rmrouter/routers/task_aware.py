@@ -71,6 +71,14 @@ def right_probabilities(reliability: Tensor, residual: Tensor, task_probs: Tenso
     return torch.einsum("bt,btn->bn", task_probs, per_task)
 
 
+def task_counts(labels: Sequence[str], mask: Tensor, tasks: Sequence[str]) -> Tensor:
+    """`[T, N]` float: per task, its rows where `mask [R, N]` holds, per column (rows of no task are left out)."""
+    index = task_indices(labels, tasks)
+    known = index >= 0
+    one_hot = torch.nn.functional.one_hot(index[known], len(tasks)).double().T  # [T, R_known]
+    return (one_hot @ mask[known].double()).float()
+
+
 def empirical_reliability(labels: Sequence[str], right: Tensor, eligible: Tensor, tasks: Sequence[str]) -> Tensor:
     """`[T, N]` logits of each RM's accuracy on each task's rows it could judge, with one right and one wrong judgement
     added to each (Laplace's rule, so an RM right on every row gets a finite logit); 0 (a coin) for a task without rows.
@@ -84,10 +92,7 @@ def empirical_reliability(labels: Sequence[str], right: Tensor, eligible: Tensor
         eligible: `[R, N]` bool, RM `n` could judge row `r`.
         tasks: The task labels, in the order of the rows of the result.
     """
-    index = task_indices(labels, tasks)
-    known = index >= 0
-    one_hot = torch.nn.functional.one_hot(index[known], len(tasks)).double().T  # [T, R_known]
-    judged = one_hot @ eligible[known].double()
-    hits = one_hot @ (right & eligible)[known].double()
+    judged = task_counts(labels, eligible, tasks).double()
+    hits = task_counts(labels, right & eligible, tasks).double()
     accuracy = (hits + 1) / (judged + 2)
     return torch.where(judged > 0, torch.logit(accuracy), torch.zeros_like(accuracy)).float()

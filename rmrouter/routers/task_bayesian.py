@@ -36,6 +36,17 @@ def reward_scale_means(accuracies: Tensor, centred_rewards: bool) -> Tensor:
     return 2 * means - 1 if centred_rewards else means
 
 
+def prior_posteriors(
+    means: Tensor, judged: Tensor, lambda0: float | Literal["evidence"], sigma2: float
+) -> GaussianPosteriors:
+    """Posteriors `N(means[n], diag(1 / lambda[n]))`: `lambda0` for every cell, or for `evidence` each cell's training
+    judgements `judged [T, N]` over `sigma2` (at least one judgement each)."""
+    if lambda0 != "evidence":
+        return GaussianPosteriors.prior(means, float(lambda0), sigma2)
+    precision = judged.T.double().clamp_min(1.0) / sigma2  # [N, T]
+    return GaussianPosteriors(torch.diag_embed(precision), precision * means.double(), sigma2)
+
+
 class TaskBayesianRouter(BayesianRouter):
     """Routes each pair to the RM with the highest Thompson score `q^T w_n` among the eligible RMs, `q` the pair's task
     distribution, and learns each RM's reward per task from the pairs' DPO losses (see the module docstring).
@@ -44,7 +55,10 @@ class TaskBayesianRouter(BayesianRouter):
         rm_names: The pool's RM names, in pool (and prior) order; None takes the pool's (`Router`).
         prior_path: The task-aware offline router's `TaskPrior` file.
         sigma2: Observation noise variance of the normalised rewards.
-        lambda0: Prior precision of every cell; `lambda0 * sigma2` rewards of a task weigh as much as its prior.
+        lambda0: Prior precision of each cell: a number for every cell (`lambda0 * sigma2` rewards of a task through
+            an RM weigh as much as its prior), or `evidence`: each cell's precision is the number of training pairs
+            of that task the RM judged over `sigma2`, i.e. the offline judgements count as rewards already seen
+            (at least one each).
         warmup: Raw rewards seen before the quantile normaliser starts (0.5 before that).
         seed: Seed of the router's own generator (Thompson draws).
         use_labels: Read a pair's task from its label (`domains`) when it is one of the prior's tasks; false always
@@ -61,7 +75,7 @@ class TaskBayesianRouter(BayesianRouter):
         rm_names: list[str] | None,
         prior_path: str,
         sigma2: float,
-        lambda0: float,
+        lambda0: float | Literal["evidence"],
         warmup: int,
         seed: int,
         use_labels: bool = True,
@@ -76,9 +90,11 @@ class TaskBayesianRouter(BayesianRouter):
             raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
         if not use_prior and not online_updates:
             raise ValueError("use_prior: false is the no-prior ablation; it needs online_updates: true")
+        if lambda0 == "evidence" and not use_prior:
+            raise ValueError("lambda0: evidence weighs the offline prior; the no-prior ablation needs a number")
         prior = TaskPrior.load(prior_path)
         self.prior, self.use_labels = prior, use_labels
-        self.sigma2, self.lambda0 = float(sigma2), float(lambda0)
+        self.sigma2, self.lambda0 = float(sigma2), lambda0
         self.warmup_rewards, self.centred_rewards, self.eligible_only = warmup_rewards, centred_rewards, eligible_only
         self.online_updates, self.integration, self.offline_weight, self.prior_scale = (
             online_updates,
@@ -90,7 +106,7 @@ class TaskBayesianRouter(BayesianRouter):
         self.embedder = LazyEmbedder(prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state)
         self.offline_scores = reward_scale_means(prior.accuracies(), centred_rewards)  # [N, T]
         means = self.offline_scores if use_prior else torch.zeros_like(self.offline_scores)
-        self.posteriors: GaussianPosteriors | None = GaussianPosteriors.prior(means, self.lambda0, self.sigma2)
+        self.posteriors: GaussianPosteriors | None = prior_posteriors(means, prior.judged, lambda0, self.sigma2)
         self.normalizer = QuantileNormalizer(warmup=warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_losses = 0

@@ -30,6 +30,7 @@ PAYLOAD_FIELDS = (
     "rm_names",
     "tasks",
     "reliability",
+    "judged",
     "encoder",
     "pooling",
     "max_length",
@@ -48,6 +49,7 @@ class TaskPrior:
         rm_names: The pool's RM names, in the order of the columns of `reliability`.
         tasks: The task labels, in the order of its rows.
         reliability: `[T, N]` logits of "RM n is right on task t" (`sigmoid` gives each RM's accuracy on each task).
+        judged: `[T, N]` how many training pairs of task `t` RM `n` judged: the evidence behind each reliability.
         encoder: Name of the pair encoder's text encoder in the model store.
         pooling: Its pooling (`mean` or `last_token`).
         max_length: Its token limit.
@@ -62,6 +64,7 @@ class TaskPrior:
     rm_names: list[str]
     tasks: list[str]
     reliability: Tensor
+    judged: Tensor
     encoder: str
     pooling: str
     max_length: int
@@ -92,6 +95,9 @@ class TaskPrior:
             )
         if not torch.isfinite(reliability).all():
             raise RouterPriorError("reliability must be finite logits")
+        judged = self.judged
+        if not isinstance(judged, Tensor) or list(judged.shape) != shape or not (judged >= 0).all():
+            raise RouterPriorError(f"judged must be counts >= 0 of shape {shape}, got {_describe(judged)}")
         head = self.task_head_state
         dim = self.mlp_config.get("output_size") if isinstance(self.mlp_config, dict) else None
         if not isinstance(head, dict) or set(head) != {"weight", "bias"}:
@@ -129,7 +135,8 @@ class TaskPrior:
 
         return {
             "kind": KIND, "version": self.version, "rm_names": list(self.rm_names), "tasks": list(self.tasks),
-            "reliability": self.reliability.detach().cpu().clone(), "encoder": self.encoder, "pooling": self.pooling,
+            "reliability": self.reliability.detach().cpu().clone(), "judged": self.judged.detach().cpu().clone(),
+            "encoder": self.encoder, "pooling": self.pooling,
             "max_length": self.max_length, "mlp_config": self.mlp_config, "mlp_state": plain(self.mlp_state),
             "task_head_state": plain(self.task_head_state), "metadata": dict(self.metadata),
         }  # fmt: skip
