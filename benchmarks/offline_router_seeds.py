@@ -207,6 +207,36 @@ def selection_table(runs: dict[int, dict[str, Any]], checkpoint: str) -> str:
     return "\n".join(lines)
 
 
+def versus_table(runs: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]], label: str) -> str:
+    """Rows: splits; this router against another one's runs on the same rows (the share of seeds right on each)."""
+    first = next(iter(runs.values()))
+    columns = ["routable rows", "this router", label, f"this − {label} (95% CI)", "p", "verdict"]
+    lines = ["| split | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for split in first["splits"]:
+        mine, theirs = routable_rows(runs, split), routable_rows(other, split)
+        if [row["id"] for row in mine[0]] != [row["id"] for row in theirs[0]]:
+            raise RuntimeError(f"{split}: the two routers' predictions are not on the same rows")
+        ours, compared = router_credit(mine), router_credit(theirs)
+        test = paired_test(ours, compared)
+        cells = [str(len(ours)), percent(statistics.fmean(ours)), percent(statistics.fmean(compared)),
+                 *difference_cells(test)]  # fmt: skip
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def read_runs(folder: Path, seeds: list[int]) -> dict[int, dict[str, Any]]:
+    """Another router's finished runs (`--out-dir` of an earlier call of this script), per seed."""
+    runs = {}
+    for seed in seeds:
+        run = folder / f"seed_{seed}"
+        files = [run / "metrics.json", run / "predictions.jsonl", run / "predictions_other.jsonl"]
+        missing = [str(path) for path in files if not path.is_file()]
+        if missing:
+            raise SystemExit(f"--versus {folder}: seed {seed} has no {missing}; run this script for it first")
+        runs[seed] = with_rows(json.loads(files[0].read_text()), files[1], files[2])
+    return runs
+
+
 def per_seed_table(runs: dict[int, dict[str, Any]]) -> str:
     """Rows: seeds; columns: the router's accuracy on each split."""
     splits = next(iter(runs.values()))["splits"]
@@ -256,6 +286,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--output", type=Path, default=Path("docs/offline_router_seeds.md"), help="the report")
     parser.add_argument("--reuse", action="store_true", help="keep a seed's finished run made with the same args")
     parser.add_argument(
+        "--versus",
+        type=Path,
+        default=None,
+        help="another router's --out-dir of the same seeds and rows, compared row by row",
+    )
+    parser.add_argument("--versus-label", default="the other router", help="that router's name in the table")
+    parser.add_argument(
         "--checkpoint", choices=["best.ckpt", "last.ckpt"], default="best.ckpt",
         help="what test and predict evaluate: the checkpoint model selection kept (the prior's), or the final weights",
     )  # fmt: skip
@@ -277,6 +314,12 @@ def main() -> dict[int, dict[str, Any]]:
         + f"\n\nModel selection: the same fits evaluated at `{args.checkpoint}` and at `{other}`, row by row (the "
         "share of seeds right on each row):\n\n" + selection_table(runs, args.checkpoint)
     )
+    if args.versus is not None:
+        other = read_runs(args.versus, list(runs))
+        tables += (
+            f"\n\nAgainst {args.versus_label} (`{args.versus}`), fitted on the same split with the same seeds, row by "
+            "row (the share of seeds right on each row):\n\n" + versus_table(runs, other, args.versus_label)
+        )
     print(tables)
     write_report(args.output, "Offline router: accuracy (%) over training seeds", notes(args, runs), tables)
     log.info("wrote %s", args.output)

@@ -96,6 +96,20 @@ def test_selection_table_compares_the_two_checkpoints_of_the_same_fits_row_by_ro
     assert report.selection_table(runs, "best.ckpt").splitlines()[0].count("last.ckpt") == 2
 
 
+def test_versus_table_compares_two_routers_on_the_same_rows_and_refuses_other_rows(benchmarks):
+    _, report = benchmarks
+    mine = run({0: [True] * 10, 1: [True] * 10})
+    theirs = run({0: [True] * 6 + [False] * 4, 1: [True] * 7 + [False] * 3})
+    line = report.versus_table(mine, theirs, "the paper's router").splitlines()[2]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[:4] == ["test", "8", "100.0", "81.2"] and cells[4].startswith("+18.8 (")  # as the selection table
+    assert "the paper's router" in report.versus_table(mine, theirs, "the paper's router").splitlines()[0]
+    for seed_runs in theirs.values():
+        seed_runs["rows"] = [{**row, "id": "x" + row["id"]} for row in seed_runs["rows"]]
+    with pytest.raises(RuntimeError, match="not on the same rows"):
+        report.versus_table(mine, theirs, "x")
+
+
 def test_one_seed_has_no_spread_and_a_large_gap_on_few_rows_is_no_difference(benchmarks):
     _, report = benchmarks
     table = report.summary_table(run({3: [False] * 6 + [True] * 4}))  # right on rows 6 and 7 only
