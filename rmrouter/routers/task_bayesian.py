@@ -90,18 +90,16 @@ class TaskBayesianRouter(BayesianRouter):
             raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
         if not use_prior and not online_updates:
             raise ValueError("use_prior: false is the no-prior ablation; it needs online_updates: true")
+        if isinstance(lambda0, str) and lambda0 != "evidence":
+            raise ValueError(f"lambda0 must be a positive number or 'evidence', got {lambda0!r}")
         if lambda0 == "evidence" and not use_prior:
             raise ValueError("lambda0: evidence weighs the offline prior; the no-prior ablation needs a number")
         prior = TaskPrior.load(prior_path)
         self.prior, self.use_labels = prior, use_labels
         self.sigma2, self.lambda0 = float(sigma2), lambda0
         self.warmup_rewards, self.centred_rewards, self.eligible_only = warmup_rewards, centred_rewards, eligible_only
-        self.online_updates, self.integration, self.offline_weight, self.prior_scale = (
-            online_updates,
-            "prior_injection",
-            0.0,
-            1.0,
-        )
+        self.online_updates, self.prior_scale = online_updates, 1.0
+        self.integration, self.offline_weight = "prior_injection", 0.0  # BayesianRouter's form, no weighted score
         self._prior_check = prior.check_pool
         self.embedder = LazyEmbedder(prior.encoder, prior.pooling, prior.max_length, prior.mlp_config, prior.mlp_state)
         self.offline_scores = reward_scale_means(prior.accuracies(), centred_rewards)  # [N, T]
