@@ -129,15 +129,8 @@ class OfflineRouterModule(BehaviourRouterModule):
         """The fields of a `RouterPrior`: the normalised `E_bt` and everything to rebuild `h` for a new pair.
 
         `h = pair_representation(build_mlp(mlp_config) with mlp_state, e, e')` where `e`, `e'` are
-        `build_text_encoder(encoder, pooling, max_length).encode([pair_text(prompt, response)])` for each side.
-
-        Args:
-            encoder_dir: Where a fine-tuned encoder is saved (`save_pretrained`, with its tokenizer); the prior then
-                names that folder as its encoder. Unused, and nothing is written, when the encoder is frozen.
-
-        Raises:
-            ValueError: The encoder was fine-tuned and no `encoder_dir` was given: its name alone would load other
-                weights online.
+        `build_text_encoder(encoder, pooling, max_length).encode([pair_text(prompt, response)])` for each side; a
+        fine-tuned encoder is saved to `encoder_dir` (`pair_encoder_state`, which says when that raises).
         """
         return {
             "rm_names": list(self.rm_names),
