@@ -19,13 +19,15 @@ Routers are built from `configs/routers/*.yaml` with the seed's prior and genera
 switches override one key of `bayesian.yaml`. `prior_scale: calibrated` is the seed's prior's own `reward_scale`,
 which the offline fit writes from its validation split (`rmrouter.routers.calibration.fit_prior_scale`). The
 task-space router (`task_bayesian.yaml`) reads the task-aware offline router's priors (`--task-priors DIR`,
-`seed_<s>/prior.pt`) and has its own ablations. Each run's log is kept under `--runs-dir` and reused, so an
-interrupted benchmark resumes; `routing_report.py` turns the logs into the report.
+`seed_<s>/prior.pt`) and has its own ablations. Each run's log is kept under `--runs-dir` (one folder per report)
+and reused while its stream, router, prior file and length are the same, so an interrupted benchmark resumes;
+`routing_report.py` turns the logs into the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
@@ -168,17 +170,50 @@ def fidelity_methods(args: argparse.Namespace, fidelity: str) -> list[str]:
     return [key for key in args.methods if key in args.lm_methods or key in REWARD_FREE]
 
 
+def file_digest(path: str | None) -> str | None:
+    """A file's SHA-256 prefix, or None when there is no such file."""
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run_identity(bench: Benchmark, fidelity: str, key: str, router_args: dict[str, Any], pairs: int, seed: int):
+    """What a run's outcome depends on besides the code: a saved run is reused only where this is the same."""
+    ids = "\n".join(record.pair.id for record in bench.stream.records)
+    return {
+        "stream": hashlib.sha256(ids.encode()).hexdigest()[:16], "rm_names": bench.rm_names, "fidelity": fidelity,
+        "method": key, "router": router_args, "prior": file_digest(router_args.get("prior_path")), "pairs": pairs,
+        "batch_size": bench.args.batch_size, "seed": seed,
+    }  # fmt: skip
+
+
+def reusable(saved: dict[str, Any], identity: dict[str, Any], stream_size: int) -> bool:
+    """A saved run fits this one: the same identity, or for a file written before runs kept one (no `identity`), the
+    same router arguments (its RMs, prior path) and a log of this run's length whose rows all lie in this stream."""
+    if "identity" in saved:
+        return saved["identity"] == identity
+    rows = saved["log"]["row"]
+    fits = len(rows) == identity["pairs"] and (not rows or max(rows) < stream_size)
+    return fits and saved.get("router") == identity["router"]
+
+
 def run_one(bench: Benchmark, fidelity: str, key: str, config, overrides, seed: int) -> dict[str, Any]:
     path = bench.args.runs_dir / fidelity / key / f"seed_{seed}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
     lm = fidelity == "lm_dpo"
     learner_kind = "oracle" if lm and key in REWARD_FREE else fidelity
-    (router, router_args), learner = bench.router(key, config, overrides, seed), bench.learner(learner_kind, seed)
     pairs = bench.args.lm_pairs if lm else bench.args.pairs
+    router, router_args = bench.router(key, config, overrides, seed)
+    identity = run_identity(bench, fidelity, key, router_args, pairs, seed)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if reusable(saved, json.loads(json.dumps(identity)), len(bench.stream)):
+            return saved
+        log.warning("%s: saved for another stream, router, prior or length: run again", path)
+    learner = bench.learner(learner_kind, seed)
     started = time.perf_counter()
     stream_log = run_stream(router, bench.stream, learner, pairs, bench.args.batch_size, seed, progress=True)
     result = {
+        "identity": identity,
         "router": router_args,
         "learner": learner_kind,
         "seconds": time.perf_counter() - started,
@@ -219,7 +254,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=25, help="steps per window of the reward's AUROC")
     parser.add_argument("--learning-rate", type=float, default=10.0, help="SGD step of the log-linear DPO policy")
     parser.add_argument("--encoder", default=None, help="replace every text encoder (tests: a tiny one)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("checkpoints/routing_benchmark"))
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where each run's log is kept and reused; default: checkpoints/<the output's stem>",
+    )
     parser.add_argument("--output", type=Path, default=Path("docs/routing_benchmark.md"))
     parser.add_argument("--plots-dir", type=Path, default=None, help="PNG folder; default: beside --output")
     return parser.parse_args(argv)
@@ -228,6 +268,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.runs_dir is None:  # one folder per report, so two benchmarks never share (or reuse) each other's runs
+        args.runs_dir = Path("checkpoints") / args.output.stem
     for flag, asked in (("--methods", args.methods), ("--lm-methods", args.lm_methods)):
         unknown = sorted(set(asked) - {key for key, *_ in METHODS})
         if unknown:

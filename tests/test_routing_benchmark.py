@@ -114,3 +114,41 @@ def test_reward_free_methods_route_the_same_whatever_the_learner(benchmark, tmp_
     # and the check can fail: a router that learns routes differently once its rewards differ
     oracle, dpo = runs["oracle"]["bayesian"][0]["log"], runs["log_linear_dpo"]["bayesian"][0]["log"]
     assert oracle["rm_index"] != dpo["rm_index"]
+
+
+def test_a_saved_run_is_reused_only_for_the_same_stream_router_and_prior(benchmark, tmp_path, tiny_encoder_dir):
+    """Two benchmarks (two behaviour files) once shared a runs folder and read each other's runs."""
+    for name, rows in (("a", 48), ("b", 40)):
+        write_behaviour(tmp_path / f"{name}.jsonl", rows=rows)
+    prior = str(tiny_prior(tmp_path / "prior.pt", tiny_encoder_dir))
+    common = [
+        "--prior",
+        prior,
+        "--encoder",
+        tiny_encoder_dir,
+        "--seeds",
+        "0",
+        "--pairs",
+        "12",
+        "--batch-size",
+        "4",
+        "--fidelities",
+        "oracle",
+        "--methods",
+        "data_label",
+        "bayesian",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    first = benchmark.main(["--behaviour", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "a.md"), *common])
+    saved = tmp_path / "runs" / "oracle" / "bayesian" / "seed_0.json"
+    assert json.loads(saved.read_text())["identity"]["prior"] is not None  # the prior file's digest
+    again = benchmark.main(["--behaviour", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "a.md"), *common])
+    assert again["oracle"]["bayesian"][0]["log"] == first["oracle"]["bayesian"][0]["log"]
+    before = saved.stat().st_mtime_ns
+    benchmark.main(["--behaviour", str(tmp_path / "a.jsonl"), "--output", str(tmp_path / "a.md"), *common])
+    assert saved.stat().st_mtime_ns == before  # reused
+    other = benchmark.main(["--behaviour", str(tmp_path / "b.jsonl"), "--output", str(tmp_path / "b.md"), *common])
+    assert saved.stat().st_mtime_ns != before  # another stream: run again, not read back
+    assert json.loads(saved.read_text())["identity"] == other["oracle"]["bayesian"][0]["identity"]
+    assert benchmark.parse(["--output", "docs/x_y.md"]).runs_dir is None  # main() picks checkpoints/x_y
