@@ -52,7 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUTERS = ROOT / "configs" / "routers"
 FIDELITIES = ("oracle", "log_linear_dpo", "lm_dpo")
 # Routers whose labels never depend on the losses they observe: the same at every fidelity of one stream.
-REWARD_FREE = ("single_best", "random", "majority", "uwo", "data_label", "no_online", "task_no_online")
+REWARD_FREE = (
+    "single_best", "random", "majority", "uwo", "data_label", "no_online", "task_no_online", "task_label_free_no_online"
+)  # fmt: skip
 
 # (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`.
 METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
@@ -76,6 +78,8 @@ METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("task", "TaskBayesianRouter", "task_bayesian.yaml", {}),
     ("task_label_free", "TaskBayesianRouter without labels", "task_bayesian.yaml", {"use_labels": False}),
     ("task_no_online", "TaskBayesianRouter - online updates", "task_bayesian.yaml", {"online_updates": False}),
+    ("task_label_free_no_online", "TaskBayesianRouter without labels - online updates (the label-free lookup)",
+     "task_bayesian.yaml", {"use_labels": False, "online_updates": False}),
     ("task_no_prior", "TaskBayesianRouter - offline prior", "task_bayesian.yaml", {"use_prior": False, "lambda0": 1.0}),
     ("task_fixed_strength", "TaskBayesianRouter, prior strength 25 per cell", "task_bayesian.yaml", {"lambda0": 25.0}),
 ]  # fmt: skip

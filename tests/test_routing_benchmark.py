@@ -82,6 +82,7 @@ def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_r
     assert "| BayesianRouter above best single RM (on train) |" in report
     assert "| TaskBayesianRouter above routing by data label |" in report
     assert "| TaskBayesianRouter without labels within 1 point of routing by data label |" in report
+    assert "| TaskBayesianRouter without labels - online updates (the label-free lookup) within 1 point of" in report
     assert "### How far online learning moves the routing" in report and "| TaskBayesianRouter | " in report
     for name in ("oracle_cumulative.png", "oracle_auroc.png", "log_linear_dpo_cumulative.png"):
         assert (output.parent / "routing" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from rmrouter.data.behaviour import BehaviourRecord, read_behaviour, rm_names_of
@@ -191,9 +192,12 @@ def cross_validate(data: ProbeData, folds: int, repeats: int, seed: int, C: floa
             data.features, groups=data.groups
         )
     ]
-    for repeat, train, test in tqdm(splits, desc=f"probe ({repeats} x {folds} folds)", unit="fold"):
-        for method, values in fold_credits(data, train, test, C).items():
-            credits[method][repeat, test] = values
+    # One BLAS thread: each fold's fits are small, and threads that wait on each other (or on a torch job beside
+    # them) made a 30-second probe take twelve minutes on 2 cores.
+    with threadpool_limits(limits=1):
+        for repeat, train, test in tqdm(splits, desc=f"probe ({repeats} x {folds} folds)", unit="fold"):
+            for method, values in fold_credits(data, train, test, C).items():
+                credits[method][repeat, test] = values
     return credits
 
 
