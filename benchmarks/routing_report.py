@@ -14,17 +14,15 @@ from typing import Any
 
 import torch
 from common import write_report
+from routing_goals import departure_section, goals, logs, percent, spread, switch_table
 
-from rmrouter.simulation import StreamLog, cumulative_accuracy
-from rmrouter.stats import paired_test
+from rmrouter.simulation import cumulative_accuracy
 
 FIDELITY_TITLES = {
     "oracle": "Fidelity (a): oracle reward (loss 0 for a right label, 1 for a wrong one)",
     "log_linear_dpo": "Fidelity (b): log-linear DPO policy over frozen MiniLM embeddings (its per-pair DPO loss)",
     "lm_dpo": "Fidelity (c): the LM policy of the simulated online config, SmolLM2 with LoRA (its per-pair DPO loss)",
 }
-COMPARED = ("single_best", "majority", "data_label", "laser", "uwo")
-VARIANTS = ("no_online", "no_prior", "weighted_score", "scale_one", "placeholder", "uncentred", "any_rm")
 # The methods a plot shows (ten colours at most); the tables carry every variant.
 PLOTTED = (
     "single_best",
@@ -39,52 +37,10 @@ PLOTTED = (
 )
 
 
-def percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def spread(values: list[float]) -> str:
-    """`mean ± sd` in points over seeds (sd 0 for one seed)."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * sd:.1f}"
-
-
 def borrowed(runs: dict[int, dict[str, Any]], fidelity: str) -> bool:
     """The method was routed with another fidelity's learner (the oracle's): its routing reads no reward, so its
     labels are those any learner would get, but its losses are not this fidelity's."""
     return any(run.get("learner", fidelity) != fidelity for run in runs.values())
-
-
-def logs(runs: dict[int, dict[str, Any]]) -> dict[int, StreamLog]:
-    return {seed: StreamLog.from_dict(run["log"]) for seed, run in runs.items()}
-
-
-def per_pair_credit(runs: dict[int, dict[str, Any]], num_records: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[M]` each record's share of right labels over every time it was routed, and how often that was."""
-    right, count = torch.zeros(num_records, dtype=torch.float64), torch.zeros(num_records, dtype=torch.float64)
-    for stream_log in logs(runs).values():
-        right.index_add_(0, stream_log.row, stream_log.right.double())
-        count.index_add_(0, stream_log.row, torch.ones_like(stream_log.row, dtype=torch.float64))
-    return right / count.clamp_min(1), count
-
-
-def compare(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]], num_records: int):
-    """The paired test of `first` against `second` over the unique pairs both routed."""
-    a, count = per_pair_credit(first, num_records)
-    b, _ = per_pair_credit(second, num_records)
-    routed = count > 0
-    return paired_test(a[routed].tolist(), b[routed].tolist())
-
-
-def compare_early(first: dict[int, dict[str, Any]], second: dict[int, dict[str, Any]]):
-    """The paired test over the first 10 % of each seed's stream, position by position (the same pair for both)."""
-    a, b = [], []
-    for seed, run in first.items():
-        left, right = StreamLog.from_dict(run["log"]), StreamLog.from_dict(second[seed]["log"])
-        cut = max(1, round(0.1 * len(left.right)))
-        a += left.right[:cut].double().tolist()
-        b += right.right[:cut].double().tolist()
-    return paired_test(a, b)
 
 
 def borrowed_note(runs: dict[str, dict[int, dict[str, Any]]], fidelity: str) -> str:
@@ -95,11 +51,6 @@ def borrowed_note(runs: dict[str, dict[int, dict[str, Any]]], fidelity: str) -> 
         "at fidelities a and b); it was routed on this stream with the oracle learner, and the LM's time went to the "
         "routers that learn."
     )
-
-
-def paired_cells(test) -> str:
-    low, high = test.mean - 1.96 * test.se, test.mean + 1.96 * test.se
-    return f"{100 * test.mean:+.1f} ({100 * low:+.1f}, {100 * high:+.1f}) | {test.p_value:.3g} | {test.verdict()}"
 
 
 def method_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], fidelity: str) -> str:
@@ -134,92 +85,6 @@ def domain_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, s
             values = [v for v in values if v is not None]
             cells.append(percent(statistics.fmean(values)) if values else "n/a")
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-# (router, its label in goals, its no-online variant, its no-prior variant)
-FORMS = (
-    ("bayesian", "BayesianRouter", "no_online", "no_prior"),
-    ("task", "TaskBayesianRouter", "task_no_online", "task_no_prior"),
-)
-TASK_VARIANTS = (
-    "task_label_free", "task_no_online", "task_label_free_no_online", "task_no_prior", "task_fixed_strength"
-)  # fmt: skip
-
-
-def goals(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], num_records: int) -> str:
-    """The issues' goals for each router form that ran, each with the test that decides it; none is assumed met."""
-    if not any(key in runs for key, *_ in FORMS):
-        return "No Bayesian router was run: no goal can be judged."
-    lines = ["| goal | measured (points, 95 % interval) | p | verdict | met |", "|---|---:|---:|---|---|"]
-    for key, name, no_online, no_prior in FORMS:
-        if key not in runs:
-            continue
-        router = runs[key]
-        for baseline in COMPARED:
-            if baseline in runs:
-                test = compare(router, runs[baseline], num_records)
-                met = "yes" if test.verdict() == "above" else "no"
-                lines.append(f"| {name} above {labels[baseline]} | {paired_cells(test)} | {met} |")
-        if no_online in runs:
-            test = compare(router, runs[no_online], num_records)
-            met = "yes" if test.verdict() == "above" and test.mean >= 0.02 else "no"
-            lines.append(f"| {name}: online updates >= 2 points above none | {paired_cells(test)} | {met} |")
-        if no_prior in runs:
-            test = compare_early(router, runs[no_prior])
-            met = "yes" if test.verdict() == "above" and test.mean >= 0.05 else "no"
-            lines.append(f"| {name}: the prior's gain >= 5 points in the first 10 % | {paired_cells(test)} | {met} |")
-    for key in ("task_label_free", "task_label_free_no_online"):
-        if key in runs and "data_label" in runs:
-            test = compare(runs[key], runs["data_label"], num_records)
-            met = "yes" if test.mean >= -0.01 else "no"
-            lines.append(f"| {labels[key]} within 1 point of {labels['data_label']} | {paired_cells(test)} | {met} |")
-    return "\n".join(lines)
-
-
-def departure_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
-    """How far online learning moves each form's routing from its prior's: the share of pairs routed to another RM
-    than its no-online variant chose for the same pair at the same stream position, early and late in the stream
-    (Thompson draws make some of it at any time; what grows along the stream is learning)."""
-    lines = ["| router | first 10 % | 10-50 % | last 50 % |", "|---|---:|---:|---:|"]
-    for key, _, no_online, _ in FORMS:
-        if key not in runs or no_online not in runs:
-            continue
-        shares: list[list[float]] = [[], [], []]
-        for seed, run in runs[key].items():
-            fixed = StreamLog.from_dict(runs[no_online][seed]["log"])
-            moved = StreamLog.from_dict(run["log"]).rm_index != fixed.rm_index
-            size = len(moved)
-            cuts = [0, max(1, round(0.1 * size)), round(0.5 * size), size]
-            for part in range(3):
-                shares[part].append(float(moved[cuts[part] : cuts[part + 1]].double().mean()))
-        lines.append(f"| {labels[key]} | " + " | ".join(spread(values) for values in shares) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
-
-
-def departure_section(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
-    table = departure_table(runs, labels)
-    if not table:
-        return ""
-    return (
-        "### How far online learning moves the routing\n\nThe share of pairs each router sends to another RM than its "
-        "no-online variant sends the same pair at the same position of the same stream (mean ± sd over seeds, in "
-        "points). Thompson draws account for some of it from the first pair on; what grows along the stream is what "
-        "the posteriors learned.\n\n" + table
-    )
-
-
-def switch_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], num_records: int) -> str:
-    """Every other variant of each Bayesian router against its full form."""
-    rows = [
-        (key, "bayesian") for key in runs if key != "bayesian" and (key.startswith("bayesian") or key in VARIANTS)
-    ] + [(key, "task") for key in runs if key in TASK_VARIANTS]
-    rows = [(key, full) for key, full in rows if full in runs]
-    if not rows:
-        return ""
-    lines = ["| variant | minus its full router (points, 95 % interval) | p | verdict |", "|---|---:|---:|---|"]
-    for key, full in rows:
-        lines.append(f"| {labels[key]} | {paired_cells(compare(runs[key], runs[full], num_records))} |")
     return "\n".join(lines)
 
 
