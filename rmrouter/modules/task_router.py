@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rmrouter.losses import masked_bce_with_logits
 from rmrouter.models.encoder import Pooling
 from rmrouter.models.pair_encoder import PairEncoder
 from rmrouter.modules.behaviour_router import BehaviourRouterModule
@@ -128,12 +129,11 @@ class TaskRouterModule(BehaviourRouterModule):
                 "training domain there"
             )
         labelled = known >= 0
-        right_loss = F.binary_cross_entropy_with_logits(
+        right_loss = masked_bce_with_logits(
             right_logits(self.reliability, residual[labelled], known[labelled]),
             batch["agree"][labelled],
-            weight=batch["eligible"][labelled].to(residual.dtype),
-            reduction="sum",
-        ) / batch["eligible"][labelled].sum().clamp_min(1)
+            batch["eligible"][labelled],
+        )
         task_loss = (
             F.cross_entropy(task_logits[labelled], known[labelled]) if labelled.any() else task_logits.sum() * 0.0
         )
