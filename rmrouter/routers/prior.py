@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -42,8 +42,68 @@ class RouterPriorError(ValueError):
     """A router prior (file or object) cannot be used as it is; the message says where, what, and what to do."""
 
 
+class PriorFile:
+    """What every prior artifact shares (`RouterPrior`, `rmrouter.routers.task_prior.TaskPrior`): checks of its
+    version, names and pair-encoder fields, the pool check, one atomic `save` of its `to_payload()` and one checked
+    `load`. A subclass is a frozen dataclass with `rm_names`, `encoder`, `pooling`, `max_length`, `mlp_config`,
+    `mlp_state`, `metadata`, `version` and `source` fields, and names its `KIND`, `FORMAT_VERSION`, `PAYLOAD_FIELDS`
+    and `WHAT` (its name in messages)."""
+
+    KIND: ClassVar[str]
+    FORMAT_VERSION: ClassVar[int]
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]]
+    WHAT: ClassVar[str]
+
+    def _check_version_and_names(self, *fields: str) -> None:
+        """The format version, then each of `fields` made a list of distinct non-empty names."""
+        if self.version != self.FORMAT_VERSION:
+            raise RouterPriorError(f"format version {self.version} given, this rmrouter writes {self.FORMAT_VERSION}")
+        for name in fields:
+            values = list(getattr(self, name))
+            object.__setattr__(self, name, values)
+            if not values or len(set(values)) != len(values) or not all(isinstance(v, str) and v for v in values):
+                raise RouterPriorError(f"{name} must be distinct non-empty names, got {values}")
+
+    def _check_pair_encoder(self) -> None:
+        """The pair encoder's fields and the metadata: what the online router rebuilds `h` from."""
+        if not isinstance(self.encoder, str) or not self.encoder or not isinstance(self.pooling, str):
+            raise RouterPriorError(f"encoder and pooling must be names, got {self.encoder!r}, {self.pooling!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise RouterPriorError(f"max_length must be a positive int, got {self.max_length!r}")
+        _check_primitives(self.mlp_config, "mlp_config")
+        _check_primitives(self.metadata, "metadata")
+        if not isinstance(self.mlp_state, dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in self.mlp_state.items()
+        ):
+            raise RouterPriorError(f"mlp_state must map parameter names to tensors, got {_describe(self.mlp_state)}")
+
+    def check_pool(self, rm_names: Sequence[str]) -> None:
+        """Refuses a pool whose RMs differ from the prior's, in names or in order (its rows are per position)."""
+        check_pool(self.rm_names, rm_names, self.WHAT, self.source)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The prior as plain dicts, lists, tensors and primitives (what `save` writes)."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the prior to `path` atomically: a failed write leaves whatever was there before."""
+        return save_payload(self.to_payload(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Reads a prior written by `save`, refusing other files, unknown format versions and inconsistent shapes."""
+        path = Path(path)
+        payload = read_payload(path, cls.KIND, cls.FORMAT_VERSION, cls.PAYLOAD_FIELDS, cls.WHAT)
+        try:
+            return cls(
+                **{name: payload[name] for name in cls.PAYLOAD_FIELDS}, version=payload["version"], source=str(path)
+            )
+        except RouterPriorError as error:
+            raise RouterPriorError(f"{path}: {error}") from None
+
+
 @dataclass(frozen=True, eq=False)
-class RouterPrior:
+class RouterPrior(PriorFile):
     """What the offline router learned, in the form the online router needs it.
 
     Args:
@@ -73,13 +133,14 @@ class RouterPrior:
     version: int = FORMAT_VERSION
     source: str | None = None
 
+    KIND: ClassVar[str] = KIND
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = PAYLOAD_FIELDS
+    WHAT: ClassVar[str] = "router prior"
+
     def __post_init__(self) -> None:
-        if self.version != FORMAT_VERSION:
-            raise RouterPriorError(f"format version {self.version} given, this rmrouter writes {FORMAT_VERSION}")
-        object.__setattr__(self, "rm_names", list(self.rm_names))
+        self._check_version_and_names("rm_names")
         names = self.rm_names
-        if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
-            raise RouterPriorError(f"rm_names must be distinct non-empty names, got {names}")
         embeddings = self.bt_embeddings
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or not embeddings.is_floating_point():
             raise RouterPriorError(f"bt_embeddings must be a float tensor [N, d], got {_describe(embeddings)}")
@@ -96,25 +157,12 @@ class RouterPrior:
             )
         if isinstance(self.bt_scale, bool) or not isinstance(self.bt_scale, int | float) or not self.bt_scale > 0:
             raise RouterPriorError(f"bt_scale must be a positive number, got {self.bt_scale!r}")
-        if not isinstance(self.encoder, str) or not self.encoder or not isinstance(self.pooling, str):
-            raise RouterPriorError(f"encoder and pooling must be names, got {self.encoder!r}, {self.pooling!r}")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
-            raise RouterPriorError(f"max_length must be a positive int, got {self.max_length!r}")
-        _check_primitives(self.mlp_config, "mlp_config")
-        _check_primitives(self.metadata, "metadata")
-        if not isinstance(self.mlp_state, dict) or not all(
-            isinstance(k, str) and isinstance(v, Tensor) for k, v in self.mlp_state.items()
-        ):
-            raise RouterPriorError(f"mlp_state must map parameter names to tensors, got {_describe(self.mlp_state)}")
+        self._check_pair_encoder()
 
     @property
     def dim(self) -> int:
         """The pair embedding size `d`."""
         return self.bt_embeddings.shape[1]
-
-    def check_pool(self, rm_names: Sequence[str]) -> None:
-        """Refuses a pool whose RMs differ from the prior's, in names or in order (the embeddings are per position)."""
-        check_pool(self.rm_names, rm_names, "router prior", self.source)
 
     def to_payload(self) -> dict[str, Any]:
         """The prior as plain dicts, lists, tensors and primitives (what `save` writes)."""
@@ -132,20 +180,6 @@ class RouterPrior:
             "mlp_state": {name: tensor.detach().cpu().clone() for name, tensor in self.mlp_state.items()},
             "metadata": dict(self.metadata),
         }
-
-    def save(self, path: str | Path) -> Path:
-        """Writes the prior to `path` atomically: a failed write leaves whatever was there before."""
-        return save_payload(self.to_payload(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RouterPrior:
-        """Reads a prior written by `save`, refusing other files, unknown format versions and inconsistent shapes."""
-        path = Path(path)
-        payload = read_payload(path, KIND, FORMAT_VERSION, PAYLOAD_FIELDS, "router prior")
-        try:
-            return cls(**{name: payload[name] for name in PAYLOAD_FIELDS}, version=payload["version"], source=str(path))
-        except RouterPriorError as error:
-            raise RouterPriorError(f"{path}: {error}") from None
 
 
 def check_pool(prior_names: Sequence[str], rm_names: Sequence[str], what: str, source: str | None) -> None:

@@ -2,27 +2,18 @@
 tells a new pair's task (the pair encoder and the task head).
 
 One file of plain dicts, lists, tensors and primitives, loaded with `torch.load(weights_only=True)` and written
-atomically, as `RouterPrior` is (`rmrouter.routers.prior`).
+atomically, by the `PriorFile` methods `RouterPrior` has too (`rmrouter.routers.prior`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from rmrouter.routers.prior import (
-    RouterPriorError,
-    _check_primitives,
-    _describe,
-    check_pool,
-    read_payload,
-    save_payload,
-)
+from rmrouter.routers.prior import PriorFile, RouterPriorError, _describe
 
 FORMAT_VERSION = 1
 KIND = "rmrouter.TaskPrior"
@@ -42,7 +33,7 @@ PAYLOAD_FIELDS = (
 
 
 @dataclass(frozen=True, eq=False)
-class TaskPrior:
+class TaskPrior(PriorFile):
     """What the task-aware router learned offline, in the form the online router needs it.
 
     Args:
@@ -75,14 +66,13 @@ class TaskPrior:
     version: int = FORMAT_VERSION
     source: str | None = None
 
+    KIND: ClassVar[str] = KIND
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+    PAYLOAD_FIELDS: ClassVar[tuple[str, ...]] = PAYLOAD_FIELDS
+    WHAT: ClassVar[str] = "task prior"
+
     def __post_init__(self) -> None:
-        if self.version != FORMAT_VERSION:
-            raise RouterPriorError(f"format version {self.version} given, this rmrouter writes {FORMAT_VERSION}")
-        for name in ("rm_names", "tasks"):
-            values = list(getattr(self, name))
-            object.__setattr__(self, name, values)
-            if not values or len(set(values)) != len(values) or not all(isinstance(v, str) and v for v in values):
-                raise RouterPriorError(f"{name} must be distinct non-empty names, got {values}")
+        self._check_version_and_names("rm_names", "tasks")
         shape = [len(self.tasks), len(self.rm_names)]
         reliability = self.reliability
         if (
@@ -107,12 +97,7 @@ class TaskPrior:
                 f"task_head_state has weight {list(head['weight'].shape)} and bias {list(head['bias'].shape)}, "
                 f"expected [{len(self.tasks)}, {dim}] and [{len(self.tasks)}]: one row per task over h"
             )
-        if not isinstance(self.encoder, str) or not self.encoder or not isinstance(self.pooling, str):
-            raise RouterPriorError(f"encoder and pooling must be names, got {self.encoder!r}, {self.pooling!r}")
-        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
-            raise RouterPriorError(f"max_length must be a positive int, got {self.max_length!r}")
-        _check_primitives(self.mlp_config, "mlp_config")
-        _check_primitives(self.metadata, "metadata")
+        self._check_pair_encoder()
 
     def accuracies(self) -> Tensor:
         """`[T, N]` each RM's accuracy on each task, as the offline router estimated it."""
@@ -122,10 +107,6 @@ class TaskPrior:
         """`[P, T]` task logits of pair embeddings `h [P, d]` (in `h`'s dtype and device)."""
         weight = self.task_head_state["weight"].to(h)
         return h @ weight.T + self.task_head_state["bias"].to(h)
-
-    def check_pool(self, rm_names: Sequence[str]) -> None:
-        """Refuses a pool whose RMs differ from the prior's, in names or in order."""
-        check_pool(self.rm_names, rm_names, "task prior", self.source)
 
     def to_payload(self) -> dict[str, Any]:
         """The prior as plain dicts, lists, tensors and primitives (what `save` writes)."""
@@ -140,17 +121,3 @@ class TaskPrior:
             "max_length": self.max_length, "mlp_config": self.mlp_config, "mlp_state": plain(self.mlp_state),
             "task_head_state": plain(self.task_head_state), "metadata": dict(self.metadata),
         }  # fmt: skip
-
-    def save(self, path: str | Path) -> Path:
-        """Writes the prior to `path` atomically: a failed write leaves whatever was there before."""
-        return save_payload(self.to_payload(), path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TaskPrior:
-        """Reads a prior written by `save`, refusing other files, unknown format versions and inconsistent shapes."""
-        path = Path(path)
-        payload = read_payload(path, KIND, FORMAT_VERSION, PAYLOAD_FIELDS, "task prior")
-        try:
-            return cls(**{name: payload[name] for name in PAYLOAD_FIELDS}, version=payload["version"], source=str(path))
-        except RouterPriorError as error:
-            raise RouterPriorError(f"{path}: {error}") from None
