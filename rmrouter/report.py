@@ -265,10 +265,10 @@ def pools_table(docs: dict[str, str], link) -> str:
             + " | ".join(_offline_cell(table_under(docs[TASK_DOCS[offline]])) for (offline, _), _ in shown)
             + " |"
         )
+    goals = [table_under(docs[routing], "Goals", after="Fidelity (a)") for (_, routing), _ in shown]
     for router in ("BayesianRouter", "TaskBayesianRouter"):
         for baseline in ("routing by data label", "best single RM (on train)"):
             row = f"{router} above {baseline}"
-            goals = [table_under(docs[routing], "Goals", after="Fidelity (a)") for (_, routing), _ in shown]
             if not all(any(cells[0] == row for cells in table.rows) for table in goals):
                 continue  # a router the benchmark did not run
             cells = [f"{table.cell(row, measured)} points, {table.cell(row, 'verdict')}" for table in goals]

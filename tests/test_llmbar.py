@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_helpers import flatten
 
 from rmrouter.behaviour.collect import collect_behaviour
 from rmrouter.commands import instantiate
@@ -141,13 +142,6 @@ def test_the_real_pool_config_builds_the_eight_judges_that_saw_every_pair():
 def test_the_offline_router_on_the_real_pool_is_the_default_config_with_its_paths():
     """Nothing is tuned for this pool: its config differs from configs/offline_router.yaml only in what names the
     pool, its behaviour file, its held-out subsets and where the run writes."""
-
-    def flatten(value, prefix=""):
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-            return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
-        return {prefix.rstrip("."): value}
 
     default = flatten(yaml.safe_load((ROOT / "configs" / "offline_router.yaml").read_text()))
     real = flatten(yaml.safe_load((ROOT / "configs" / "offline_router_llmbar.yaml").read_text()))

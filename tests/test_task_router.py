@@ -11,6 +11,7 @@ import torch
 import yaml
 from behaviour_helpers import RM_NAMES as POOL_RM_NAMES
 from behaviour_helpers import write_behaviour
+from config_helpers import flatten
 from test_offline_router import RM_NAMES, RowsData, toy_rows, trainer
 
 from rmrouter.callbacks.routing_predictions import read_predictions
@@ -107,14 +108,6 @@ def test_a_training_pair_of_a_domain_outside_the_tasks_is_an_error_naming_the_ke
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_CONFIG = ROOT / "configs" / "offline_router_task.yaml"
-
-
-def flatten(value, prefix=""):
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
-        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def test_the_task_router_config_is_the_paper_routers_but_for_its_model_and_paths():

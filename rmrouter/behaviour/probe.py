@@ -28,6 +28,7 @@ each comparison with the lookup is a paired test over pairs of their right-share
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -307,8 +308,7 @@ def run_probe(
     credits = cross_validate(data, folds, repeats, seed, C)
     given = {"rm_names": rm_names, "encoder": encoder, "pooling": pooling, "max_length": max_length, "folds": folds,
              "repeats": repeats, "seed": seed, "C": C}  # fmt: skip
-    defaults = {"rm_names": None, "encoder": "all-minilm-l6-v2", "pooling": "mean", "max_length": 256, "folds": 10,
-                "repeats": 5, "seed": 0, "C": 1.0}  # fmt: skip
+    defaults = {name: parameter.default for name, parameter in inspect.signature(run_probe).parameters.items()}
     options = "".join(
         f" --{key} '[{', '.join(value)}]'" if key == "rm_names" else f" --{key} {value}"
         for key, value in given.items()
