@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 from routing_report import write_benchmark_report
 
+from rmrouter.behaviour.shipped import file_sha256
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.models.frozen import EmbeddingCache
 from rmrouter.reward_models._hf import native_bfloat16
@@ -178,7 +179,7 @@ def file_digest(path: str | None) -> str | None:
     """A file's SHA-256 prefix, or None when there is no such file."""
     if path is None or not Path(path).is_file():
         return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return file_sha256(Path(path))[:16]
 
 
 def run_identity(bench: Benchmark, fidelity: str, key: str, router_args: dict[str, Any], pairs: int, seed: int):
