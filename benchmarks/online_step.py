@@ -100,8 +100,8 @@ def run_rmrouter(
     from rmrouter.commands import prepare_process
     from rmrouter.data.prompt_datamodule import PromptDataModule
     from rmrouter.data.sources import PromptSource
-    from rmrouter.modules import generation
     from rmrouter.modules.online_dpo import OnlineDPOModule
+    from rmrouter.policy import generation
     from rmrouter.reward_models import LengthRewardModel
     from rmrouter.reward_models.pool import RewardModelPool
     from rmrouter.routers.baseline_routers import SingleRMRouter

@@ -41,7 +41,7 @@ from routing_report import write_benchmark_report
 
 from rmrouter.behaviour.shipped import file_sha256
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
-from rmrouter.models.frozen import EmbeddingCache
+from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.reward_models._hf import native_bfloat16
 from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.embedding import LazyEmbedder
@@ -57,7 +57,8 @@ REWARD_FREE = (
     "single_best", "random", "majority", "uwo", "data_label", "no_online", "task_no_online", "task_label_free_no_online"
 )  # fmt: skip
 
-# (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`.
+# (key, label, router config, overrides of its init_args); `single_best` and `data_label` are fitted on `train`. A
+# config `a.yaml+b.yaml` is `b.yaml` overlaid on `a.yaml`, as `--config a.yaml --config b.yaml` composes them.
 METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("single_best", "best single RM (on train)", "single.yaml", {}),
     ("random", "random RM", "random.yaml", {}),
@@ -68,10 +69,11 @@ METHODS: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("laser_code", "LASER, LASeR's code ([0, 1] rewards, no round robin)", "laser.yaml",
      {"round_robin": False, "centred_rewards": False}),
     ("bayesian", "BayesianRouter", "bayesian.yaml", {}),
-    ("bayesian_paper", "BayesianRouter, the paper's form", "bayesian_paper.yaml", {}),
-    ("no_online", "- online updates", "ablation_no_online_updates.yaml", {}),
-    ("no_prior", "- offline prior", "ablation_no_prior.yaml", {}),
-    ("weighted_score", "weighted score instead of prior injection", "ablation_weighted_score.yaml", {}),
+    ("bayesian_paper", "BayesianRouter, the paper's form", "bayesian.yaml+bayesian_variants/paper_form.yaml", {}),
+    ("no_online", "- online updates", "bayesian.yaml+bayesian_variants/no_online_updates.yaml", {}),
+    ("no_prior", "- offline prior", "bayesian.yaml+bayesian_variants/no_prior.yaml", {}),
+    ("weighted_score", "weighted score instead of prior injection",
+     "bayesian.yaml+bayesian_variants/weighted_score.yaml", {}),
     ("scale_one", "- calibrated prior scale (c = 1)", "bayesian.yaml", {"prior_scale": 1.0}),
     ("placeholder", "- held warm-up rewards (placeholders)", "bayesian.yaml", {"warmup_rewards": "placeholder"}),
     ("uncentred", "- centred rewards ([0, 1])", "bayesian.yaml", {"centred_rewards": False}),
@@ -123,10 +125,14 @@ class Benchmark:
         """The router of a method for a seed, and the arguments it was built with (kept in the run's file)."""
         if key == "data_label":
             return DataLabelRouter(self.rm_names, self.data_label), {"top_rm": self.data_label.describe(self.rm_names)}
-        router = yaml.safe_load((ROUTERS / config).read_text())["model"]["init_args"]["router"]
-        module, name = router["class_path"].rsplit(".", 1)
+        files = [ROUTERS / part for part in config.split("+")]
+        layers = [yaml.safe_load(path.read_text())["model"]["init_args"]["router"] for path in files]
+        module, name = layers[0]["class_path"].rsplit(".", 1)
         # the router files take the pool's RM names from the module that routes with them; here, the behaviour file's
-        init_args = {"rm_names": self.rm_names, **router["init_args"], **overrides}
+        init_args = {"rm_names": self.rm_names}
+        for layer in layers:
+            init_args.update(layer["init_args"])
+        init_args.update(overrides)
         if key == "single_best":
             init_args["rm"] = self.best_single
         if "seed" in init_args:

@@ -1,6 +1,7 @@
 """Simulated online DPO labelling accuracy of every router method, written to `docs/online_simulated.md`.
 
-For each method (a file of `configs/routers/`) this runs the paper's controlled simulation through the project CLI,
+For each method (a file of `configs/routers/`, or a variant of `configs/routers/<router>_variants/` overlaid on
+`<router>.yaml`) this runs the paper's controlled simulation through the project CLI,
 `python cli.py fit --config configs/online/simulated.yaml --config configs/routers/<method>.yaml`, with the policy
 given here, one pass over the behaviour file (or `--max-steps`), and a per-method overlay config that sends the run's
 checkpoints and TensorBoard logs to `<out-dir>/<method>/` and adds `rmrouter.callbacks.LabellingTally`. The tally
@@ -31,7 +32,7 @@ from rmrouter.cli import main as cli_main
 
 log = logging.getLogger("simulated_labelling")
 
-# The paper's method first, then the baselines, then the ablations; any other router config follows, by name.
+# The paper's method first, then the baselines, then its variants; any other router config follows, by name.
 METHOD_ORDER = [
     "bayesian",
     "laser",
@@ -39,17 +40,28 @@ METHOD_ORDER = [
     "random",
     "majority",
     "uwo",
-    "ablation_no_prior",
-    "ablation_no_online_updates",
-    "ablation_weighted_score",
+    "bayesian_variants/paper_form",
+    "bayesian_variants/no_prior",
+    "bayesian_variants/no_online_updates",
+    "bayesian_variants/weighted_score",
 ]
-PAPER_BAYESIAN_ACCURACY = 88.23  # METHOD.md, "Simulated online DPO"
+PAPER_BAYESIAN_ACCURACY = 88.23  # the paper's simulated online DPO (docs/concepts/method.md, "Simulated online DPO")
 TALLY = "rmrouter.callbacks.labelling_tally.LabellingTally"
 
 
 def default_methods(routers: Path) -> list[str]:
     names = sorted(path.stem for path in routers.glob("*.yaml"))
+    variants = [f"{folder.name}/{path.stem}" for folder in routers.glob("*_variants") for path in folder.glob("*.yaml")]
+    names += sorted(variants)
     return [m for m in METHOD_ORDER if m in names] + [m for m in names if m not in METHOD_ORDER]
+
+
+def method_configs(routers: Path, method: str) -> list[Path]:
+    """A method's router configs: its own file, or for `<router>_variants/<variant>` that overlay on `<router>.yaml`."""
+    if "/" in method:
+        folder = method.split("/", 1)[0]
+        return [routers / f"{folder.removesuffix('_variants')}.yaml", routers / f"{method}.yaml"]
+    return [routers / f"{method}.yaml"]
 
 
 def overlay_config(simulated: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -66,7 +78,7 @@ def fit_arguments(args: argparse.Namespace, method: str, overlay: Path, passthro
     return [
         "fit",
         "--config", str(args.config),
-        "--config", str(args.routers / f"{method}.yaml"),
+        *(arg for path in method_configs(args.routers, method) for arg in ("--config", str(path))),
         "--config", str(overlay),
         f"--model.init_args.policy={args.policy}",
         *steps,
@@ -142,7 +154,7 @@ def notes(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> str:
         f"Policy `{args.policy}`; behaviour file `{data.get('path', 'n/a')}`, batch size "
         f"{data.get('batch_size', 'n/a')}; {length} per method; runs under `{args.out_dir}/<method>/`.",
         f"The paper reports **{PAPER_BAYESIAN_ACCURACY:.2f} %** for BayesianRouter in this simulation "
-        '(METHOD.md, "Simulated online DPO"), with its four RewardBench 2 RMs and LLaMA3-SFT-v2 '
+        '(docs/concepts/method.md, "Simulated online DPO"), with its four RewardBench 2 RMs and LLaMA3-SFT-v2 '
         "policy; these runs use this project's pool, whose per-RM accuracies and any-RM-right ceiling are in "
         "[`behaviour_table.md`](behaviour_table.md).",
         "Labelling accuracy: the share of routed pairs whose routed label equals the recorded one, counted exactly "
@@ -173,7 +185,7 @@ def prior_note(data: dict[str, Any]) -> str:
     served = data.get("train_splits") or ["train"]
     if "train" in served:
         return (
-            "The routers that use the offline prior (BayesianRouter and its ablations but `ablation_no_prior`) route "
+            "The routers that use the offline prior (BayesianRouter and its variants but `no_prior`) route "
             f"the behaviour file's {' + '.join(served)} split, which holds pairs the prior was fitted on "
             "(`configs/offline_router.yaml`): their accuracy here is partly in-sample for the prior."
         )

@@ -1,7 +1,8 @@
 """Online DPO math as plain functions of tensors: response log-probs, the DPO/IPO loss, the implicit KL.
 
 No Trainer and no modules here; `OnlineDPOModule` calls these. The per-pair loss is also the router's reward
-(`r = -L_DPO`, METHOD.md "Online stage"), so `dpo_loss` returns it per pair and leaves the reduction to the caller.
+(`r = -L_DPO`, docs/concepts/method.md, "Online stage: BayesianRouter"), so `dpo_loss` returns it per pair and leaves
+the reduction to the caller.
 """
 
 from __future__ import annotations

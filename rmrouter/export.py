@@ -4,7 +4,7 @@
     python cli.py export --checkpoint checkpoints/online/live/last.ckpt --merge false # -> .../live/hf_adapter
     python cli.py export --checkpoint checkpoints/learned_rm/safety                   # best.ckpt -> .../safety/hf
 
-An online DPO checkpoint holds only the weights training changed (`modules/trainable_checkpoint.py`): the policy is
+An online DPO checkpoint holds only the weights training changed (`policy/checkpoint.py`): the policy is
 rebuilt from its name as `OnlineDPOModule.configure_model` builds it, the trained weights are loaded into it, and it is
 saved either with its LoRA adapter merged into the base (`AutoModelForCausalLM.from_pretrained(folder)`) or as the
 PEFT adapter alone (`PeftModel.from_pretrained(base, folder)`), with the tokenizer. A learned RM
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from rmrouter.modules.trainable_checkpoint import trainable_names
+from rmrouter.policy.checkpoint import trainable_names
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,9 @@ def _write_staged(target: Path, write: Callable[[Path], None], marker: dict[str,
 def rebuild_policy(content: dict[str, Any], hparams: dict[str, Any]):
     """The trained policy of an `OnlineDPOModule` checkpoint: built as `configure_model` builds it (in float32), with
     the checkpoint's trained weights loaded; a PEFT model when the run trained a LoRA adapter."""
-    from transformers import AutoModelForCausalLM
+    from rmrouter.policy.core import build_policy
 
-    from rmrouter.models.store import load_model
-
-    policy = load_model(AutoModelForCausalLM, hparams["policy"], dtype=torch.float32)
-    if hparams["lora"] is not None:
-        from peft import LoraConfig, get_peft_model
-
-        policy = get_peft_model(policy, LoraConfig(**hparams["lora"]))
+    policy, _ = build_policy(hparams["policy"], hparams["lora"], torch.float32, with_reference=False)
     state = {key.removeprefix("policy."): value for key, value in content["state_dict"].items()}
     missing = sorted(trainable_names(policy.named_parameters()) - set(state))
     if missing:

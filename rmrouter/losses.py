@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -81,12 +80,6 @@ def router_bt_loss(scores: Tensor, agree: Tensor, eligible: Tensor | None = None
     return -F.logsigmoid(margin).mean()
 
 
-def best_eligible(scores: Tensor, eligible: Tensor) -> Tensor:
-    """`[B]` long: per row, the column of the highest score among the eligible ones (the routed RM); with no eligible
-    column, column 0, whose RM then yields no label."""
-    return scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
-
-
 def masked_bce_with_logits(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """Binary cross-entropy averaged over the entries where `mask` is True; a finite zero with a graph when none is."""
     if not (logits.shape == targets.shape == mask.shape):
@@ -94,15 +87,3 @@ def masked_bce_with_logits(logits: Tensor, targets: Tensor, mask: Tensor) -> Ten
     weight = mask.to(logits.dtype)
     total = F.binary_cross_entropy_with_logits(logits, targets, weight=weight, reduction="sum")
     return total / weight.sum().clamp_min(1.0)
-
-
-def majority_vote_credit(margins: Tensor) -> Tensor:
-    """Per row: 1 if most voting RMs prefer `chosen`, 0 if most prefer `rejected`, 0.5 on a tie.
-
-    The tensor form of `rmrouter.behaviour.table.majority_credit`: abstentions (NaN) and zero margins cast no vote.
-
-    Args:
-        margins: `[B, N]` margins `score(chosen) - score(rejected)`, NaN where the RM abstained.
-    """
-    votes = torch.nan_to_num(torch.sign(margins), nan=0.0).sum(dim=1)
-    return (torch.sign(votes) + 1) / 2

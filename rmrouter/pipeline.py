@@ -17,46 +17,57 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from rmrouter.commands import run_lightning
 from rmrouter.machine import describe_machine
-from rmrouter.models.frozen import embedding_cache_dir
+from rmrouter.models.embedding_store import embedding_cache_dir
 from rmrouter.models.store import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-DEFAULT_LEARNED_RMS = {
-    f"configs/learned_rm/{name}.yaml": f"checkpoints/learned_rm/{name}/best.ckpt" for name in ("safety", "chat", "math")
-}
+def callback_setting(config: Path, callback: str, key: str) -> str:
+    """`key` of the trainer callback named `callback` (its class name) in a LightningCLI config: where the runs of
+    that config write, read from the config itself so the pipeline never restates it."""
+    callbacks = (yaml.safe_load(Path(config).read_text()).get("trainer") or {}).get("callbacks") or []
+    for entry in callbacks:
+        if isinstance(entry, dict) and str(entry.get("class_path", "")).rpartition(".")[2] == callback:
+            value = (entry.get("init_args") or {}).get(key)
+            if value is not None:
+                return str(value)
+    raise ValueError(f"{config}: no trainer callback {callback} with `{key}`; the pipeline reads its output from it")
+
+
+def checkpoint_of(config: Path, name: str) -> Path:
+    """The checkpoint `name` (`best` or `last`) that fitting `config` leaves, in its ModelCheckpoint's folder."""
+    return Path(callback_setting(config, "ModelCheckpoint", "dirpath")) / f"{name}.ckpt"
 
 
 def run_pipeline(
-    learned_rms: dict[str, str] | None = None,
-    behaviour_config: Path = Path("configs/behaviour.yaml"),
-    offline_router_config: Path = Path("configs/offline_router.yaml"),
-    offline_router_prior: Path = Path("checkpoints/offline_router/prior.pt"),
-    offline_router_checkpoint: Path = Path("checkpoints/offline_router/best.ckpt"),
-    online_config: Path = Path("configs/online/live.yaml"),
-    online_router_config: Path = Path("configs/routers/bayesian.yaml"),
-    online_checkpoint: Path = Path("checkpoints/online/live/last.ckpt"),
-    online_summary: Path = Path("checkpoints/online/live/summary.md"),
+    learned_rms: list[Path],
+    behaviour_config: Path,
+    offline_router_config: Path,
+    online_config: Path,
+    online_router_config: Path,
     behaviour_args: list[str] | None = None,
     online_args: list[str] | None = None,
     times: Path = Path("checkpoints/pipeline_times.md"),
 ) -> None:
     """Runs the pipeline's stages in order; each one is skipped or resumed when its output exists.
 
+    Where each stage writes is read from the config that writes it (its ModelCheckpoint's folder, the offline router's
+    `RouterPriorWriter` path, the online run's `OnlineSummary` path), so each path is written once, in that config.
+
     Args:
-        learned_rms: LightningCLI `fit` config of each learned RM the pool needs -> the checkpoint that fit leaves
-            (and the pool loads); None: `DEFAULT_LEARNED_RMS`, the default pool's safety, chat and math RMs.
+        learned_rms: LightningCLI `fit` config of each learned RM the pool needs; its `best.ckpt` is what the pool
+            loads.
         behaviour_config: Config of the `collect` command.
-        offline_router_config: LightningCLI config of the offline router (`fit`, then `test`).
-        offline_router_prior: Where that fit leaves the prior artifact for the online stage.
-        offline_router_checkpoint: The checkpoint `test` evaluates.
-        online_config: LightningCLI `fit` config of the online DPO run.
+        offline_router_config: LightningCLI config of the offline router (`fit`, then `test` of its `best.ckpt`); its
+            prior is what the online router reads.
+        online_config: LightningCLI `fit` config of the online DPO run; its `last.ckpt` resumes an interrupted run and
+            its closing summary marks the stage done.
         online_router_config: The router config composed with it (`configs/routers/<method>.yaml`).
-        online_checkpoint: Where that run keeps its last checkpoint; when it exists the run resumes from it.
-        online_summary: Where that run writes its closing summary (`OnlineSummary`); when it exists, the stage is done.
         behaviour_args: Extra `collect` arguments, e.g. `["--max_batches", "2"]`.
         online_args: Extra `fit` arguments of the online run, e.g. `["--trainer.max_steps", "4"]`.
         times: Where each stage's wall-clock seconds are written, as a markdown table (also logged at the end).
@@ -65,35 +76,38 @@ def run_pipeline(
 
     caches = cache_state()
     clock = StageClock()
-    for config, checkpoint in (DEFAULT_LEARNED_RMS if learned_rms is None else learned_rms).items():
+    for config in learned_rms:
+        checkpoint = checkpoint_of(config, "best")
         with clock.stage(f"1. learned RM ({Path(config).stem})") as stage:
-            if Path(checkpoint).is_file():
+            if checkpoint.is_file():
                 log.info("[1/4] learned RM: %s exists, not retraining", checkpoint)
                 stage.skipped = True
             else:
                 log.info("[1/4] learned RM: training with %s", config)
                 run_lightning(["fit", "--config", str(config)])
-                _expect(Path(checkpoint), Path(config))
+                _expect(checkpoint, Path(config))
     with clock.stage("2. behaviour collection"):
         log.info("[2/4] behaviour collection with %s", behaviour_config)
         run_collect(["--config", str(behaviour_config), *(behaviour_args or [])])
+    offline_router_prior = Path(callback_setting(offline_router_config, "RouterPriorWriter", "path"))
     with clock.stage("3. offline router (fit + test)") as stage:
-        if Path(offline_router_prior).is_file():
+        if offline_router_prior.is_file():
             log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
             stage.skipped = True
         else:
             log.info("[3/4] offline router: training with %s", offline_router_config)
             run_lightning(["fit", "--config", str(offline_router_config)])
             _expect(offline_router_prior, offline_router_config)
-            checkpoint = str(offline_router_checkpoint)
+            checkpoint = str(checkpoint_of(offline_router_config, "best"))
             run_lightning(["test", "--config", str(offline_router_config), "--ckpt_path", checkpoint])
+    online_summary = Path(callback_setting(online_config, "OnlineSummary", "path"))
+    online_checkpoint = checkpoint_of(online_config, "last")
     with clock.stage("4. online DPO") as stage:
-        online_summary = Path(online_summary)
         if online_summary.is_file():
             log.info("[4/4] online DPO: %s exists, not retraining\n%s", online_summary, online_summary.read_text())
             stage.skipped = True
         else:
-            resume = ["--ckpt_path", str(online_checkpoint)] if Path(online_checkpoint).is_file() else []
+            resume = ["--ckpt_path", str(online_checkpoint)] if online_checkpoint.is_file() else []
             how = " (resuming)" if resume else ""
             log.info("[4/4] online DPO: %s with %s%s", online_config, online_router_config, how)
             run_lightning(["fit", "--config", str(online_config), "--config", str(online_router_config), *resume,
@@ -104,7 +118,7 @@ def run_pipeline(
     Path(times).write_text(f"## Main job: time per stage\n\nOn {describe_machine()}; {caches}.\n\n{table}\n")
     log.info(
         "pipeline done in %.0f s (stage times in %s); `python cli.py publish --config configs/publish.yaml` copies "
-        "its tables and summary into docs/ and the README\n%s",
+        "its tables and summary into docs/\n%s",
         clock.total(),
         times,
         table,

@@ -22,7 +22,7 @@ CORPUS = [
 
 @pytest.fixture(autouse=True)
 def own_embedding_cache(tmp_path, monkeypatch):
-    """Each test its own on-disk embedding store (`rmrouter.models.frozen`): none reads another's, nor the user's."""
+    """Each test its own on-disk embedding store (`rmrouter.models.embedding_store`), never another's or the user's."""
     monkeypatch.setenv("RMROUTER_EMBEDDING_CACHE", str(tmp_path / "embedding_cache"))
 
 

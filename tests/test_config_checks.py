@@ -288,7 +288,7 @@ def test_the_simulated_router_is_checked_against_the_behaviour_files_rms(cli):
 
 
 def test_no_router_config_lists_the_rms():
-    for path in [*(CONFIGS / "routers").glob("*.yaml"), CONFIGS / "paper" / "bayesian.yaml"]:
+    for path in [*(CONFIGS / "routers").rglob("*.yaml"), CONFIGS / "paper" / "bayesian.yaml"]:
         router = yaml.safe_load(path.read_text())["model"]["init_args"]["router"]["init_args"]
         assert "rm_names" not in router, path.name
 
@@ -415,7 +415,7 @@ class Payload:
 
 
 def test_files_that_carry_pickled_code_are_refused_without_running_it(tmp_path, monkeypatch):
-    from rmrouter.models.frozen import EmbeddingStore
+    from rmrouter.models.embedding_store import EmbeddingStore
     from rmrouter.reward_models.learned import LearnedRewardModel
 
     RAN.clear()

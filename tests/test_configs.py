@@ -119,7 +119,7 @@ def test_no_behaviour_or_online_prompt_was_trained_or_selected_on_by_a_learned_r
 def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch, tiny_models):
     monkeypatch.chdir(tmp_path)  # the shipped configs write under ./checkpoints and ./docs
     monkeypatch.setattr(sys, "argv", ["cli.py"])
-    learned_rms = {}
+    learned_rms, learned_checkpoints = [], []
     for name in ("safety", "chat", "math"):
         learned = yaml.safe_load((CONFIGS / "learned_rm" / f"{name}.yaml").read_text())
         learned["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
@@ -128,7 +128,8 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
             for source in learned["data"]["init_args"][side]:
                 source["init_args"]["limit"] = 8
         (tmp_path / f"learned_{name}.yaml").write_text(yaml.safe_dump(learned))
-        learned_rms[f"learned_{name}.yaml"] = str(tmp_path / "checkpoints" / "learned_rm" / name / "best.ckpt")
+        learned_rms.append(Path(f"learned_{name}.yaml"))
+        learned_checkpoints.append(tmp_path / "checkpoints" / "learned_rm" / name / "best.ckpt")
 
     pool = with_tiny_models(yaml.safe_load((CONFIGS / "pool" / "default.yaml").read_text()), tiny_models)
     for entry in pool["init_args"]["reward_models"]:  # the checkpoints the pipeline's first stage trains
@@ -165,11 +166,8 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
 
     checkpoint = tmp_path / "checkpoints" / "learned_rm" / "safety" / "best.ckpt"
     inputs = {path for path in tmp_path.rglob("*") if path.is_file()}
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- online-demo-summary:start -->\nold\n<!-- online-demo-summary:end -->\n")
-    inputs.add(readme)
     run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
-    assert all(Path(path).is_file() for path in learned_rms.values())
+    assert all(path.is_file() for path in learned_checkpoints)  # where each config's ModelCheckpoint writes
     records = read_behaviour(tmp_path / "checkpoints" / "behaviour" / "default.jsonl")
     assert len(records) == 20 and set(records[0].scores) == set(build_pool_names(pool))
     prior = tmp_path / "checkpoints" / "offline_router" / "prior.pt"
@@ -177,20 +175,19 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     summary = tmp_path / "checkpoints" / "online" / "live" / "summary.md"
     assert (tmp_path / "checkpoints" / "online" / "live" / "last.ckpt").is_file()
     assert "- steps: 2 in " in summary.read_text() and "`BayesianRouter`" in summary.read_text()
-    # the main job writes under checkpoints/ only: the README and every input are as they were (the embedding store
+    # the main job writes under checkpoints/ only: every input is as it was (the embedding store
     # is this test's own, under tmp_path; a user's is ~/.cache/rmrouter)
     written = {path for path in tmp_path.rglob("*") if path.is_file() and "embedding_cache" not in path.parts} - inputs
     assert written and all(path.relative_to(tmp_path).parts[0] == "checkpoints" for path in written), sorted(
         str(path.relative_to(tmp_path)) for path in written if path.relative_to(tmp_path).parts[0] != "checkpoints"
     )
-    assert "old" in readme.read_text()
     times = (tmp_path / "checkpoints" / "pipeline_times.md").read_text()
     for stage in ("1. learned RM (learned_safety)", "2. behaviour collection", "3. offline router", "4. online DPO"):
         assert f"| {stage}" in times, times
     assert "| total |" in times and "skipped" not in times
     assert "text embeddings (" in times and "cold at the start" in times  # this test's own store began empty
 
-    # publishing copies the shipped config's three outputs into docs/ and the summary into the README
+    # publishing copies the shipped config's four outputs into docs/
     main(["publish", "--config", str(CONFIGS / "publish.yaml")])
     table = (tmp_path / "docs" / "behaviour_table.md").read_text()
     assert table.startswith("_Copied by `python cli.py publish --config configs/publish.yaml` from `checkpoints/")
@@ -198,7 +195,6 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     assert (tmp_path / "docs" / "offline_router.md").is_file()
     assert (tmp_path / "docs" / "online_demo.md").read_text().endswith(summary.read_text())
     assert (tmp_path / "docs" / "main_job_times.md").read_text().endswith(times)
-    assert "old" not in readme.read_text() and "`BayesianRouter`" in readme.read_text()
 
     trained_at = checkpoint.stat().st_mtime_ns, prior.stat().st_mtime_ns, summary.stat().st_mtime_ns
     run_pipeline(learned_rms, Path("behaviour.yaml"), **stages)
@@ -227,3 +223,17 @@ def test_reports_name_the_machine(monkeypatch):
     monkeypatch.setattr(_hf, "native_bfloat16", lambda: False)
     line = machine.describe_machine()
     assert " cores, " in line and "no native bfloat16" in line and f"torch {torch.__version__}" in line
+
+
+def test_the_pipeline_reads_where_each_stage_writes_from_the_config_that_writes_it():
+    from rmrouter.pipeline import callback_setting, checkpoint_of
+
+    assert checkpoint_of(CONFIGS / "learned_rm" / "safety.yaml", "best") == Path(
+        "checkpoints/learned_rm/safety/best.ckpt"
+    )
+    prior = callback_setting(CONFIGS / "offline_router.yaml", "RouterPriorWriter", "path")
+    router = yaml.safe_load((CONFIGS / "routers" / "bayesian.yaml").read_text())["model"]["init_args"]["router"]
+    assert prior == router["init_args"]["prior_path"]  # the online router reads what the offline fit writes
+    assert callback_setting(CONFIGS / "online" / "live.yaml", "OnlineSummary", "path").startswith("checkpoints/")
+    with pytest.raises(ValueError, match="no trainer callback RouterPriorWriter"):
+        callback_setting(CONFIGS / "online" / "live.yaml", "RouterPriorWriter", "path")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rmrouter.dpo import dpo_loss, dpo_loss_of_finite_pairs, implicit_kl, response_logprobs
-from rmrouter.pairs import best_vs_worst, candidate_pairs, missing_eos_penalty, order_pair, random_pairs
 
 NAN, INF = float("nan"), float("inf")
 
@@ -177,73 +176,6 @@ def test_implicit_kl_is_the_detached_mean_log_ratio():
         implicit_kl(torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="no responses"):
         implicit_kl(torch.zeros(0), torch.zeros(0))
-
-
-def test_identical_texts_never_pair():
-    assert candidate_pairs(["a", "b", "a", "c"]) == [(0, 1), (0, 3), (1, 2), (1, 3), (2, 3)]
-    assert candidate_pairs(["same"] * 4) == [] and candidate_pairs(["only"]) == [] and candidate_pairs([]) == []
-
-
-def test_best_vs_worst_skips_abstentions_and_returns_none_without_a_preference():
-    assert best_vs_worst(torch.tensor([1.0, 3.0, NAN, 0.0])) == (1, 3)
-    assert best_vs_worst(torch.tensor([NAN, -INF, 2.0, 1.0, INF])) == (2, 3)  # non-finite scores abstain too
-    assert best_vs_worst(torch.tensor([2.0, 5.0, 5.0, 1.0, 1.0])) == (1, 3)  # ties go to the lowest index
-    assert best_vs_worst(torch.tensor([0.5, 0.5, 0.5])) is None
-    assert best_vs_worst(torch.tensor([0.5, NAN, 0.5])) is None
-    assert best_vs_worst(torch.tensor([NAN, 1.0, NAN])) is None
-    assert best_vs_worst(torch.tensor([NAN, NAN])) is None and best_vs_worst(torch.zeros(0)) is None
-    with pytest.raises(ValueError, match="1-D"):
-        best_vs_worst(torch.zeros(2, 3))
-
-
-def test_random_pairs_are_reproducible_distinct_and_never_repeat():
-    responses = ["a", "b", "c", "a", "d", "e"]  # k = 6 with one duplicate: 14 candidates
-    draw = [random_pairs(responses, 4, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
-    assert draw[0] == draw[1] and len(draw[0]) == 4 and len(set(draw[0])) == 4
-    assert draw[0] != draw[2]  # a different seed draws differently (fixed seeds: not a flaky check)
-    generator = torch.Generator().manual_seed(3)
-    state = torch.get_rng_state()
-    for _ in range(50):
-        pairs = random_pairs(responses, 4, generator)
-        assert len(set(pairs)) == 4 and all(i < j and responses[i] != responses[j] for i, j in pairs)
-    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is never consumed
-
-
-def test_random_pairs_returns_every_candidate_when_there_are_few():
-    pairs = random_pairs(["a", "b", "a", "c"], 10, torch.Generator().manual_seed(0))
-    assert sorted(pairs) == candidate_pairs(["a", "b", "a", "c"])
-    assert random_pairs(["x", "x"], 4, torch.Generator().manual_seed(0)) == []
-    assert random_pairs(["a", "b"], 0, torch.Generator().manual_seed(0)) == []
-    with pytest.raises(ValueError, match="num_pairs"):
-        random_pairs(["a", "b"], -1, torch.Generator())
-
-
-def test_order_pair_puts_the_higher_score_first_and_drops_ties_and_abstentions():
-    assert order_pair(0, 1, 1.0, 2.0, min_gap=0.0) == (1, 0)
-    assert order_pair(4, 2, 0.3, -0.2, min_gap=0.1) == (4, 2)
-    assert order_pair(0, 1, 1.0, 1.0, min_gap=0.0) is None
-    assert order_pair(0, 1, 1.0, 1.25, min_gap=0.25) is None  # a gap equal to min_gap is a tie
-    assert order_pair(0, 1, 1.0, 1.5, min_gap=0.25) == (1, 0)
-    assert order_pair(0, 1, NAN, 1.0, min_gap=0.0) is None and order_pair(0, 1, 1.0, INF, min_gap=0.0) is None
-    assert order_pair(0, 1, torch.tensor(2.0), torch.tensor(1.0), min_gap=0.0) == (0, 1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="twice"):
-        order_pair(3, 3, 1.0, 2.0, min_gap=0.0)
-    for min_gap in (-0.1, NAN):
-        with pytest.raises(ValueError, match="min_gap"):
-            order_pair(0, 1, 1.0, 2.0, min_gap=min_gap)
-
-
-def test_missing_eos_penalty_lowers_truncated_responses_only():
-    scores = torch.tensor([1.0, 2.0, NAN, -1.0])
-    has_eos = torch.tensor([True, False, False, True])
-    penalised = missing_eos_penalty(scores, has_eos, penalty=1.5)
-    torch.testing.assert_close(penalised, torch.tensor([1.0, 0.5, NAN, -1.0]), equal_nan=True)
-    assert scores[1] == 2.0  # a new tensor: the input is left alone
-    torch.testing.assert_close(missing_eos_penalty(scores, has_eos, 0.0), scores, equal_nan=True)
-    with pytest.raises(ValueError, match="penalty"):
-        missing_eos_penalty(scores, has_eos, -1.0)
-    with pytest.raises(ValueError, match="one shape"):
-        missing_eos_penalty(scores, has_eos[:2], 1.0)
 
 
 def test_dpo_loss_of_finite_pairs_selects_them_before_the_loss_so_gradients_stay_finite():

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from test_offline_router import make_module, toy_data, trainer
 
-from rmrouter.models.frozen import SHARDS_BEFORE_COMPACTING, EmbeddingCache, EmbeddingStore, embedding_cache_dir
+from rmrouter.models.embedding_store import (
+    SHARDS_BEFORE_COMPACTING,
+    EmbeddingCache,
+    EmbeddingStore,
+    embedding_cache_dir,
+)
 
 
 class CountingEmbedder:

@@ -16,8 +16,8 @@ from rmrouter.data.sources import PromptSource
 from rmrouter.evaluation import Evaluation, gsm8k_correct, length_controlled_win_rate, win_outcome
 from rmrouter.evaluation.evaluation import summarise
 from rmrouter.evaluation.generate import greedy_responses
-from rmrouter.modules import generation as gen
 from rmrouter.modules.policy_evaluation import PolicyEvaluationModule
+from rmrouter.policy import generation as gen
 from rmrouter.reward_models.base import RewardModel
 
 

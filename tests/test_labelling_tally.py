@@ -158,3 +158,17 @@ def test_report_script_writes_exact_accuracies_of_each_method(workdir, tiny_caus
     assert "one run from one seed over 8 routed pairs, so one pair is 12.50 points" in text
     assert "88.23 %" in text and "Written by `python benchmarks/simulated_labelling.py --methods single" in text
     assert yaml.safe_load((workdir / "runs" / "single" / "report_overlay.yaml").read_text())["trainer"]["callbacks"]
+
+
+def test_report_script_runs_each_bayesian_variant_on_top_of_bayesian(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    report = importlib.import_module("simulated_labelling")
+    routers = ROOT / "configs" / "routers"
+    methods = report.default_methods(routers)
+    assert methods[0] == "bayesian" and "bayesian_variants/no_prior" in methods and "single" in methods
+    assert report.method_configs(routers, "bayesian_variants/no_prior") == [
+        routers / "bayesian.yaml",
+        routers / "bayesian_variants" / "no_prior.yaml",
+    ]
+    assert report.method_configs(routers, "laser") == [routers / "laser.yaml"]
+    assert all(path.exists() for method in methods for path in report.method_configs(routers, method))

@@ -12,7 +12,7 @@ import yaml
 from online_cli_helpers import CONFIGS, run_online
 
 from rmrouter.cli import main
-from rmrouter.modules.online_logging import PROGRESS_BAR
+from rmrouter.online.logs import PROGRESS_BAR
 
 OVERLAYS = CONFIGS / "logger"
 BASES = {  # a shipped config, and what it needs besides to parse

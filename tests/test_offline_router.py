@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from rmrouter.behaviour.table import majority_credit
-from rmrouter.losses import best_eligible, disagreement_pairs, majority_vote_credit, router_bt_loss
-from rmrouter.models.frozen import EmbeddingCache
+from rmrouter.losses import disagreement_pairs, router_bt_loss
+from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.models.pair_encoder import PairEncoder, build_mlp, build_text_encoder, pair_representation, pair_text
 from rmrouter.modules.offline_router import OfflineRouterModule
+from rmrouter.routers.decisions import best_eligible, majority_vote_credit
 
 RM_NAMES = ["math_rm", "chat_rm"]
 NAN = float("nan")

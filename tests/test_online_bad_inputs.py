@@ -19,6 +19,7 @@ from test_routers import bayes, roundtrip
 from rmrouter import dpo
 from rmrouter.data.prompt_datamodule import PromptDataModule
 from rmrouter.modules.online_dpo import OnlineDPOModule
+from rmrouter.policy.generation import policy_and_reference_logprobs
 from rmrouter.reward_models.base import RewardModel
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import Routing
@@ -289,18 +290,17 @@ def test_step_without_a_finite_loss_trains_nothing_and_learns_nothing(
     assert router.nonfinite_losses == labelled
 
 
-def test_nan_policy_logprob_of_one_pair_leaves_the_weights_finite(tiny_causal_lm_dir, tmp_path):
+def test_nan_policy_logprob_of_one_pair_leaves_the_weights_finite(tiny_causal_lm_dir, tmp_path, monkeypatch):
     module = make_module(tiny_causal_lm_dir)
     module.configure_model()
-    logprobs = module._logprobs
 
-    def one_nan(prompts, responses):
-        policy, reference = logprobs(prompts, responses)
+    def one_nan(*args):
+        policy, reference = policy_and_reference_logprobs(*args)
         bad = torch.zeros_like(policy)
         bad[0] = float("nan")
         return policy + bad, reference
 
-    module._logprobs = one_nan
+    monkeypatch.setattr("rmrouter.policy.core.policy_and_reference_logprobs", one_nan)
     router = record(SingleRMRouter(RM_NAMES, rm=RM_NAMES[0]))
     before = policy_weights(module)
     trainer = fit(module, prompts(), router, tmp_path, steps=1)
@@ -310,18 +310,17 @@ def test_nan_policy_logprob_of_one_pair_leaves_the_weights_finite(tiny_causal_lm
     assert float(trainer.logged_metrics["train/skipped_step"]) == 0.0
 
 
-def test_nan_inside_the_network_skips_the_step_and_keeps_the_weights(tiny_causal_lm_dir, tmp_path):
+def test_nan_inside_the_network_skips_the_step_and_keeps_the_weights(tiny_causal_lm_dir, tmp_path, monkeypatch):
     module = make_module(tiny_causal_lm_dir)
     module.configure_model()
-    logprobs = module._logprobs
 
-    def poisoned(prompts, responses):
+    def poisoned(*args):
         # A NaN that reaches every weight's gradient, as a NaN activation inside the network would.
-        policy, reference = logprobs(prompts, responses)
+        policy, reference = policy_and_reference_logprobs(*args)
         weight = next(module.policy.parameters())
         return policy + weight.sum() * torch.tensor(float("nan")) * 0, reference
 
-    module._logprobs = poisoned
+    monkeypatch.setattr("rmrouter.policy.core.policy_and_reference_logprobs", poisoned)
     before = policy_weights(module)
     trainer = fit(module, prompts(), record(SingleRMRouter(RM_NAMES, rm=RM_NAMES[0])), tmp_path, steps=1)
     assert float(trainer.logged_metrics["train/skipped_step"]) == 1.0

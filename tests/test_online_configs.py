@@ -17,6 +17,7 @@ from rmrouter.cli import main
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIMULATED = CONFIGS / "online" / "simulated.yaml"
 ROUTERS = sorted(path.stem for path in (CONFIGS / "routers").glob("*.yaml"))
+VARIANTS = sorted((CONFIGS / "routers" / "bayesian_variants").glob("*.yaml"))
 
 
 @pytest.fixture
@@ -78,6 +79,31 @@ def test_every_router_config_trains_in_the_simulated_mode(workdir, tiny_encoder_
     assert state["global_step"] == 2 and state["pairs_routed"] == 8  # two batches of 4 pairs, each routed once
     calls_per_pair = len(RM_NAMES) if name in ("majority", "uwo") else 1
     assert state["rm_calls"] == 8 * calls_per_pair
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda path: path.stem)
+def test_each_bayesian_variant_is_an_overlay_that_flips_only_its_own_switches(variant):
+    base = yaml.safe_load((CONFIGS / "routers" / "bayesian.yaml").read_text())["model"]["init_args"]["router"]
+    overlay = yaml.safe_load(variant.read_text())
+    switches = overlay["model"]["init_args"]["router"]["init_args"]
+    assert set(overlay) == {"model"} and "class_path" not in overlay["model"]["init_args"]["router"]
+    assert switches and set(switches) <= set(base["init_args"])
+    assert all(base["init_args"][key] != value for key, value in switches.items())  # each line changes something
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda path: path.stem)
+def test_each_bayesian_variant_trains_in_the_simulated_mode_on_top_of_bayesian(workdir, tiny_encoder_dir, variant):
+    main(["fit", "--config", str(workdir / "simulated.yaml"), "--config",
+          str(router_config("bayesian", workdir, tiny_encoder_dir)), "--config", str(variant)])  # fmt: skip
+    state = router_state(workdir)
+    assert state["global_step"] == 2 and state["pairs_routed"] == 8
+    saved = yaml.safe_load(
+        (workdir / "checkpoints" / "online" / "simulated" / "tensorboard" / "config.yaml").read_text()
+    )
+    router = saved["model"]["init_args"]["router"]
+    switches = yaml.safe_load(variant.read_text())["model"]["init_args"]["router"]["init_args"]
+    assert router["class_path"].endswith("BayesianRouter")
+    assert {key: router["init_args"][key] for key in switches} == switches  # the overlay's values were the run's
 
 
 def test_simulated_fit_resumed_after_a_stop_equals_an_uninterrupted_one(workdir, tiny_encoder_dir):

@@ -14,9 +14,9 @@ from rmrouter.data.behaviour_datamodule import BehaviourDataModule
 from rmrouter.data.prompt_datamodule import PromptDataModule
 from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
 from rmrouter.data.sources import PromptSource
-from rmrouter.modules import generation as gen
 from rmrouter.modules.online_dpo import OnlineDPOModule
-from rmrouter.modules.online_pairs import best_vs_worst_rows, index_pairs
+from rmrouter.online.pairs import best_vs_worst_rows, index_pairs
+from rmrouter.policy import generation as gen
 from rmrouter.reward_models.base import RewardModel
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import Router, Routing
@@ -202,9 +202,13 @@ def test_logprobs_from_trimmed_logits_equal_the_full_forward(tiny_causal_lm_dir,
     module.configure_model()
     assert module._keeps_logits  # the tiny Llama takes logits_to_keep, so the trimmed path is the one tested
     prompts, responses = [[5, 6, 7, 8, 9], [5, 6], [7, 8, 9]], [[10, 11], [12, 13, 14, 15], [16]]
-    trimmed = module._logprobs(prompts, responses)
-    module._keeps_logits = False
-    full = module._logprobs(prompts, responses)
+
+    def logprobs(keep_logits: bool):
+        return gen.policy_and_reference_logprobs(
+            module.policy, module.reference, prompts, responses, 0, False, keep_logits, module.hparams.share_prompts
+        )
+
+    trimmed, full = logprobs(True), logprobs(False)
     for a, b in zip(trimmed, full, strict=True):
         torch.testing.assert_close(a, b)
     logits = module.policy(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11]])).logits.log_softmax(-1)[0]

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from rmrouter.data.records import PromptRecord, as_messages
-from rmrouter.modules.generation import Completion
-from rmrouter.modules.online_logging import log_completions, log_labelling, log_samples, samples_markdown
-from rmrouter.modules.trainable_checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
+from rmrouter.online.logs import log_completions, log_labelling, log_samples, samples_markdown
+from rmrouter.policy.checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
+from rmrouter.policy.generation import Completion
 
 
 def recorder() -> tuple[dict[str, float], Callable]:

@@ -1,5 +1,6 @@
 """The paper's GPU setup by name: every YAML of configs/paper/ and configs/trainer/fsdp_bf16.yaml parses with the real
-CLI parser, holds the paper's values (METHOD.md), and builds and runs on tiny stand-ins of the five HF models.
+CLI parser, holds the paper's values (docs/concepts/method.md, "The paper's run"), and builds and runs on tiny
+stand-ins of the five HF models.
 
 The real run needs GPUs and the hub. Here the chain collect -> offline router -> online DPO runs a few steps on CPU
 with every HF id swapped for a tiny fixture model. Lightning refuses FSDP on a CPU trainer, so the overlay is parsed
@@ -33,7 +34,7 @@ CONFIGS = ROOT / "configs"
 PAPER = CONFIGS / "paper"
 FSDP_OVERLAY = CONFIGS / "trainer" / "fsdp_bf16.yaml"
 CPU_OVERLAY = CONFIGS / "trainer" / "cpu.yaml"
-# METHOD.md, "Paper's headline table": the authors' four RMs, in pool order, under the names the configs give them.
+# The paper's headline run: the authors' four RMs, in pool order, under the names the configs give them.
 PAPER_RMS = {
     "mistral-rm-raft-7b": "hendrydong/Mistral-RM-for-RAFT-GSHF-v0",
     "grm-llama3.2-3b": "Ray2333/GRM-Llama3.2-3B-rewardmodel-ft",
@@ -219,7 +220,19 @@ def test_dpo_backward_through_the_overlays_activation_checkpointing(tiny_causal_
     )
     module.configure_model()
     _setup_activation_checkpointing(module, strategy._activation_checkpointing_kwargs)  # as FSDPStrategy does
-    policy, _ = module._logprobs([[5, 6, 7, 8], [5, 6]], [[9, 10], [11, 12, 13]])  # ragged: the batch is padded
+    from rmrouter.policy.generation import policy_and_reference_logprobs
+
+    prompts, responses = [[5, 6, 7, 8], [5, 6]], [[9, 10], [11, 12, 13]]  # ragged: the batch is padded
+    policy, _ = policy_and_reference_logprobs(
+        module.policy,
+        module.reference,
+        prompts,
+        responses,
+        0,
+        False,
+        module._keeps_logits,
+        module.hparams.share_prompts,
+    )
     policy.sum().backward()
     assert all(p.grad is not None for p in module.policy.parameters() if p.requires_grad)
 

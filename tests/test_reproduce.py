@@ -100,7 +100,8 @@ def test_changes_to_the_docs_a_run_writes_do_not_change_its_commit(tmp_path, mon
 
 
 def test_the_shipped_config_names_every_published_doc():
-    """Every doc under docs/ that a command writes is written by a stage (or copied by publish, or the report's)."""
+    """Every doc at the top of docs/ is written by a stage (or copied by publish, or the report's); the hand-written
+    pages are the site's home (index.md) and the folders concepts/, guides/ and api/."""
     stages = yaml.safe_load((ROOT / "configs" / "reproduce.yaml").read_text())["stages"]
     collected = [command.split("--config ")[1].split()[0] for command in stages.values() if " collect " in command]
     tables = [yaml.safe_load((ROOT / config).read_text()).get("table") or "" for config in collected]
@@ -109,6 +110,8 @@ def test_the_shipped_config_names_every_published_doc():
     by_stages = {"docs/RESULTS.md", "docs/downstream.md", "docs/reproduce.md", "docs/gpu_check.md", *published}
     for doc in sorted((ROOT / "docs").glob("*.md")):
         name = f"docs/{doc.name}"
+        if name == "docs/index.md":
+            continue
         assert name in commands or name in by_stages, f"no stage of configs/reproduce.yaml writes {name}"
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmrouter.losses import majority_vote_credit
 from rmrouter.routers import GaussianPosteriors, LinUCB, QuantileNormalizer, batch_baseline, majority_vote, uwo_scores
+from rmrouter.routers.decisions import majority_vote_credit
 
 
 def seeded(seed: int) -> torch.Generator:

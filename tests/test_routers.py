@@ -16,9 +16,9 @@ from rmrouter.routers.baseline_routers import (
     RandomRouter,
     SingleRMRouter,
     UWORouter,
-    uwo_pair_margins,
 )
 from rmrouter.routers.bayesian import BayesianRouter
+from rmrouter.routers.decisions import uwo_pair_margins
 from rmrouter.routers.judges import RecordedJudge, ask_by_rm
 
 

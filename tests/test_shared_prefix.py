@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rmrouter.models.shared_prefix import continuation_logprobs, group_prefixes, shares_prefixes
-from rmrouter.modules import generation as gen
+from rmrouter.policy import generation as gen
 
 PROMPTS = [[1, 5, 7, 9, 11], [1, 4], [1, 5, 7, 9, 11], [1, 4], [1, 8, 8, 3, 2, 6, 7]]
 RESPONSES = [[20, 21, 22], [23], [24, 25, 26, 27, 28, 2], [29, 30, 2], [31, 32]]
@@ -117,3 +117,13 @@ def test_gradients_through_a_shared_prefix_are_the_same_bits_every_time():
         continuation_logprobs(model, prompts * 4, continuations, 0, False, True).sum().backward()
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert all(torch.equal(gradients[0], other) for other in gradients[1:])
+
+
+def test_pad_rows_pads_on_the_side_asked_and_masks_only_the_padding():
+    from rmrouter.models.padding import pad_rows
+
+    ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=9, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_rows([[1, 2, 3], [4]], pad_id=9, side="left")
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long

@@ -239,14 +239,14 @@ def test_the_lm_learner_starts_at_log_2_skips_unlabelled_pairs_and_learns_its_la
 
 
 def test_the_lm_learner_truncates_responses_as_the_simulated_module_does(tiny_causal_lm_dir):
-    from rmrouter.modules import generation as gen
+    from rmrouter.policy import generation as gen
 
     learner = lm_learner(tiny_causal_lm_dir)
     batch = next(toy_stream(2).batches(2, 2, seed=0))
-    prompts, first, second = learner.token_ids(batch)
+    pairs = learner.with_token_ids(batch)
     expected = gen.text_ids(learner.tokenizer, batch.pairs.first[0], learner.eos, 8)
-    assert first[0] == expected and all(len(ids) <= 8 for ids in first + second)
-    assert prompts[0] == gen.prompt_ids(learner.tokenizer, [batch.pairs.prompts[0]], 32)[0]
+    assert pairs.first_ids[0] == expected and all(len(ids) <= 8 for ids in pairs.first_ids + pairs.second_ids)
+    assert pairs.prompt_ids[0] == gen.prompt_ids(learner.tokenizer, [batch.pairs.prompts[0]], 32)[0]
 
 
 def test_a_bayesian_router_runs_a_tiny_stream_with_the_lm_learner(tiny_causal_lm_dir, tiny_encoder_dir):

@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 
 from rmrouter.data.behaviour import BehaviourRecord, read_behaviour, rm_names_of
 from rmrouter.data.records import as_text
-from rmrouter.losses import majority_vote_credit
 from rmrouter.machine import describe_machine
-from rmrouter.models.frozen import EmbeddingCache, EmbeddingStore, weight_fingerprint
+from rmrouter.models.embedding_store import EmbeddingCache, EmbeddingStore, weight_fingerprint
 from rmrouter.models.pair_encoder import build_text_encoder, pair_features, pair_text
 from rmrouter.routers.data_label import DataLabelRouting, rank_rms
+from rmrouter.routers.decisions import majority_vote_credit
 from rmrouter.stats import paired_test
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from rmrouter.commands import instantiate
 from rmrouter.data.behaviour import BehaviourRecord, read_behaviour
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.sources import PreferenceSource
-from rmrouter.models.frozen import FINGERPRINT_KEY
+from rmrouter.models.embedding_store import FINGERPRINT_KEY
 
 log = logging.getLogger(__name__)
 

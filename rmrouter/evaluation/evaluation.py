@@ -86,7 +86,7 @@ class Evaluation:
         self, records: Sequence[PromptRecord], tokenizer, policy: Generate, baseline: Generate, baseline_name: str
     ) -> None:
         """Both policies' answers to `records` (the baseline's from the cache where it has them)."""
-        from rmrouter.modules.generation import prompt_ids
+        from rmrouter.policy.generation import prompt_ids
 
         ids = prompt_ids(tokenizer, [record.prompt for record in records], self.max_prompt_length)
         for task, limit in (("gsm8k", self.math_max_new_tokens), ("win_rate", self.max_new_tokens)):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rmrouter.modules import generation as gen
+from rmrouter.models.padding import pad_rows
+from rmrouter.policy import generation as gen
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def greedy_responses(model, tokenizer, prompts: list[list[int]], max_new_tokens:
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            input_ids, attention_mask = gen.left_pad([prompts[i] for i in rows], pad_id)
+            input_ids, attention_mask = pad_rows([prompts[i] for i in rows], pad_id, "left")
             output = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

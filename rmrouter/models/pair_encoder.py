@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmrouter.data.records import Prompt, as_text
+from rmrouter.models.embedding_store import EmbeddingCache, EmbeddingStore, weight_fingerprint
 from rmrouter.models.encoder import Pooling, TextEncoder
-from rmrouter.models.frozen import EmbeddingCache, EmbeddingStore, weight_fingerprint
 
 RESPONSE_SEPARATOR = "\n\nAssistant: "
 

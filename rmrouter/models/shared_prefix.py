@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from rmrouter.dpo import response_logprobs
+from rmrouter.models.padding import pad_rows
 
 
 def group_prefixes(prefixes: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
@@ -74,23 +75,14 @@ def continuation_logprobs(
 
     # The prefixes, left-padded so that each ends at the last column: its last position predicts the first
     # continuation token, and the continuations all start at the same cache offset.
-    width = max(map(len, distinct))
-    prefix_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for i, prefix in enumerate(distinct):
-        prefix_ids[i, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
-        prefix_mask[i, width - len(prefix) :] = 1
+    prefix_ids, prefix_mask = pad_rows(distinct, pad_id, "left")
     last_logits, cache = _prefill(model, prefix_ids.to(device), prefix_mask.to(device), keep_logits)
     first_logits = last_logits.index_select(0, rows)  # [R, V]: predicts each row's first continuation token
     select_cache_rows(cache, rows)
 
     # The continuations, right-padded after their prefix's cache; positions go on from the prefix's length.
-    length = max(map(len, continuations))
-    ids = torch.full((len(continuations), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(continuations), length), dtype=torch.long)
-    for i, tokens in enumerate(continuations):
-        ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        mask[i, : len(tokens)] = 1
+    ids, mask = pad_rows(continuations, pad_id, "right")
+    length = ids.shape[1]
     starts = torch.tensor([len(distinct[group]) for group in groups])
     positions = starts[:, None] + torch.arange(length)[None, :]
     attention = torch.cat([prefix_mask[groups], mask], dim=1)

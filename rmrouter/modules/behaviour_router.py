@@ -17,10 +17,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from rmrouter.losses import best_eligible, majority_vote_credit
-from rmrouter.models.frozen import drop_frozen_weights, restore_frozen_weights
+from rmrouter.models.embedding_store import drop_frozen_weights, restore_frozen_weights
 from rmrouter.models.pair_encoder import PairEncoder
-from rmrouter.modules.routing_metrics import RoutingMetrics
+from rmrouter.routers.decisions import best_eligible, majority_vote_credit
+from rmrouter.routers.metrics import RoutingMetrics
 
 ENCODER_PREFIX = "pair_encoder.encoder."
 STAGES = ("train", "val", "test", "ood")

@@ -21,8 +21,13 @@ from torchmetrics import MeanMetric
 
 from rmrouter.data.records import Prompt, as_text
 from rmrouter.losses import bradley_terry_loss, pair_accuracy
+from rmrouter.models.embedding_store import (
+    EmbeddingCache,
+    drop_frozen_weights,
+    restore_frozen_weights,
+    weight_fingerprint,
+)
 from rmrouter.models.encoder import Pooling, TextEncoder
-from rmrouter.models.frozen import EmbeddingCache, drop_frozen_weights, restore_frozen_weights, weight_fingerprint
 
 RESPONSE_SEPARATOR = "\n\nAssistant: "
 ENCODER_PREFIX = "encoder."

@@ -1,4 +1,6 @@
-"""The offline stage: learn which RM to trust for which pair from behaviour data (METHOD.md, "Offline stage").
+"""The offline stage: learn which RM to trust for which pair from behaviour data.
+
+docs/concepts/method.md, "Offline stage: what each RM is good at".
 
 A pair encoder maps each pair to a unit vector `h`; each RM `n` has a Bradley-Terry embedding `E_bt[n]`, and the
 router's score is the cosine `s[i, n] = <h_i, normalize(E_bt[n])>`. Only the direction of `E_bt[n]` matters: the

@@ -1,4 +1,6 @@
-"""Online DPO with a routed reward model: sample, pair, route, train (METHOD.md "Online stage").
+"""Online DPO with a routed reward model: sample, pair, route, train.
+
+docs/concepts/method.md, "Setting" and "Online stage: BayesianRouter".
 
 Each step: sample `k` completions per prompt (live) or take labelled pairs (simulated), build unordered candidate
 pairs, let the module's `Router` label them, train DPO on the labelled ones, and hand the per-pair losses back to
@@ -10,7 +12,6 @@ at the start of the fit that modules are in eval mode.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import torch
@@ -18,22 +19,22 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from rmrouter.dpo import LossType, dpo_loss_of_finite_pairs
+from rmrouter.dpo import LossType
 from rmrouter.evaluation.evaluation import Evaluation, Generate, no_grad_generate
-from rmrouter.modules import generation as gen
-from rmrouter.modules.online_logging import PROGRESS_BAR, log_completions, log_dpo, log_labelling, log_samples
-from rmrouter.modules.online_pairs import (
+from rmrouter.modules.policy_evaluation import EvaluationHooks, starting_policy_generate
+from rmrouter.online.logs import PROGRESS_BAR, log_completions, log_dpo, log_labelling, log_samples
+from rmrouter.online.pairs import (
     Candidates,
     LiveJudge,
     best_vs_worst_rows,
     live_candidates,
     simulated_candidates,
 )
-from rmrouter.modules.policy_evaluation import EvaluationHooks, starting_policy_generate
-from rmrouter.modules.trainable_checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
+from rmrouter.policy import generation as gen
+from rmrouter.policy.checkpoint import check_trainable_weights, keep_trainable_weights, trainable_names
+from rmrouter.policy.core import DPOStep, build_policy, dpo_on_labels
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairJudge, Router
-from rmrouter.routers.step import route_and_observe
 
 
 class OnlineDPOModule(EvaluationHooks, LightningModule):
@@ -44,7 +45,7 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
         pool: The RMs the router chooses from; kept out of the checkpoint and the optimizer. None in simulated mode.
         num_samples: Completions sampled per prompt (`k`).
         pairing: `random` (`pairs_per_prompt` random pairs), `all` (every pair) or `best_vs_worst` (every pair is
-            routed, one per prompt is trained: see `online_pairs.best_vs_worst_rows`).
+            routed, one per prompt is trained: see `rmrouter.online.pairs.best_vs_worst_rows`).
         pairs_per_prompt: Pairs drawn per prompt by `random` pairing.
         min_score_gap: Largest RM margin still counted as a tie (no label).
         beta: DPO's KL strength.
@@ -148,25 +149,16 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
         # Idempotent: Lightning may call it again (e.g. after loading a checkpoint into an existing module).
         if self.policy is not None:
             return
-        from transformers import AutoModelForCausalLM
-
-        from rmrouter.models.store import load_model, load_tokenizer
+        from rmrouter.models.store import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.hparams.policy)
         # In the default dtype (float32, or bfloat16 under bf16-true, which sets it here): a checkpoint stored in bf16
         # would otherwise load as bf16 next to peft's float32 adapter, and FSDP refuses to flatten mixed dtypes.
-        policy = load_model(AutoModelForCausalLM, self.hparams.policy, dtype=torch.get_default_dtype())
-        if self.hparams.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            policy = get_peft_model(policy, LoraConfig(**self.hparams.lora))
-        else:
-            self.reference = copy.deepcopy(policy).requires_grad_(False).eval()
-        self.policy = policy.train()  # transformers 5 returns models in eval mode
-        self._keeps_logits = gen.keeps_logits(policy)
+        self.policy, self.reference = build_policy(self.hparams.policy, self.hparams.lora, torch.get_default_dtype())
+        self._keeps_logits = gen.keeps_logits(self.policy)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Only what training changes: configure_model rebuilds the frozen rest from `policy` (trainable_checkpoint).
+        # Only what training changes: configure_model rebuilds the frozen rest from `policy` (policy/checkpoint.py).
         keep_trainable_weights(checkpoint, self._trainable_names())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -237,26 +229,14 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
             self.policy, tokenizer, prompts, hp.num_samples, hp.max_new_tokens, hp.temperature, hp.top_p,
             hp.share_prompts,
         )  # fmt: skip
-        truncated = {c.text for row in completions for c in row if not c.has_eos}
-        judge = LiveJudge(self.live_judge(), truncated, hp.missing_eos_penalty, hp.min_score_gap, len(self.pool))
+        judge = LiveJudge(self.live_judge(), hp.missing_eos_penalty, hp.min_score_gap, len(self.pool))
         candidates = live_candidates(
             batch, prompts, completions, hp.pairing, hp.pairs_per_prompt, self._generator(), judge
         )
         return candidates, completions
 
-    def _logprobs(self, prompts: list[list[int]], responses: list[list[int]]) -> tuple[Tensor, Tensor]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        average = self.hparams.loss_type == "ipo"
-        return gen.policy_and_reference_logprobs(
-            self.policy,
-            self.reference,
-            prompts,
-            responses,
-            pad,
-            average,
-            self._keeps_logits,
-            self.hparams.share_prompts,
-        )
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Any]:
         """One online step. Returns the loss and what callbacks read in `on_train_batch_end` (`outputs`):
@@ -268,65 +248,53 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
         """
         self._step_values = {}
         candidates, completions = self._candidates(batch)
-        router = self.router
-        step: dict[str, Any] = {}
-
-        def train(preference: Tensor) -> Tensor:
-            losses, step["loss"], step["pairs"], step["policy"] = self._dpo_on_labels(candidates, preference)
-            return losses
-
-        # route -> label -> loss -> observe, before the optimizer step: the same path as every simulated stream
-        routing, losses = route_and_observe(router, candidates.pairs, candidates.judge, train)
+        # route -> label -> DPO -> observe, before the optimizer step, so the router's reward `-L_DPO` is measured on
+        # the policy it routed for (the same order as every simulated stream, `rmrouter.simulation.loop`)
+        routing = self.router.route(candidates.pairs, candidates.judge)
         preference = routing.preference.detach().float().cpu()
-        loss, pairs = step["loss"], step["pairs"]
-        self._trained_pairs = pairs
-        if loss is None:
-            loss = self._idle_loss(step["policy"])
+        dpo = self._dpo_on_labels(candidates, preference)
+        self.router.observe(routing, dpo.losses)
+        pairs = self._trained_pairs = dpo.pairs_trained
+        loss = dpo.output.losses.mean() if pairs else self._idle_loss(dpo.policy_logps)
         self._log("train/pairs", float(pairs))
         self._log("train/candidate_pairs", float(len(preference)))
         if completions is not None:
             log_completions(self._log, completions, self.live_judge())
             log_samples(self.logger, batch, completions, self.global_step, self.hparams.log_text_every_n_steps)
         labelling = log_labelling(self._log, candidates, preference) if candidates.truth is not None else None
-        for name, value in router.metrics().items():
+        for name, value in self.router.metrics().items():
             self._log(name, float(value))
         return {
             "loss": loss,
             "step_values": dict(self._step_values),
             "routing": list(zip(candidates.pairs.domains, routing.rm_index.tolist(), strict=True)),
             "labelling": labelling,
-            "losses": losses.detach().cpu(),
+            "losses": dpo.losses,
         }
 
-    def _dpo_on_labels(self, candidates: Candidates, preference: Tensor):
-        """DPO on the routed labels: `(per-pair losses [P], NaN where not trained; mean loss or None; pairs trained;
-        the policy log-probs, or None when no forward ran)`."""
+    def _dpo_on_labels(self, candidates: Candidates, preference: Tensor) -> DPOStep:
+        """DPO on the routed labels: every labelled pair, or with best-vs-worst pairing one per prompt."""
         if self.hparams.pairing == "best_vs_worst" and not self.hparams.simulated:
             rows = best_vs_worst_rows(candidates.groups, candidates.indices, preference)
         else:
             rows = preference.nonzero().flatten().tolist()
-        losses = torch.full((len(preference),), float("nan"))
-        loss, pairs, policy = None, 0, None
         if rows:
-            chosen, rejected = [], []
-            for row in rows:
-                first, second = candidates.first_ids[row], candidates.second_ids[row]
-                chosen.append(first if preference[row] > 0 else second)
-                rejected.append(second if preference[row] > 0 else first)
-            prompts = [candidates.prompt_ids[row] for row in rows]
             self._seed_global_rng(1)  # dropout
-            policy, reference = self._logprobs(prompts + prompts, chosen + rejected)
-            n = len(rows)
-            out, trained = dpo_loss_of_finite_pairs(
-                policy[:n], policy[n:], reference[:n], reference[n:], self.hparams.beta, self.hparams.loss_type
-            )
-            losses[[rows[i] for i in trained.tolist()]] = out.losses.detach().float().cpu()
-            pairs = len(trained)
-            if pairs:
-                loss = out.losses.mean()
-                both = torch.cat([trained, trained + n])
-                log_dpo(self._log, out, policy[both], reference[both], [(chosen + rejected)[i] for i in both.tolist()])
-        return losses, loss, pairs, policy
+        dpo = dpo_on_labels(
+            self.policy,
+            self.reference,
+            candidates.pairs,
+            rows,
+            preference,
+            pad_id=self._pad_id(),
+            beta=self.hparams.beta,
+            loss_type=self.hparams.loss_type,
+            keep_logits=self._keeps_logits,
+            share_prompts=self.hparams.share_prompts,
+        )
+        if dpo.pairs_trained:
+            log_dpo(self._log, dpo.output, *dpo.trained_sides())
+        return dpo
 
     def _idle_loss(self, policy: Tensor | None) -> Tensor:
         """The loss of a step with no usable pair: 0, never the NaN of a mean over nothing, with a grad path to every
@@ -339,7 +307,12 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
             return (policy * 0.0).nansum()  # the forward ran; its NaN rows (if any) count 0, not NaN
         if self.trainer.world_size > 1:
             token = min(gen.eos_ids(self.policy, self.tokenizer))
-            return self._logprobs([[token]], [[token]])[0].sum() * 0.0
+            average = self.hparams.loss_type == "ipo"
+            logps = gen.policy_and_reference_logprobs(
+                self.policy, self.reference, [[token]], [[token]], self._pad_id(), average, self._keeps_logits,
+                self.hparams.share_prompts,
+            )[0]  # fmt: skip
+            return logps.sum() * 0.0
         return sum(p.sum() for p in self.policy.parameters() if p.requires_grad) * 0.0
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -60,7 +60,7 @@ class TaskRouterModule(BehaviourRouterModule):
             from the text (routing without labels, as for a stream whose pairs carry none).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay of the encoder MLP and both heads (not of the reliability logits).
-        store_embeddings: With a frozen encoder, keep its embeddings on disk (`rmrouter.models.frozen`).
+        store_embeddings: With a frozen encoder, keep its embeddings on disk (`rmrouter.models.embedding_store`).
     """
 
     router_label = "task-aware router"

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from rmrouter.data.records import Message
+from rmrouter.models.padding import pad_rows
 from rmrouter.models.store import load_model, load_tokenizer
 from rmrouter.reward_models.base import RewardModel
 
@@ -116,17 +117,9 @@ def length_sorted_groups(groups: Sequence[list[int]], batch_size: int) -> Iterat
 def pad_right(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask)`, padded on the right.
-
-    Right padding keeps every real token at the position it has alone, and causal attention never looks ahead, so
-    a row's hidden states do not depend on what it is batched with (no position ids needed).
-    """
-    width = max(len(sequence) for sequence in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
+    """`(input_ids, attention_mask)` on `device`, padded on the right (`rmrouter.models.padding.pad_rows`): a row's
+    hidden states do not depend on what it is batched with."""
+    ids, mask = pad_rows(sequences, pad_id, "right")
     return ids.to(device), mask.to(device)
 
 

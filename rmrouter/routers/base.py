@@ -18,6 +18,7 @@ process all of this is a no-op.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ from rmrouter.data.records import Message
 class PairBatch:
     """Unordered candidate pairs: `first[i]` and `second[i]` answer `prompts[i]`.
 
+    The one record of a pair from sampling to the DPO loss: the texts the RMs and the router read, and, where a
+    policy trains on the pair, both sides' token ids (`prompt_ids`, `first_ids`, `second_ids`) and whether each side
+    ended with EOS (`first_ended`, `second_ended`; a live judge penalises a side cut at the length limit). Those are
+    None where nothing trains on the pairs (the simulated streams' oracle and log-linear learners).
+
     `sources` are the pairs' data sources (`gsm8k/...`), where known, for routing by data label. `rows` is None for
     a batch the module built, and for a `subset` the positions of its pairs in that batch, so a judge holding
     per-batch data (`RecordedJudge`) can answer for any subset a router sends it.
@@ -47,15 +53,34 @@ class PairBatch:
     domains: list[str]
     rows: list[int] | None = None
     sources: list[str] | None = None
+    prompt_ids: list[list[int]] | None = None
+    first_ids: list[list[int]] | None = None
+    second_ids: list[list[int]] | None = None
+    first_ended: list[bool] | None = None
+    second_ended: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.first)
 
     def subset(self, rows: list[int]) -> PairBatch:
-        fields = ("prompts", "first", "second", "references", "domains")
+        """The pairs `rows`, every field cut alike, `rows` pointing back into the batch the pairs were built in."""
         origin = rows if self.rows is None else [self.rows[i] for i in rows]
-        sources = None if self.sources is None else [self.sources[i] for i in rows]
-        return PairBatch(*([getattr(self, f)[i] for i in rows] for f in fields), rows=list(origin), sources=sources)
+        fields = {
+            f.name: None if getattr(self, f.name) is None else [getattr(self, f.name)[i] for i in rows]
+            for f in dataclasses.fields(self)
+            if f.name != "rows"
+        }
+        return PairBatch(**fields, rows=list(origin))
+
+    def chosen_and_rejected(self, rows: list[int], preference: Tensor) -> tuple[list[list[int]], list[list[int]]]:
+        """The token ids of the chosen and the rejected side of each pair of `rows` by the labels `preference`
+        (`[P]`: +1 `first` is chosen, -1 `second` is)."""
+        if self.first_ids is None or self.second_ids is None:
+            raise ValueError("these pairs carry no token ids: build them with the policy's tokens to train on them")
+        first = [preference[row] > 0 for row in rows]
+        chosen = [self.first_ids[r] if f else self.second_ids[r] for r, f in zip(rows, first, strict=True)]
+        rejected = [self.second_ids[r] if f else self.first_ids[r] for r, f in zip(rows, first, strict=True)]
+        return chosen, rejected
 
 
 class PairJudge(Protocol):

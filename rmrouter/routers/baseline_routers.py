@@ -1,4 +1,5 @@
-"""The baseline routers (METHOD.md, "Baselines"): one fixed RM, a random RM, the majority vote, UWO and LASER."""
+"""The baseline routers: one fixed RM, a random RM, the majority vote, UWO and LASER (docs/concepts/method.md,
+"Baselines")."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from torch import Tensor
 
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
-from rmrouter.routers.baselines import LinUCB, majority_vote, uwo_scores
 from rmrouter.routers.data_label import DataLabelRouting
+from rmrouter.routers.decisions import LinUCB, majority_vote, uwo_pair_margins
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_all, ask_all_scores, ask_by_rm, ask_eligible, preference
 from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, centred
@@ -157,26 +158,6 @@ class MajorityVoteRouter(SeededRouter):
         labels = majority_vote(margins, self.generator)[mine].float()
         unattributed = torch.full((len(pairs),), -1, dtype=torch.long)
         return Routing(labels, unattributed, rm_calls=len(self.rm_names) * len(pairs))
-
-
-def uwo_pair_margins(scores: Tensor, coeff: float) -> Tensor:
-    """`[P]` UWO margins `uwo(first) - uwo(second)`, each response's UWO reward taken over the batch's `2P` responses.
-
-    UWO (Coste et al. 2023) rewards each response by the mean minus `coeff` times the variance of the RMs' scores on a
-    common scale (`rmrouter.routers.baselines.uwo_scores`: each RM standardised over the batch's responses), and a pair
-    is ordered by its two responses' rewards. Every pair gets a label unless every RM abstained on it or the two
-    rewards tie. A pair every RM abstained on is NaN.
-
-    Args:
-        scores: `[P, N, 2]` RM `n`'s scores of pair `i`'s `first` and `second`, NaN where it abstained.
-        coeff: Weight of the variance penalty.
-    """
-    if scores.ndim != 3 or scores.shape[2] != 2:
-        raise ValueError(f"scores must be [P, N, 2], got shape {list(scores.shape)}")
-    pairs = scores.shape[0]
-    responses = torch.cat([scores[:, :, 0], scores[:, :, 1]])  # [2P, N]: every first, then every second
-    rewards = uwo_scores(responses, coeff)
-    return rewards[:pairs] - rewards[pairs:]
 
 
 class UWORouter(Router):

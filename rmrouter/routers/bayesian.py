@@ -1,7 +1,8 @@
 """The paper's online router: per-pair Thompson sampling over per-RM Bayesian linear rewards, with an offline prior.
 
-See docs METHOD.md, "Online stage". The pair embedding `h` comes from the offline prior's pair encoder (or, without
-a prior, from the mean of the two sides' text embeddings); the posteriors, reward normaliser and RNG are the state.
+See docs/concepts/method.md, "Online stage: BayesianRouter". The pair embedding `h` comes from the offline prior's pair
+encoder (or, without a prior, from the mean of the two sides' text embeddings); the posteriors, reward normaliser and
+RNG are the state.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from rmrouter.losses import best_eligible
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
+from rmrouter.routers.decisions import best_eligible
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
 from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer, batch_baseline, centred

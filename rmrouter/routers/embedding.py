@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from rmrouter.data.records import as_text
+from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.models.encoder import Pooling, TextEncoder
-from rmrouter.models.frozen import EmbeddingCache
 from rmrouter.models.pair_encoder import build_mlp, build_text_encoder, pair_representation, pair_text
 from rmrouter.routers.base import PairBatch
 

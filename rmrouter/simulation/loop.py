@@ -1,4 +1,4 @@
-"""A router over a simulated stream: every batch goes through `route_and_observe`, and every pair's outcome is kept."""
+"""A router over a simulated stream: each batch routed, trained on and observed as an online step; every pair kept."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rmrouter.routers.base import Router
-from rmrouter.routers.step import route_and_observe
 from rmrouter.simulation.learners import Learner
 from rmrouter.simulation.stream import PairStream
 
@@ -76,7 +75,10 @@ def run_stream(
     batches = stream.batches(num_pairs, batch_size, seed)
     total = -(-num_pairs // batch_size)
     for batch in tqdm(batches, total=total, disable=not progress, desc=type(router).__name__, leave=False):
-        routing, losses = route_and_observe(router, batch.pairs, batch.judge, lambda p, b=batch: learner.step(b, p))
+        # route -> label -> train -> observe, as each step of `OnlineDPOModule`
+        routing = router.route(batch.pairs, batch.judge)
+        losses = learner.step(batch, routing.preference.detach().float().cpu())
+        router.observe(routing, losses)
         parts["step"].append(torch.full((len(batch.rows),), batch.step, dtype=torch.long))
         parts["row"].append(batch.rows)
         parts["rm_index"].append(routing.rm_index.detach().long().cpu())

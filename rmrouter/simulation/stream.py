@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rmrouter.data.behaviour import BehaviourRecord
+from rmrouter.online.pairs import coin_flip_scores, coin_flip_sides
 from rmrouter.routers.base import PairBatch
 from rmrouter.routers.judges import RecordedJudge
 
@@ -88,16 +89,14 @@ class PairStream:
         records = [self.records[int(r)] for r in rows]
         chosen = [record.pair.chosen for record in records]
         rejected = [record.pair.rejected for record in records]
-        flips = swapped.tolist()
+        first, second, truth = coin_flip_sides(chosen, rejected, swapped.tolist())
         pairs = PairBatch(
             prompts=[record.pair.prompt for record in records],
-            first=[r if s else c for c, r, s in zip(chosen, rejected, flips, strict=True)],
-            second=[c if s else r for c, r, s in zip(chosen, rejected, flips, strict=True)],
+            first=first,
+            second=second,
             references=[record.pair.reference for record in records],
             domains=[self.domains[int(r)] for r in rows],
             sources=[self.sources[int(r)] for r in rows],
         )
-        scores = self.scores[rows]
-        oriented = torch.where(swapped[:, None, None], scores.flip(-1), scores).float()
-        truth = torch.where(swapped, -1.0, 1.0)
+        oriented = coin_flip_scores(self.scores[rows], swapped).float()
         return StreamBatch(step, rows, pairs, RecordedJudge(oriented), truth)

@@ -1,4 +1,6 @@
-"""The baselines' math: LASER's LinUCB over RMs, UWO ensemble scores and the majority vote, with no Trainer."""
+"""How routers decide, as pure functions of tensors: the best eligible RM, LASER's LinUCB over RMs, UWO ensemble
+scores and margins, and the majority vote. No Trainer here; the routers in `bayesian.py`, `baseline_routers.py` and
+`task_bayesian.py` and the offline routers' metrics call these."""
 
 from __future__ import annotations
 
@@ -8,8 +10,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rmrouter.losses import majority_vote_credit
 from rmrouter.routers.posterior import GaussianPosteriors
+
+
+def best_eligible(scores: Tensor, eligible: Tensor) -> Tensor:
+    """`[B]` long: per row, the column of the highest score among the eligible ones (the routed RM); with no eligible
+    column, column 0, whose RM then yields no label."""
+    return scores.masked_fill(~eligible, float("-inf")).argmax(dim=1)
+
+
+def majority_vote_credit(margins: Tensor) -> Tensor:
+    """Per row: 1 if most voting RMs prefer `chosen`, 0 if most prefer `rejected`, 0.5 on a tie.
+
+    The tensor form of `rmrouter.behaviour.table.majority_credit`: abstentions (NaN) and zero margins cast no vote.
+
+    Args:
+        margins: `[B, N]` margins `score(chosen) - score(rejected)`, NaN where the RM abstained.
+    """
+    votes = torch.nan_to_num(torch.sign(margins), nan=0.0).sum(dim=1)
+    return (torch.sign(votes) + 1) / 2
 
 
 class LinUCB:
@@ -113,3 +132,23 @@ def majority_vote(margins: Tensor, generator: torch.Generator) -> Tensor:
     voters = (torch.nan_to_num(margins.detach(), nan=0.0) != 0).sum(dim=1)
     labels = torch.where(credit == 0.5, coins, (2 * credit - 1).long())
     return torch.where(voters > 0, labels, torch.zeros_like(labels))
+
+
+def uwo_pair_margins(scores: Tensor, coeff: float) -> Tensor:
+    """`[P]` UWO margins `uwo(first) - uwo(second)`, each response's UWO reward taken over the batch's `2P` responses.
+
+    UWO (Coste et al. 2023) rewards each response by the mean minus `coeff` times the variance of the RMs' scores on a
+    common scale (`uwo_scores`: each RM standardised over the batch's responses), and a pair
+    is ordered by its two responses' rewards. Every pair gets a label unless every RM abstained on it or the two
+    rewards tie. A pair every RM abstained on is NaN.
+
+    Args:
+        scores: `[P, N, 2]` RM `n`'s scores of pair `i`'s `first` and `second`, NaN where it abstained.
+        coeff: Weight of the variance penalty.
+    """
+    if scores.ndim != 3 or scores.shape[2] != 2:
+        raise ValueError(f"scores must be [P, N, 2], got shape {list(scores.shape)}")
+    pairs = scores.shape[0]
+    responses = torch.cat([scores[:, :, 0], scores[:, :, 1]])  # [2P, N]: every first, then every second
+    rewards = uwo_scores(responses, coeff)
+    return rewards[:pairs] - rewards[pairs:]

@@ -16,8 +16,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 
 from rmrouter.dpo import DPOOutput, implicit_kl
-from rmrouter.modules.generation import Completion
-from rmrouter.modules.online_pairs import Candidates
+from rmrouter.online.pairs import Candidates
+from rmrouter.policy.generation import Completion
 from rmrouter.routers.base import PairJudge
 
 Log = Callable[[str, float | Tensor], None]

@@ -1,21 +1,25 @@
 """Candidate pairs of one online DPO step, live (from sampled completions) or simulated (from behaviour batches).
 
-Either way the result is a `Candidates`: the unordered `PairBatch` the router labels, the token ids of both sides
-of every pair, and the judge the router asks. The module then trains on the routed labels, identically in both modes.
+Either way the result is a `Candidates`: the unordered `PairBatch` the router labels, which carries both sides'
+texts, token ids and end state, and the judge the router asks. The module then trains on the routed labels,
+identically in both modes.
+
+Pairing rules (docs/concepts/method.md, "Pairs from k samples"): identical response texts never pair (DPO on `(y, y)`
+has no gradient, and it would waste an RM call and a router update); random pairs are drawn from indices alone, before
+any RM scores them, because the router picks the RM from the pair's content; a margin within the tie gap is no label.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from rmrouter.data.records import PromptRecord, as_messages
-from rmrouter.modules.generation import Completion
-from rmrouter.pairs import candidate_pairs, random_pairs
+from rmrouter.data.records import Message, PromptRecord, as_messages
+from rmrouter.policy.generation import Completion
 from rmrouter.routers.base import PairBatch, PairJudge
 from rmrouter.routers.judges import ask_eligible
 
@@ -27,10 +31,7 @@ class Candidates:
     """Pairs to route, with what training them needs.
 
     Attributes:
-        pairs: The unordered pairs the router labels.
-        prompt_ids: Per pair, the prompt's token ids.
-        first_ids: Per pair, the token ids of `pairs.first`.
-        second_ids: Per pair, the token ids of `pairs.second`.
+        pairs: The unordered pairs the router labels, with their token ids.
         groups: Per pair, the index of its prompt in the batch.
         indices: Per pair, the completion indices `(first, second)` within its prompt.
         judge: What the router asks for RM margins.
@@ -38,9 +39,6 @@ class Candidates:
     """
 
     pairs: PairBatch
-    prompt_ids: list[list[int]]
-    first_ids: list[list[int]]
-    second_ids: list[list[int]]
     groups: list[int]
     indices: list[tuple[int, int]]
     judge: PairJudge
@@ -50,21 +48,19 @@ class Candidates:
 class LiveJudge:
     """Wraps the pool's judge with the module's pairing rules: the missing-EOS penalty and the tie gap.
 
-    A truncated response's score is lowered by `penalty` (`rmrouter.pairs.missing_eos_penalty`), so the margin moves
-    by the difference; a margin within `min_gap` becomes 0, which routers read as a tie (no label). Truncation is
-    looked up by text, so subsets of the batch (`PairBatch.subset`) are judged the same way.
+    As TRL's `missing_eos_penalty`, a side cut at the length limit (`PairBatch.first_ended` / `second_ended` false) has
+    its score lowered by `penalty`, so the margin moves by the difference: without it an RM that likes long answers
+    would teach the policy never to stop. A margin within `min_gap` becomes 0, which routers read as a tie (no label).
 
     Args:
         judge: The pool's judge.
-        truncated: Texts of the responses that did not end with EOS.
         penalty: Score subtracted from a truncated response, >= 0.
         min_gap: Largest margin still counted as a tie, >= 0.
         num_rms: RMs in the pool (the width of `eligible`).
     """
 
-    def __init__(self, judge: PairJudge, truncated: set[str], penalty: float, min_gap: float, num_rms: int) -> None:
-        self.judge, self.truncated, self.penalty, self.min_gap = judge, truncated, penalty, min_gap
-        self.num_rms = num_rms
+    def __init__(self, judge: PairJudge, penalty: float, min_gap: float, num_rms: int) -> None:
+        self.judge, self.penalty, self.min_gap, self.num_rms = judge, penalty, min_gap, num_rms
 
     def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
         margins = self.judge.margins(rm_index, pairs).detach().float().cpu()
@@ -83,13 +79,58 @@ class LiveJudge:
             )
         return scores(rm_index, pairs).detach().float().cpu() - self.penalty * self._truncated(pairs)
 
-    def _truncated(self, pairs: PairBatch) -> Tensor:
+    @staticmethod
+    def _truncated(pairs: PairBatch) -> Tensor:
         """`[P, 2]` 1.0 where that side did not end with EOS."""
-        rows = [[text in self.truncated for text in side] for side in (pairs.first, pairs.second)]
-        return torch.tensor(rows, dtype=torch.float32).T.reshape(len(pairs), 2)
+        if pairs.first_ended is None or pairs.second_ended is None:
+            raise ValueError("live pairs must say whether each side ended with EOS (PairBatch.first_ended)")
+        ended = torch.tensor([pairs.first_ended, pairs.second_ended], dtype=torch.bool).T.reshape(len(pairs), 2)
+        return (~ended).float()
 
     def eligible(self, pairs: PairBatch) -> Tensor:
         return ask_eligible(self.judge, pairs, self.num_rms)
+
+
+def candidate_pairs(responses: Sequence[str]) -> list[tuple[int, int]]:
+    """Every unordered index pair `(i, j)`, `i < j`, of responses with different texts, in lexicographic order."""
+    return [(i, j) for i in range(len(responses)) for j in range(i + 1, len(responses)) if responses[i] != responses[j]]
+
+
+def random_pairs(responses: Sequence[str], num_pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """Up to `num_pairs` distinct index pairs of distinct texts, drawn uniformly without replacement.
+
+    Drawn before any scoring; tied pairs drop out once routed, so a prompt can end with fewer trained pairs than
+    asked (the authors' code: `k = 6` responses, 4 pairs). When fewer than `num_pairs` candidates exist (duplicate
+    texts, small `k`), all of them are returned, shuffled. Only `generator` is consumed, never the global RNG.
+
+    Args:
+        responses: The `k` response texts of one prompt.
+        num_pairs: Most pairs to return, >= 0.
+        generator: A CPU `torch.Generator`, seeded by the caller (e.g. from seed, rank and step).
+
+    Returns:
+        Pairs `(i, j)` with `i < j` in draw order; no pair appears twice.
+    """
+    if num_pairs < 0:
+        raise ValueError(f"num_pairs must be >= 0, got {num_pairs}")
+    candidates = candidate_pairs(responses)
+    if num_pairs == 0 or not candidates:
+        return []
+    order = torch.randperm(len(candidates), generator=generator)[:num_pairs]
+    return [candidates[int(index)] for index in order]
+
+
+def coin_flip_sides(chosen: Sequence, rejected: Sequence, swapped: Sequence[bool]) -> tuple[list, list, Tensor]:
+    """`(first, second, truth)`: each labelled pair's sides in a drawn order, so a router never sees which side was
+    chosen; `first` is the rejected side where `swapped`, and `truth` (`[P]`) is -1 there, +1 elsewhere."""
+    first = [r if s else c for c, r, s in zip(chosen, rejected, swapped, strict=True)]
+    second = [c if s else r for c, r, s in zip(chosen, rejected, swapped, strict=True)]
+    return first, second, torch.tensor([-1.0 if s else 1.0 for s in swapped])
+
+
+def coin_flip_scores(scores: Tensor, swapped: Tensor) -> Tensor:
+    """Recorded `[P, N, 2]` scores of `(chosen, rejected)` as scores of `(first, second)` of `coin_flip_sides`."""
+    return torch.where(swapped[:, None, None], scores.flip(-1), scores)
 
 
 def index_pairs(texts: Sequence[str], pairing: Pairing, pairs_per_prompt: int, generator: torch.Generator):
@@ -104,6 +145,13 @@ def index_pairs(texts: Sequence[str], pairing: Pairing, pairs_per_prompt: int, g
     return [(usable[i], usable[j]) for i, j in local]
 
 
+# The `PairBatch` fields of a live pair, in the order `live_candidates` fills them.
+LIVE_FIELDS = (
+    "prompts", "first", "second", "references", "domains",
+    "prompt_ids", "first_ids", "second_ids", "first_ended", "second_ended",
+)  # fmt: skip
+
+
 def live_candidates(
     records: list[PromptRecord],
     prompts: list[list[int]],
@@ -114,24 +162,27 @@ def live_candidates(
     judge: PairJudge,
 ) -> Candidates:
     """The candidate pairs of a batch of prompts and their `k` completions each."""
-    fields: dict[str, list] = {name: [] for name in ("prompts", "first", "second", "references", "domains")}
-    prompt_rows, first_ids, second_ids, groups, indices = [], [], [], [], []
+    fields: dict[str, list] = {name: [] for name in LIVE_FIELDS}
+    groups, indices = [], []
     for g, (record, ids, samples) in enumerate(zip(records, prompts, completions, strict=True)):
         for i, j in index_pairs([s.text for s in samples], pairing, pairs_per_prompt, generator):
-            fields["prompts"].append(record.prompt)
-            fields["first"].append(samples[i].text)
-            fields["second"].append(samples[j].text)
-            fields["references"].append(record.reference)
-            fields["domains"].append(record.domain)
-            prompt_rows.append(ids)
-            first_ids.append(samples[i].token_ids)
-            second_ids.append(samples[j].token_ids)
+            first, second = samples[i], samples[j]
+            row = (record.prompt, first.text, second.text, record.reference, record.domain, ids, first.token_ids,
+                   second.token_ids, first.has_eos, second.has_eos)  # fmt: skip
+            for name, value in zip(LIVE_FIELDS, row, strict=True):
+                fields[name].append(value)
             groups.append(g)
             indices.append((i, j))
-    return Candidates(PairBatch(**fields), prompt_rows, first_ids, second_ids, groups, indices, judge)
+    return Candidates(PairBatch(**fields), groups, indices, judge)
 
 
-def simulated_candidates(batch: dict, generator: torch.Generator, encode_prompt, encode_response, make_judge):
+def simulated_candidates(
+    batch: dict,
+    generator: torch.Generator,
+    encode_prompt: Callable[[list[Message]], list[int]],
+    encode_response: Callable[[str], list[int]],
+    make_judge: Callable[[Tensor], PairJudge],
+) -> Candidates:
     """Labelled pairs with each side order drawn by coin flip, so the router never sees which side was chosen.
 
     Args:
@@ -144,11 +195,8 @@ def simulated_candidates(batch: dict, generator: torch.Generator, encode_prompt,
     """
     count = len(batch["chosen"])
     swapped = (torch.rand(count, generator=generator) < 0.5).tolist()
-    first = [r if s else c for c, r, s in zip(batch["chosen"], batch["rejected"], swapped, strict=True)]
-    second = [c if s else r for c, r, s in zip(batch["chosen"], batch["rejected"], swapped, strict=True)]
-    truth = torch.tensor([-1.0 if s else 1.0 for s in swapped])
-    recorded = batch["scores"].detach().float().cpu()  # [B, N, 2]: (chosen, rejected)
-    scores = torch.where(torch.tensor(swapped)[:, None, None], recorded.flip(-1), recorded)  # (first, second)
+    first, second, truth = coin_flip_sides(batch["chosen"], batch["rejected"], swapped)
+    scores = coin_flip_scores(batch["scores"].detach().float().cpu(), torch.tensor(swapped))
     prompts = [as_messages(p) for p in batch["prompt"]]
     pairs = PairBatch(
         prompts=prompts,
@@ -157,17 +205,11 @@ def simulated_candidates(batch: dict, generator: torch.Generator, encode_prompt,
         references=[None] * count,
         domains=batch["domain"],
         sources=batch.get("source"),
-    )
-    return Candidates(
-        pairs=pairs,
         prompt_ids=[encode_prompt(p) for p in prompts],
         first_ids=[encode_response(text) for text in first],
         second_ids=[encode_response(text) for text in second],
-        groups=list(range(count)),
-        indices=[(0, 1)] * count,
-        judge=make_judge(scores),
-        truth=truth,
     )
+    return Candidates(pairs, groups=list(range(count)), indices=[(0, 1)] * count, judge=make_judge(scores), truth=truth)
 
 
 def best_vs_worst_rows(groups: list[int], pairs: list[tuple[int, int]], preference: Tensor) -> list[int]:

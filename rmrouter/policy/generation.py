@@ -7,14 +7,19 @@ Completions keep the token ids the policy generated, so the DPO forward pass sco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rmrouter.data.records import Message
 from rmrouter.dpo import response_logprobs
+from rmrouter.models.padding import pad_rows
 from rmrouter.models.shared_prefix import cache_keyword, continuation_logprobs, prompt_cache, shares_prefixes
 from rmrouter.reward_models._hf import render
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -48,18 +53,10 @@ def prompt_ids(tokenizer, prompts: list[list[Message]], max_prompt_length: int) 
     return [list(row)[-max_prompt_length:] for row in rows]
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """`(input_ids, attention_mask)` padded on the left: a decoder-only model continues from the last position."""
-    width = max(len(row) for row in rows)
-    ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
-    return ids, mask
-
-
 @torch.no_grad()
 def sample_completions(
-    policy,
-    tokenizer,
+    policy: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[int]],
     num_samples: int,
     max_new_tokens: int,
@@ -86,7 +83,7 @@ def sample_completions(
     stops = eos_ids(policy, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
     device = next(policy.parameters()).device
-    input_ids, attention_mask = left_pad(prompts, pad_id)
+    input_ids, attention_mask = pad_rows(prompts, pad_id, "left")
     was_training = policy.training
     policy.eval()
     try:
@@ -139,14 +136,9 @@ def right_pad_sequences(
     Right padding gives every row the same positions as unpadded (no position-id bookkeeping in the forward pass);
     `response_mask` marks the response tokens only, so the prompt and the padding never enter the log-probs.
     """
-    rows = [p + r for p, r in zip(prompts, responses, strict=True)]
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.bool)
+    ids, attention = pad_rows([p + r for p, r in zip(prompts, responses, strict=True)], pad_id, "right")
+    response = torch.zeros_like(attention, dtype=torch.bool)
     for i, (prompt, answer) in enumerate(zip(prompts, responses, strict=True)):
-        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer, dtype=torch.long)
-        attention[i, : len(prompt) + len(answer)] = 1
         response[i, len(prompt) : len(prompt) + len(answer)] = True
     return ids, attention, response
 
@@ -160,8 +152,8 @@ def keeps_logits(policy) -> bool:
 
 
 def policy_and_reference_logprobs(
-    policy,
-    reference,
+    policy: nn.Module,
+    reference: nn.Module | None,
     prompts: list[list[int]],
     responses: list[list[int]],
     pad_id: int,

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MultilabelAUROC
 
-from rmrouter.losses import best_eligible, disagreement_pairs, majority_vote_credit
+from rmrouter.losses import disagreement_pairs
+from rmrouter.routers.decisions import best_eligible, majority_vote_credit
 
 LOSSES = ("loss", "bt_loss", "cls_loss")
 MEANS = (

@@ -1,0 +1,1 @@
+"""One online DPO step's pieces that are not the LightningModule: its candidate pairs and what it logs."""

@@ -1,0 +1,1 @@
+"""The LM policy online DPO trains: built, sampled, scored and stepped one way for every entry point."""
