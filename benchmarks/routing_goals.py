@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from rmrouter.routers.prior import RouterPrior
+from rmrouter.routers.task_prior import TaskPrior
 from rmrouter.simulation import StreamLog
 from rmrouter.stats import paired_test
 
@@ -126,15 +128,83 @@ def departure_table(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def departure_section(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str]) -> str:
+def prior_weight_table(runs: dict[str, dict[int, dict[str, Any]]], bench) -> str:
+    """How far the stream can move each form's posteriors: the rewards the stream gives the cells a router used,
+    against the rewards its prior is worth there.
+
+    A posterior mean after `k` rewards is `(lambda0 mu0 + sum r / sigma2) / (lambda0 + k / sigma2)`: it has moved
+    `k / (k + lambda0 sigma2)` of the way from the prior to the rewards' mean. For the task-space router a cell is
+    (task, RM) and `lambda0 sigma2` its training judgements (`lambda0: evidence`); for the paper's router every
+    direction of `h` starts at `lambda0 sigma2` rewards and a cell is an RM (its rewards spread over 32 directions).
+    """
+    lines = [
+        "| router | pairs routed through the cell over the stream | rewards its prior is worth there | "
+        "share of the way from the prior to the stream's rewards |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label, _, _ in FORMS:
+        if key not in runs:
+            continue
+        received, worth, moved, spread_evenly = [], [], [], []
+        for seed, run in runs[key].items():
+            log = StreamLog.from_dict(run["log"])
+            args = run.get("router") or {}
+            sigma2 = float(args.get("sigma2", 1.0))
+            if key == "task":
+                prior = TaskPrior.load(bench.prior_path(seed, task=True))
+                index = {task: t for t, task in enumerate(prior.tasks)}
+                counts = torch.zeros_like(prior.judged, dtype=torch.float64)
+                for row, rm in zip(log.row.tolist(), log.rm_index.tolist(), strict=True):
+                    task = index.get(bench.stream.domains[int(row)])
+                    if task is not None and rm >= 0:
+                        counts[task, int(rm)] += 1
+                evidence = prior.judged.double() if args.get("lambda0") == "evidence" else None
+                if evidence is None:
+                    evidence = torch.full_like(counts, float(args.get("lambda0", 1.0)) * sigma2)
+            else:
+                counts = torch.bincount(log.rm_index[log.rm_index >= 0].long(), minlength=len(bench.rm_names)).double()
+                evidence = torch.full_like(counts, float(args.get("lambda0", 1.0)) * sigma2)
+                dims = RouterPrior.load(bench.prior_path(seed)).bt_embeddings.shape[1]
+            # one entry per routed pair, for the cell it went through: the medians are those of a typical pair's cell
+            used = counts > 0
+            weights = counts[used].long()
+            per_pair = [counts[used], evidence[used], counts[used] / (counts[used] + evidence[used])]
+            if key != "task":  # spread evenly over the directions of h, each gets 1/dims of an RM's rewards
+                per_pair.append(counts[used] / dims / (counts[used] / dims + evidence[used]))
+            per_pair = [values.repeat_interleave(weights).tolist() for values in per_pair]
+            received += per_pair[0]
+            worth += per_pair[1]
+            moved += per_pair[2]
+            spread_evenly += per_pair[3] if len(per_pair) > 3 else []
+        if received:
+            share = f"{100 * statistics.median(moved):.0f} %"
+            if spread_evenly:
+                share = f"{100 * statistics.median(spread_evenly):.0f}-{share} (spread evenly over h-one direction)"
+            lines.append(f"| {label} | {statistics.median(received):.0f} | {statistics.median(worth):.0f} | {share} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def departure_section(runs: dict[str, dict[int, dict[str, Any]]], labels: dict[str, str], bench=None) -> str:
     table = departure_table(runs, labels)
     if not table:
         return ""
+    weights = prior_weight_table(runs, bench) if bench is not None else ""
     return (
         "### How far online learning moves the routing\n\nThe share of pairs each router sends to another RM than its "
         "no-online variant sends the same pair at the same position of the same stream (mean ± sd over seeds, in "
         "points). Thompson draws account for some of it from the first pair on; what grows along the stream is what "
-        "the posteriors learned.\n\n" + table
+        "the posteriors learned.\n\n"
+        + table
+        + (
+            "\n\nHow many pairs the posteriors need to move: a posterior mean after `k` rewards has moved "
+            "`k / (k + lambda0 sigma2)` of the way from its prior to the rewards' mean. A cell is a (task, RM) of the "
+            "task-space router, whose prior is worth its training judgements there (`lambda0: evidence`), and an RM of "
+            "the paper's router, whose prior is worth `lambda0 sigma2` rewards along every direction of `h` (and a "
+            "cell's rewards spread over its 32 directions). Medians over every routed pair of the cell it went "
+            "through, all seeds:\n\n" + weights
+            if weights
+            else ""
+        )
     )
 
 

@@ -258,7 +258,7 @@ def write_benchmark_report(args, bench, runs, labels: dict[str, str], argv) -> N
             + borrowed_note(methods, fidelity),
             "### Goals (paired)\n\n" + goals(methods, labels, records),
             "### Each Bayesian router's variants against it\n\n" + switch_table(methods, labels, records),
-            departure_section(methods, labels),
+            departure_section(methods, labels, bench),
             "### Per domain (mean accuracy over seeds)\n\n" + domain_table(methods, labels),
             "### The reward's signal: AUROC of -loss for 'routed label right', per window of "
             f"{args.window} steps (mean over seeds)\n\n" + auroc_table(methods, labels, fidelity),

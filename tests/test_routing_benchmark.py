@@ -84,6 +84,7 @@ def test_the_benchmark_runs_every_method_at_each_fidelity_and_reports_what_its_r
     assert "| TaskBayesianRouter without labels within 1 point of routing by data label |" in report
     assert "| TaskBayesianRouter without labels - online updates (the label-free lookup) within 1 point of" in report
     assert "### How far online learning moves the routing" in report and "| TaskBayesianRouter | " in report
+    assert "share of the way from the prior to the stream's rewards" in report  # how many pairs move a posterior
     for name in ("oracle_cumulative.png", "oracle_auroc.png", "log_linear_dpo_cumulative.png"):
         assert (output.parent / "routing" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(routing/{name})" in report
@@ -153,3 +154,34 @@ def test_a_saved_run_is_reused_only_for_the_same_stream_router_and_prior(benchma
     assert saved.stat().st_mtime_ns != before  # another stream: run again, not read back
     assert json.loads(saved.read_text())["identity"] == other["oracle"]["bayesian"][0]["identity"]
     assert benchmark.parse(["--output", "docs/x_y.md"]).runs_dir is None  # main() picks checkpoints/x_y
+
+
+def test_the_prior_weight_table_counts_each_routed_pairs_cell_against_its_prior(monkeypatch, tmp_path):
+    """A hand-built stream: three pairs of task `math` through RM 1, one of `safety` through RM 0, one of `koala` (no
+    task of the prior: not counted) and one routed to no RM. With `lambda0: evidence` the cells' priors are worth
+    their judgements (6 and 2): the math pairs' cell moved 3 / (3 + 6), the safety pair's 1 / (1 + 2)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    goals = importlib.import_module("routing_goals")
+    config = {"input_size": 32, "hidden_size": 8, "output_size": 4}
+    judged = torch.tensor([[1.0, 6.0], [2.0, 4.0]])
+    head = {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}
+    TaskPrior(["a", "b"], ["math", "safety"], torch.zeros(2, 2), judged, encoder="e", pooling="mean", max_length=8,
+              mlp_config=config, mlp_state=build_mlp(config).state_dict(), task_head_state=head,
+              ).save(tmp_path / "prior.pt")  # fmt: skip
+
+    class Bench:
+        rm_names = ["a", "b"]
+
+        class stream:  # noqa: N801
+            domains = ["math", "math", "math", "safety", "koala", "math"]
+
+        @staticmethod
+        def prior_path(seed, task=False):
+            return str(tmp_path / "prior.pt")
+
+    log = {"step": [0] * 6, "row": [0, 1, 2, 3, 4, 5], "rm_index": [1, 1, 1, 0, 1, -1], "preference": [1.0] * 6,
+           "truth": [1.0] * 6, "loss": [0.0] * 6, "rm_calls": 5}  # fmt: skip
+    runs = {"task": {0: {"log": log, "router": {"lambda0": "evidence", "sigma2": 1.0}}}}
+    table = goals.prior_weight_table(runs, Bench())
+    # per routed pair (three through the math cell, one through the safety cell), the median is the math cell's
+    assert "| TaskBayesianRouter | 3 | 6 | 33 % |" in table
