@@ -49,6 +49,8 @@ from pathlib import Path
 import torch
 from common import write_report
 
+from rmrouter.callbacks.checkpoint import checkpoint_callback_states
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 sys.path.insert(0, str(TESTS))
@@ -179,9 +181,9 @@ class Trials:
 
         def state(path: Path) -> dict:
             checkpoint = load(path)
-            (key,) = [key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint")]
+            (saved,) = checkpoint_callback_states(checkpoint)
             kept = {key: checkpoint[key] for key in ("epoch", "global_step", "state_dict", "optimizer_states")}
-            return {**kept, "best_model_score": checkpoint["callbacks"][key]["best_model_score"]}
+            return {**kept, "best_model_score": saved["best_model_score"]}
 
         whole, broken = self.work / "offline_whole", self.work / "offline_killed"
         for folder in (whole, broken):
@@ -486,7 +488,8 @@ NOTES = """
 What each trial does is in the docstring of `benchmarks/reliability.py`; the killed runs are `tests/kill_runs.py` on
 the tests' tiny models, and `tests/test_kill_safe.py` asserts the same outcomes. Checkpoints are written by
 `rmrouter.callbacks.AtomicCheckpointIO` (a temporary file next to the target, fsynced, `os.replace`d), which the
-project's `ModelCheckpoint` installs; a kill leaves at most a hidden `.last.ckpt.*.partial`, removed by the next save.
+project's `ResumableCheckpoint` installs; a kill leaves at most a hidden `.last.ckpt.*.partial`, removed by the next
+save.
 Behaviour collection appends each scored batch with one write, flushed and fsynced; a line a kill left unfinished is
 cut off (one `truncate`) by the next collection, which scores those pairs again. The online module seeds torch's
 global RNG, which sampling and dropout draw from and no checkpoint holds, from (seed, step, rank) right before each of

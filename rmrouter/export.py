@@ -311,8 +311,9 @@ def _export_learned_rm(content: dict[str, Any], path: Path, folder: Path, target
         "separator": RESPONSE_SEPARATOR,
     }
     (folder / HEAD_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
-    checkpoints = content.get("callbacks") or {}
-    best = next((state for key, state in checkpoints.items() if key.startswith("ModelCheckpoint")), {})
+    from rmrouter.callbacks.checkpoint import checkpoint_callback_states
+
+    best = next(iter(checkpoint_callback_states(content)), {})
     score = best.get("best_model_score")
     selected = f"; selected by {best.get('monitor')} = {float(score):.4f}" if score is not None else ""
     snippet = SCORING_SNIPPET.format(folder=target, spec_file=HEAD_SPEC, head_file=HEAD_WEIGHTS)

@@ -40,8 +40,8 @@ def callback_setting(config: Path, callback: str, key: str) -> str:
 
 
 def checkpoint_of(config: Path, name: str) -> Path:
-    """The checkpoint `name` (`best` or `last`) that fitting `config` leaves, in its ModelCheckpoint's folder."""
-    return Path(callback_setting(config, "ModelCheckpoint", "dirpath")) / f"{name}.ckpt"
+    """The checkpoint `name` (`best` or `last`) that fitting `config` leaves, in its ResumableCheckpoint's folder."""
+    return Path(callback_setting(config, "ResumableCheckpoint", "dirpath")) / f"{name}.ckpt"
 
 
 def run_pipeline(
@@ -56,8 +56,9 @@ def run_pipeline(
 ) -> None:
     """Runs the pipeline's stages in order; each one is skipped or resumed when its output exists.
 
-    Where each stage writes is read from the config that writes it (its ModelCheckpoint's folder, the offline router's
-    `RouterPriorWriter` path, the online run's `OnlineSummary` path), so each path is written once, in that config.
+    Where each stage writes is read from the config that writes it (its ResumableCheckpoint's folder, the offline
+    router's `RouterPriorWriter` path, the online run's `OnlineSummary` path), so each path is written once, in that
+    config.
 
     Args:
         learned_rms: LightningCLI `fit` config of each learned RM the pool needs; its `best.ckpt` is what the pool

@@ -170,7 +170,7 @@ def run_overlay(run_dir: Path, checkpoint_every: int) -> dict[str, Any]:
             },
             "callbacks": [
                 {
-                    "class_path": "rmrouter.callbacks.ModelCheckpoint",
+                    "class_path": "rmrouter.callbacks.ResumableCheckpoint",
                     "init_args": {
                         "dirpath": folder,
                         "save_last": True,
@@ -186,7 +186,7 @@ def run_overlay(run_dir: Path, checkpoint_every: int) -> dict[str, Any]:
 
 
 def judge_summary(checkpoint: str) -> dict[str, Any]:
-    """The judge's checkpoint and its validation score, as its fit's `ModelCheckpoint` recorded them."""
+    """The judge's checkpoint and its validation score, as its fit's checkpoint callback recorded them."""
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -37,7 +37,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from router_helpers import RMS
 from test_online_dpo import WeightedLength, make_module
 
-from rmrouter.callbacks import ModelCheckpoint
+from rmrouter.callbacks import ResumableCheckpoint
 from rmrouter.callbacks import atomic_checkpoint as atomic
 from rmrouter.data.prompt_datamodule import PromptDataModule
 from rmrouter.data.records import PromptRecord, as_messages
@@ -137,7 +137,7 @@ def run_online(
             RMS, prior_path=str(prior), sigma2=1.0, lambda0=1.0, warmup=2, use_prior=True, online_updates=True,
             integration="prior_injection", offline_weight=0.5, seed=0, warmup_rewards="held", centred_rewards=True,
         )  # fmt: skip
-        checkpoint = ModelCheckpoint(
+        checkpoint = ResumableCheckpoint(
             dirpath=folder / "checkpoints", save_last=True, save_top_k=0, every_n_train_steps=every,
             enable_version_counter=False,
         )  # fmt: skip

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from rmrouter.callbacks import ModelCheckpoint
+from rmrouter.callbacks import ResumableCheckpoint
 from rmrouter.cli import main
 from rmrouter.modules.learned_reward import BradleyTerryRewardModule
 from rmrouter.modules.offline_router import OfflineRouterModule
@@ -29,7 +29,7 @@ class BestFirst(BoringModel):
         self.log("val/score", -float(self.current_epoch))
 
 
-def fit(checkpoint: ModelCheckpoint, tmp_path: Path, epochs: int, ckpt_path: str | None = None) -> list[int]:
+def fit(checkpoint: ResumableCheckpoint, tmp_path: Path, epochs: int, ckpt_path: str | None = None) -> list[int]:
     """Fits `BestFirst` to `epochs` epochs; returns the epochs it trained."""
     trained: list[int] = []
 
@@ -45,7 +45,7 @@ def fit(checkpoint: ModelCheckpoint, tmp_path: Path, epochs: int, ckpt_path: str
     return trained
 
 
-def monitored(cls: type, tmp_path: Path) -> ModelCheckpoint:
+def monitored(cls: type, tmp_path: Path) -> ResumableCheckpoint:
     return cls(dirpath=tmp_path, filename="best", monitor="val/score", mode="max", save_top_k=1, save_last=True,
                enable_version_counter=False)  # fmt: skip
 
@@ -63,15 +63,15 @@ def test_lightnings_last_ckpt_is_the_last_improvement(tmp_path):
 
 
 def test_ours_saves_the_latest_epoch_as_last_and_the_best_as_best(tmp_path):
-    fit(monitored(ModelCheckpoint, tmp_path), tmp_path, epochs=3)
+    fit(monitored(ResumableCheckpoint, tmp_path), tmp_path, epochs=3)
     assert saved(tmp_path / "best.ckpt") == (0, STEPS_PER_EPOCH)
     assert saved(tmp_path / "last.ckpt") == (2, 3 * STEPS_PER_EPOCH)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_resume_from_last_trains_no_epoch_twice(tmp_path):
-    assert fit(monitored(ModelCheckpoint, tmp_path), tmp_path, epochs=2) == [0, 1]
-    assert fit(monitored(ModelCheckpoint, tmp_path), tmp_path, epochs=4, ckpt_path="last") == [2, 3]
+    assert fit(monitored(ResumableCheckpoint, tmp_path), tmp_path, epochs=2) == [0, 1]
+    assert fit(monitored(ResumableCheckpoint, tmp_path), tmp_path, epochs=4, ckpt_path="last") == [2, 3]
     assert saved(tmp_path / "last.ckpt") == (3, 4 * STEPS_PER_EPOCH)
     assert saved(tmp_path / "best.ckpt") == (0, STEPS_PER_EPOCH)
 
@@ -84,7 +84,7 @@ def test_a_step_schedule_saves_on_its_steps_and_the_final_one(tmp_path, monkeypa
     real_save = Trainer.save_checkpoint
     monkeypatch.setattr(Trainer, "save_checkpoint", lambda self, *a, **k: (steps.append(self.global_step),
                                                                             real_save(self, *a, **k))[1])  # fmt: skip
-    ours = ModelCheckpoint(dirpath=tmp_path / "ours", every_n_train_steps=every_n_train_steps, save_top_k=0,
+    ours = ResumableCheckpoint(dirpath=tmp_path / "ours", every_n_train_steps=every_n_train_steps, save_top_k=0,
                            save_last=True)  # fmt: skip
     fit(ours, tmp_path / "ours", epochs=2)
     assert steps == saves and saved(tmp_path / "ours" / "last.ckpt")[1] == 2 * STEPS_PER_EPOCH
@@ -153,3 +153,18 @@ def test_learned_rm_config_last_is_the_latest_epoch_and_resume_repeats_nothing(w
     learned_rm_fit(tiny_encoder_dir, limits, 3, "--ckpt_path", "last")
     assert trained == [2]
     assert saved(folder / "last.ckpt") == (2, 3 * steps) and saved(folder / "best.ckpt") == (0, steps)
+
+
+def test_checkpoint_states_are_read_under_the_new_name_and_the_old_one():
+    from rmrouter.callbacks.checkpoint import checkpoint_callback_states
+
+    checkpoint = {
+        "callbacks": {
+            "ResumableCheckpoint{'monitor': 'val/acc'}": {"best_model_score": 0.9},
+            "ModelCheckpoint{'monitor': None}": {"best_model_score": None},  # Lightning's, or ours before the rename
+            "RouterPriorWriter": {"path": "prior.pt"},
+        }
+    }
+    states = checkpoint_callback_states(checkpoint)
+    assert [state["best_model_score"] for state in states] == [0.9, None]
+    assert checkpoint_callback_states({}) == []

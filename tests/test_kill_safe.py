@@ -23,8 +23,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from test_behaviour import PAIRS, ListSource, make_pool
 
 from rmrouter.behaviour.collect import collect_behaviour
-from rmrouter.callbacks import AtomicCheckpointIO, ModelCheckpoint
+from rmrouter.callbacks import AtomicCheckpointIO, ResumableCheckpoint
 from rmrouter.callbacks import atomic_checkpoint as atomic
+from rmrouter.callbacks.checkpoint import checkpoint_callback_states
 from rmrouter.cli import main
 from rmrouter.data.behaviour import read_behaviour
 from rmrouter.data.jsonl import DataError
@@ -132,7 +133,7 @@ def test_lightnings_default_io_stages_checkpoints_in_the_system_temp_folder(tmp_
 
 def test_the_project_checkpoint_callback_makes_every_save_atomic(tmp_path):
     def trainer(**kwargs) -> Trainer:
-        checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        checkpoint = ResumableCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
         return Trainer(default_root_dir=tmp_path, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
                        enable_model_summary=False, max_steps=1, limit_val_batches=0, **kwargs)  # fmt: skip
 
@@ -158,8 +159,8 @@ def offline_fit(tiny_encoder_dir: str, *extra: str) -> list[str]:
 
 
 def trained_state(checkpoint: dict) -> dict:
-    (key,) = [key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint")]
-    best = checkpoint["callbacks"][key]["best_model_score"]
+    (saved,) = checkpoint_callback_states(checkpoint)
+    best = saved["best_model_score"]
     keys = ("epoch", "global_step", "state_dict", "optimizer_states")
     return {**{key: checkpoint[key] for key in keys}, "best_model_score": best}
 

@@ -1,7 +1,7 @@
 """Lightning callbacks: the glue between training runs and the artifacts and reports they leave."""
 
 from rmrouter.callbacks.atomic_checkpoint import AtomicCheckpointIO
-from rmrouter.callbacks.checkpoint import ModelCheckpoint
+from rmrouter.callbacks.checkpoint import ResumableCheckpoint
 from rmrouter.callbacks.labelling_tally import LabellingTally
 from rmrouter.callbacks.offline_report import OfflineRouterReport
 from rmrouter.callbacks.online_summary import OnlineSummary
@@ -13,9 +13,9 @@ from rmrouter.callbacks.run_config import RunConfigInCheckpoint
 __all__ = [
     "AtomicCheckpointIO",
     "LabellingTally",
-    "ModelCheckpoint",
     "OfflineRouterReport",
     "OnlineSummary",
+    "ResumableCheckpoint",
     "RewardSignal",
     "RouterPriorWriter",
     "RoutingPredictionWriter",

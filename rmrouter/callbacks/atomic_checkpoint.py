@@ -66,8 +66,9 @@ def _fsync_folder(folder: Path) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's `TorchCheckpointIO` with local saves made by `atomic_torch_save`; remote URLs (`s3://`, ...) keep
-    Lightning's own path. The project's `ModelCheckpoint` installs it when a trainer has the default checkpoint IO, so
-    every shipped config writes this way; give `Trainer(plugins=[AtomicCheckpointIO()])` to a trainer without it."""
+    Lightning's own path. The project's `ResumableCheckpoint` installs it when a trainer has the default checkpoint
+    IO, so every shipped config writes this way; give `Trainer(plugins=[AtomicCheckpointIO()])` to a trainer without
+    it."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):

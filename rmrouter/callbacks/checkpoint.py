@@ -1,8 +1,10 @@
-"""The project's `ModelCheckpoint`: `last.ckpt` the latest epoch, never a smoke run's, and every save atomic."""
+"""`ResumableCheckpoint`: Lightning's `ModelCheckpoint` whose `last.ckpt` is the latest epoch, never a smoke run's,
+and written atomically, so `--ckpt_path last` always resumes where a run stopped."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
@@ -11,7 +13,7 @@ from rmrouter.callbacks.atomic_checkpoint import install_atomic_checkpoint_io
 from rmrouter.callbacks.smoke_run import writes_artifacts
 
 
-class ModelCheckpoint(LightningModelCheckpoint):
+class ResumableCheckpoint(LightningModelCheckpoint):
     """Lightning's `ModelCheckpoint` (same arguments), with two changes to `last.ckpt`.
 
     - `last.ckpt` is the state at the end of the latest epoch trained, whatever the monitor says. Lightning 2.6 writes
@@ -58,3 +60,15 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skips a step already saved
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# Checkpoint state keys start with the callback's class name: ours, and Lightning's (or ours before its rename).
+CHECKPOINT_CALLBACKS = ("ResumableCheckpoint", "ModelCheckpoint")
+
+
+def checkpoint_callback_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The states a checkpoint file holds of its model-checkpoint callbacks (best score, monitor, paths), in order."""
+    states = (checkpoint.get("callbacks") or {}).items()
+    return [
+        state for key, state in states if str(key).split("{", 1)[0] in CHECKPOINT_CALLBACKS and isinstance(state, dict)
+    ]

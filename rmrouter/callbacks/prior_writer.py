@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from rmrouter.callbacks.checkpoint import checkpoint_callback_states
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.calibration import fit_prior_scale
 
@@ -94,9 +95,9 @@ def own_best(checkpoint: ModelCheckpoint) -> Path:
 
 
 def saved_best_score(state: dict[str, Any]) -> float | None:
-    """The monitored best score a checkpoint file saved with its ModelCheckpoint state, if any."""
-    for key, value in (state.get("callbacks") or {}).items():
-        if "ModelCheckpoint" in str(key) and isinstance(value, dict) and value.get("best_model_score") is not None:
+    """The monitored best score a checkpoint file saved with its checkpoint callback's state, if any."""
+    for value in checkpoint_callback_states(state):
+        if value.get("best_model_score") is not None:
             return float(value["best_model_score"])
     return None
 

@@ -6,7 +6,7 @@ Lightning turns checkpointing and loggers off under `fast_dev_run`, but two thin
 artifact when a run ends. A one-batch smoke test of a shipped config, pointed at the same folders as the real run,
 would then replace a trained router's `last.ckpt` and `prior.pt` or a committed report with one batch's worth. Every
 artifact writer of `rmrouter.callbacks` asks `writes_artifacts` first, and the shipped configs checkpoint with
-`rmrouter.callbacks.checkpoint.ModelCheckpoint`.
+`rmrouter.callbacks.checkpoint.ResumableCheckpoint`.
 """
 
 from __future__ import annotations
