@@ -42,12 +42,29 @@ class RouterPriorError(ValueError):
     """A router prior (file or object) cannot be used as it is; the message says where, what, and what to do."""
 
 
+@dataclass(frozen=True, eq=False, kw_only=True)
 class PriorFile:
-    """What every prior artifact shares (`RouterPrior`, `rmrouter.routers.task_prior.TaskPrior`): checks of its
-    version, names and pair-encoder fields, the pool check, one atomic `save` of its `to_payload()` and one checked
-    `load`. A subclass is a frozen dataclass with `rm_names`, `encoder`, `pooling`, `max_length`, `mlp_config`,
-    `mlp_state`, `metadata`, `version` and `source` fields, and names its `KIND`, `FORMAT_VERSION`, `PAYLOAD_FIELDS`
-    and `WHAT` (its name in messages)."""
+    """What every prior artifact shares (`RouterPrior`, `rmrouter.routers.task_prior.TaskPrior`): the pair encoder's
+    fields and the metadata (keyword-only), checks of its version, names and pair-encoder fields, the pool check, one
+    atomic `save` of its `to_payload()` and one checked `load`. A subclass is a frozen dataclass that adds its
+    `rm_names`, its own tensors, `version` (defaulting to its format version) and `source`, and names its `KIND`,
+    `FORMAT_VERSION`, `PAYLOAD_FIELDS` and `WHAT` (its name in messages).
+
+    Args:
+        encoder: Name of the pair encoder's text encoder in the model store.
+        pooling: Its pooling (`mean` or `last_token`).
+        max_length: Its token limit per text.
+        mlp_config: Everything the pair encoder needs to rebuild its MLP (sizes, activation, flags); primitives only.
+        mlp_state: The MLP's `state_dict`.
+        metadata: Provenance and scores (behaviour file, training steps, router accuracy, ...); primitives only.
+    """
+
+    encoder: str
+    pooling: str
+    max_length: int
+    mlp_config: dict[str, Any]
+    mlp_state: dict[str, Tensor]
+    metadata: dict[str, str | float | int] = field(default_factory=dict)
 
     KIND: ClassVar[str]
     FORMAT_VERSION: ClassVar[int]
@@ -109,27 +126,16 @@ class RouterPrior(PriorFile):
     Args:
         rm_names: The pool's RM names, in the order of the rows of `bt_embeddings`.
         bt_embeddings: `[N, d]` Bradley-Terry embedding per RM, rows L2-normalised as the BT head used them.
-        encoder: Name of the text encoder in the model store.
-        pooling: The encoder's pooling (`mean` or `last_token`).
-        max_length: Token limit of the encoder's inputs.
-        mlp_config: Everything the pair encoder needs to rebuild its MLP (sizes, activation, flags); primitives only.
-        mlp_state: The MLP's `state_dict`.
         bt_scale: The offline BT head's learned logit scale: it trained on `bt_scale * <h, E_bt[n]>`, so score gaps
             times this scale are its log-odds that one RM is right where another is wrong. 1 is the plain cosine.
-        metadata: Provenance and scores (behaviour file, training steps, router accuracy, ...); primitives only.
         version: Format version; always `FORMAT_VERSION` for a prior in memory.
         source: Where the prior was loaded from, for error messages; set by `load`, never saved.
+        encoder, pooling, max_length, mlp_config, mlp_state, metadata: the pair encoder and provenance (`PriorFile`).
     """
 
     rm_names: list[str]
     bt_embeddings: Tensor
-    encoder: str
-    pooling: str
-    max_length: int
-    mlp_config: dict[str, Any]
-    mlp_state: dict[str, Tensor]
     bt_scale: float = 1.0
-    metadata: dict[str, str | float | int] = field(default_factory=dict)
     version: int = FORMAT_VERSION
     source: str | None = None
 

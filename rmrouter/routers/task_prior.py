@@ -7,7 +7,7 @@ atomically, by the `PriorFile` methods `RouterPrior` has too (`rmrouter.routers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,28 +41,17 @@ class TaskPrior(PriorFile):
         tasks: The task labels, in the order of its rows.
         reliability: `[T, N]` logits of "RM n is right on task t" (`sigmoid` gives each RM's accuracy on each task).
         judged: `[T, N]` how many training pairs of task `t` RM `n` judged: the evidence behind each reliability.
-        encoder: Name of the pair encoder's text encoder in the model store.
-        pooling: Its pooling (`mean` or `last_token`).
-        max_length: Its token limit.
-        mlp_config: The pair MLP's `build_mlp` config; primitives only.
-        mlp_state: The pair MLP's `state_dict`.
         task_head_state: The task head's `weight` `[T, d]` and `bias` `[T]`: task logits `h W^T + b`.
-        metadata: Provenance and scores; primitives only.
         version: Format version; always `FORMAT_VERSION` for a prior in memory.
         source: Where the prior was loaded from, for error messages; set by `load`, never saved.
+        encoder, pooling, max_length, mlp_config, mlp_state, metadata: the pair encoder and provenance (`PriorFile`).
     """
 
     rm_names: list[str]
     tasks: list[str]
     reliability: Tensor
     judged: Tensor
-    encoder: str
-    pooling: str
-    max_length: int
-    mlp_config: dict[str, Any]
-    mlp_state: dict[str, Tensor]
     task_head_state: dict[str, Tensor]
-    metadata: dict[str, str | float | int] = field(default_factory=dict)
     version: int = FORMAT_VERSION
     source: str | None = None
 
