@@ -40,13 +40,14 @@ def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 def redirected_trainer(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     """An overlay config of `config`'s trainer keys that sends everything one run writes into `folder`.
 
-    Checkpoints (a callback's `dirpath`), files a callback writes (its `path` or `*_path` arguments, kept by file
-    name), `default_root_dir` and the logger's `save_dir` all move there, so runs of one config side by side never
-    overwrite each other's outputs, nor the default run's.
+    The run's folder (`default_root_dir`, where the logger and every callback given no path write) moves there, and so
+    do the checkpoints and files of callbacks that name their own (`dirpath`, `path` or `*_path`, kept by file name),
+    so runs of one config side by side never overwrite each other's outputs, nor the default run's.
     """
     trainer = config.get("trainer", {})
     callbacks = []
     for callback in trainer.get("callbacks") or []:
+        callback = {"class_path": callback} if isinstance(callback, str) else callback
         init_args = dict(callback.get("init_args") or {})
         for key, value in init_args.items():
             if key == "dirpath":
@@ -54,8 +55,4 @@ def redirected_trainer(config: dict[str, Any], folder: Path) -> dict[str, Any]:
             elif (key == "path" or key.endswith("_path")) and isinstance(value, str):
                 init_args[key] = str(folder / Path(value).name)
         callbacks.append({**callback, "init_args": init_args})
-    overlay: dict[str, Any] = {"trainer": {"default_root_dir": str(folder), "callbacks": callbacks}}
-    logger = trainer.get("logger")
-    if isinstance(logger, dict) and "save_dir" in (logger.get("init_args") or {}):
-        overlay["trainer"]["logger"] = {**logger, "init_args": {**logger["init_args"], "save_dir": str(folder)}}
-    return overlay
+    return {"trainer": {"default_root_dir": str(folder), "callbacks": callbacks}}

@@ -1,9 +1,9 @@
 """The offline router over training seeds, against its baselines with a paired test: `docs/offline_router_seeds.md`.
 
 `docs/offline_router.md` is one fit. This script repeats the shipped fit, test and predict through the project CLI
-once per seed, on the same behaviour file and the same train/val/test/ood split (`split_seed` is left alone), with
-the seed of the initial weights (`seed_everything`) and of the training order (`data.init_args.seed`) set to each
-value:
+once per seed, on the same behaviour file and the same train/val/test/ood split (the split file's `seed` is left
+alone), with the seed of the initial weights (`seed_everything`) and of the training order (`data.init_args.seed`)
+set to each value:
 
     python cli.py fit     --config CONFIG --config OVERLAY --seed_everything S --data.init_args.seed S
     python cli.py test    --config CONFIG --config OVERLAY --ckpt_path OUT_DIR/seed_S/best.ckpt

@@ -218,13 +218,10 @@ class Trials:
         write_behaviour(folder / "checkpoints" / "behaviour" / "default.jsonl")
 
         def run(name: str, *extra: str) -> str:
-            callbacks = config["trainer"]["callbacks"]
+            callbacks = config["trainer"]["callbacks"]  # they write in the run's folder, `name`
             for callback in callbacks:
-                init_args = callback["init_args"]
-                if "path" in init_args:
-                    init_args["path"] = f"{name}/{Path(init_args['path']).name}"
-                if "dirpath" in init_args:
-                    init_args.update(dirpath=name, monitor="step", mode="min")  # epoch 0 stays the best
+                if callback["class_path"].endswith("ResumableCheckpoint"):
+                    callback["init_args"].update(monitor="step", mode="min")  # epoch 0 stays the best
             overlay = folder / f"{name}.yaml"
             overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "default_root_dir": name}}))
             args = ["fit", "--config", str(ROOT / "configs/offline_router.yaml"), "--config", str(overlay),

@@ -41,6 +41,7 @@ from routing_report import write_benchmark_report
 
 from rmrouter.behaviour.shipped import file_sha256
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.reward_models._hf import native_bfloat16
 from rmrouter.routers.baseline_routers import DataLabelRouter
@@ -95,8 +96,7 @@ class Benchmark:
         self.args = args
         offline = yaml.safe_load(Path(args.offline_config).read_text())["data"]["init_args"]
         self.rm_names = list(offline["rm_names"])
-        settings = {key: offline[key] for key in ("split_fractions", "split_seed", "ood_domains", "ood_sources")}
-        data = BehaviourDataModule(str(args.behaviour), self.rm_names, **settings)
+        data = BehaviourDataModule(str(args.behaviour), self.rm_names, split_named_by(args.offline_config))
         data.setup("fit")
         self.splits = data.splits
         self.data_label = data.data_label_routing

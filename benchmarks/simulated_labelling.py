@@ -189,7 +189,8 @@ def prior_note(data: dict[str, Any]) -> str:
             f"the behaviour file's {' + '.join(served)} split, which holds pairs the prior was fitted on "
             "(`configs/offline_router.yaml`): their accuracy here is partly in-sample for the prior."
         )
-    held_out = ", ".join(f"{key} {data[key]}" for key in ("ood_domains", "ood_sources") if data.get(key))
+    split = data.get("split") if isinstance(data.get("split"), dict) else data  # runs saved before configs/splits/
+    held_out = ", ".join(f"{key} {split[key]}" for key in ("ood_domains", "ood_sources") if split.get(key))
     return (
         f"Every method routes the behaviour file's {' + '.join(served)} splits of the offline router's split "
         f"settings ({held_out}): pairs the offline prior never trained on."

@@ -14,9 +14,10 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from rmrouter.config_checks import ConfigError, check_config
 
@@ -73,11 +74,13 @@ def config_files(argv: list[str]) -> list[str]:
 def short_parse_error(message: str) -> str:
     """jsonargparse's nested error report as one line: the key, and the innermost reason with the value given."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    key = re.search(r'Parser key "([^"]+)"', message)
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    # an init argument of a class given by class_path: `model` then `beta` is `model.init_args.beta`
+    key = ".init_args.".join(keys[:2]) if "class_path" in message else (keys[0] if keys else None)
     reasons = [
         line
         for line in lines
-        if re.search(r"not accepted|[Uu]nrecognized|required|[Ee]xpected a <class '(?!NoneType)", line)
+        if re.search(r"not accepted|[Uu]nrecognized|required|[Ee]xpected a <class '(?!NoneType)|Not of type", line)
     ]
     reason = (reasons[0] if reasons else lines[0]).lstrip("- ")
     owner = re.search(r"Problem with given class_path '([^']+)'", message)
@@ -86,12 +89,20 @@ def short_parse_error(message: str) -> str:
     given = re.search(r"Given value: (.*)", message)
     if given and "Expected" in reason:
         reason += f", got {given.group(1)}"
-    return f"{key.group(1)}: {reason}" if key else reason
+    return f"{key}: {reason}" if key else reason
+
+
+def logs_in(run_folder: str | None) -> str:
+    """The logger's `save_dir` for a run whose folder is `run_folder` (None: Lightning's, the working directory)."""
+    return run_folder if run_folder is not None else os.getcwd()
 
 
 class RMRouterCLI(LightningCLI):
-    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`, and a bad config
-    refused in one line that names its key before any class (and so any model) is built (`rmrouter.config_checks`)."""
+    """LightningCLI with the project's defaults: any LightningModule/DataModule by `class_path`, a bad config refused
+    in one line that names its key before any class (and so any model) is built (`rmrouter.config_checks`), and one
+    folder per run: `trainer.default_root_dir`. The logger writes there (TensorBoard in `<folder>/tensorboard` unless a
+    config picks another logger, whose `save_dir` is linked to the folder too), as `ResumableCheckpoint` and the
+    project's writers do when they are given no path (`rmrouter.callbacks.run_folder`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
@@ -99,6 +110,11 @@ class RMRouterCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         super().__init__(LightningModule, LightningDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        default_logger = lazy_instance(TensorBoardLogger, save_dir=".", name="", version="tensorboard")
+        parser.set_defaults({"trainer.logger": default_logger})
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=logs_in)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

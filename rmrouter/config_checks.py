@@ -1,5 +1,11 @@
 """Checks of a parsed config that refuse a bad one before any class, and so any model, is built.
 
+A single value out of range is refused when the config is parsed, by its type in the class's signature
+(`jsonargparse.typing`: `PositiveFloat` for DPO's beta, `NonNegativeFloat` for a learning rate, ...). What is checked
+here is what no type can say: values that must agree with each other or with a file (the router's RMs with the
+pool's or the behaviour file's, a prior written for other RMs), settings that depend on the mode (k >= 2 when
+sampling), the optimizer's arguments (torch's signature) and a trainer this machine cannot run.
+
 Each check reads plain dicts (a LightningCLI subcommand's config, `Namespace.as_dict()`) and raises `ConfigError`,
 whose message is one line that starts with the config key at fault, e.g.
 `model.init_args.num_samples: k must be at least 2 to form a pair, got 1`. `RMRouterCLI.before_instantiate_classes`
@@ -46,14 +52,12 @@ def check_config(config: Mapping[str, Any], cuda_available: bool) -> None:
 
 
 def check_optimizer(init_args: Mapping[str, Any]) -> None:
-    """A learning rate and a weight decay >= 0 (0 trains nothing, a control some runs want), as a module's own
-    arguments (`learning_rate`, `weight_decay`) or its optimizer's (`optimizer.init_args.lr`, ...): torch would refuse
-    a negative one later, in a long traceback."""
+    """The optimizer's learning rate and weight decay >= 0 (0 trains nothing, a control some runs want): torch would
+    refuse a negative one later, in a long traceback. (A module's own `learning_rate` and `weight_decay` are typed
+    `NonNegativeFloat`, checked when the config is parsed.)"""
     optimizer = init_args.get("optimizer")
     optimizer_args = (optimizer.get("init_args") or {}) if isinstance(optimizer, Mapping) else {}
     for key, value in (
-        (f"{MODEL}.learning_rate", init_args.get("learning_rate")),
-        (f"{MODEL}.weight_decay", init_args.get("weight_decay")),
         (f"{MODEL}.optimizer.init_args.lr", optimizer_args.get("lr")),
         (f"{MODEL}.optimizer.init_args.weight_decay", optimizer_args.get("weight_decay")),
     ):
@@ -98,9 +102,6 @@ def check_online_dpo(init_args: Mapping[str, Any], data: Mapping[str, Any]) -> N
     against the behaviour file's RMs)."""
     simulated = bool(init_args.get("simulated"))
     check_num_samples(init_args.get("num_samples"), simulated)
-    check_beta(init_args.get("beta"))
-    if not simulated:
-        check_sampling(init_args)
     if simulated:
         names = (data.get("init_args") or {}).get("rm_names")
         names, whose = (list(names) if names is not None else None), f"the behaviour file's ({BEHAVIOUR_RMS})"
@@ -115,28 +116,6 @@ def check_num_samples(num_samples: Any, simulated: bool) -> None:
     """Live mode pairs `k` samples of one prompt: it needs two at least (simulated mode reads recorded pairs)."""
     if not simulated and isinstance(num_samples, int) and num_samples < 2:
         raise ConfigError(f"{MODEL}.num_samples", f"k must be at least 2 to form a pair, got {num_samples}")
-
-
-def check_beta(beta: Any) -> None:
-    """DPO's KL strength divides nothing but scales every margin: 0 or less trains nothing, or the wrong way."""
-    if isinstance(beta, (int, float)) and not (math.isfinite(beta) and beta > 0):
-        raise ConfigError(f"{MODEL}.beta", f"DPO's beta (the KL strength) must be a number > 0, got {beta}")
-
-
-def check_sampling(init_args: Mapping[str, Any]) -> None:
-    """Live sampling: a temperature above 0 (0 is greedy decoding, which makes the `k` samples one answer, so no
-    pair), a nucleus mass in (0, 1] and at least one new token."""
-    temperature, top_p, new_tokens = (init_args.get(key) for key in ("temperature", "top_p", "max_new_tokens"))
-    if isinstance(temperature, (int, float)) and not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(
-            f"{MODEL}.temperature",
-            f"sampling needs a temperature > 0 (0 would be greedy: the k samples of a prompt identical, no pair), "
-            f"got {temperature}",
-        )
-    if isinstance(top_p, (int, float)) and not (0 < top_p <= 1):
-        raise ConfigError(f"{MODEL}.top_p", f"the nucleus mass top_p must lie in (0, 1], got {top_p}")
-    if isinstance(new_tokens, int) and new_tokens < 1:
-        raise ConfigError(f"{MODEL}.max_new_tokens", f"a completion needs at least one new token, got {new_tokens}")
 
 
 def pool_rm_names(pool: Any) -> list[str] | None:

@@ -27,21 +27,38 @@ from rmrouter.models.store import cache_dir
 log = logging.getLogger(__name__)
 
 
-def callback_setting(config: Path, callback: str, key: str) -> str:
-    """`key` of the trainer callback named `callback` (its class name) in a LightningCLI config: where the runs of
-    that config write, read from the config itself so the pipeline never restates it."""
-    callbacks = (yaml.safe_load(Path(config).read_text()).get("trainer") or {}).get("callbacks") or []
-    for entry in callbacks:
-        if isinstance(entry, dict) and str(entry.get("class_path", "")).rpartition(".")[2] == callback:
-            value = (entry.get("init_args") or {}).get(key)
-            if value is not None:
-                return str(value)
-    raise ValueError(f"{config}: no trainer callback {callback} with `{key}`; the pipeline reads its output from it")
+def run_output(config: Path, callback: str) -> Path:
+    """The file the trainer callback named `callback` (its class name) writes in a LightningCLI config's runs: its
+    `path` when the config gives one, else its default file in the run's folder (`trainer.default_root_dir`, see
+    `rmrouter.callbacks.run_folder`). Read from the config itself, so the pipeline never restates where stages write."""
+    from rmrouter import callbacks
+
+    trainer = yaml.safe_load(Path(config).read_text()).get("trainer") or {}
+    for entry in trainer.get("callbacks") or []:
+        class_path = entry.get("class_path", "") if isinstance(entry, dict) else str(entry)
+        if class_path.rpartition(".")[2] == callback:
+            path = ((entry.get("init_args") or {}) if isinstance(entry, dict) else {}).get("path")
+            return Path(path) if path is not None else run_folder(config) / getattr(callbacks, callback).FILE_NAME
+    raise ValueError(f"{config}: no trainer callback {callback}; the pipeline reads its output from it")
+
+
+def run_folder(config: Path) -> Path:
+    """A LightningCLI config's run folder, `trainer.default_root_dir`."""
+    trainer = yaml.safe_load(Path(config).read_text()).get("trainer") or {}
+    if not trainer.get("default_root_dir"):
+        raise ValueError(f"{config}: no trainer.default_root_dir; the pipeline reads where the run writes from it")
+    return Path(trainer["default_root_dir"])
 
 
 def checkpoint_of(config: Path, name: str) -> Path:
-    """The checkpoint `name` (`best` or `last`) that fitting `config` leaves, in its ResumableCheckpoint's folder."""
-    return Path(callback_setting(config, "ResumableCheckpoint", "dirpath")) / f"{name}.ckpt"
+    """The checkpoint `name` (`best` or `last`) that fitting `config` leaves, in its ResumableCheckpoint's folder (the
+    run's folder unless it names a `dirpath`)."""
+    trainer = yaml.safe_load(Path(config).read_text()).get("trainer") or {}
+    for entry in trainer.get("callbacks") or []:
+        if isinstance(entry, dict) and str(entry.get("class_path", "")).endswith("ResumableCheckpoint"):
+            dirpath = (entry.get("init_args") or {}).get("dirpath")
+            return (Path(dirpath) if dirpath else run_folder(config)) / f"{name}.ckpt"
+    raise ValueError(f"{config}: no trainer callback ResumableCheckpoint; the pipeline reads its checkpoints from it")
 
 
 def run_pipeline(
@@ -90,7 +107,7 @@ def run_pipeline(
     with clock.stage("2. behaviour collection"):
         log.info("[2/4] behaviour collection with %s", behaviour_config)
         run_collect(["--config", str(behaviour_config), *(behaviour_args or [])])
-    offline_router_prior = Path(callback_setting(offline_router_config, "RouterPriorWriter", "path"))
+    offline_router_prior = run_output(offline_router_config, "RouterPriorWriter")
     with clock.stage("3. offline router (fit + test)") as stage:
         if offline_router_prior.is_file():
             log.info("[3/4] offline router: %s exists, not retraining", offline_router_prior)
@@ -101,7 +118,7 @@ def run_pipeline(
             _expect(offline_router_prior, offline_router_config)
             checkpoint = str(checkpoint_of(offline_router_config, "best"))
             run_lightning(["test", "--config", str(offline_router_config), "--ckpt_path", checkpoint])
-    online_summary = Path(callback_setting(online_config, "OnlineSummary", "path"))
+    online_summary = run_output(online_config, "OnlineSummary")
     online_checkpoint = checkpoint_of(online_config, "last")
     with clock.stage("4. online DPO") as stage:
         if online_summary.is_file():

@@ -159,27 +159,15 @@ def train_and_evaluate(
 
 
 def run_overlay(run_dir: Path, checkpoint_every: int) -> dict[str, Any]:
-    """The trainer settings that put a run's checkpoints, logs and summary in its own folder."""
-    folder = str(run_dir)
+    """The trainer settings that put a run's checkpoints, logs and summary in its own folder (the run's folder:
+    `rmrouter.callbacks.run_folder`)."""
+    checkpoint = {"save_top_k": 0, "every_n_train_steps": checkpoint_every}
     return {
         "trainer": {
-            "default_root_dir": folder,
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": folder, "name": "", "version": "tensorboard"},
-            },
+            "default_root_dir": str(run_dir),
             "callbacks": [
-                {
-                    "class_path": "rmrouter.callbacks.ResumableCheckpoint",
-                    "init_args": {
-                        "dirpath": folder,
-                        "save_last": True,
-                        "save_top_k": 0,
-                        "every_n_train_steps": checkpoint_every,
-                        "enable_version_counter": False,
-                    },
-                },  # fmt: skip
-                {"class_path": "rmrouter.callbacks.OnlineSummary", "init_args": {"path": f"{folder}/summary.md"}},
+                {"class_path": "rmrouter.callbacks.ResumableCheckpoint", "init_args": checkpoint},
+                "rmrouter.callbacks.OnlineSummary",
             ],
         }
     }
@@ -202,9 +190,10 @@ def best_single_rm(offline_router_config: str) -> str:
     what a user who runs one RM on every pair would pick from the same data (the routing benchmark's choice too; its
     accuracy on the rows it can judge alone would pick an RM that abstains on most)."""
     from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+    from rmrouter.data.behaviour_split import split_named_by
 
     init_args = yaml.safe_load(Path(offline_router_config).read_text())["data"]["init_args"]
-    data = BehaviourDataModule(**init_args)
+    data = BehaviourDataModule(**{**init_args, "split": split_named_by(offline_router_config)})
     data.setup("fit")
     return data.rm_names[int(data.splits["train"].agree.mean(dim=0).argmax())]
 

@@ -100,12 +100,7 @@ def online_config(folder: Path, policy: str, encoder: str, learned: str, steps: 
     model["lora"].update(r=2, lora_alpha=4, lora_dropout=0.1)  # dropout draws from the global RNG
     model["optimizer"]["init_args"]["lr"] = 0.05  # a LoRA that visibly moves the logits
     online["trainer"].update(max_steps=steps, enable_progress_bar=False, accelerator="cpu")
-    for callback in online["trainer"]["callbacks"]:
-        for key in ("dirpath", "path"):
-            if key in callback["init_args"]:
-                callback["init_args"][key] = str(folder / "run" / Path(callback["init_args"][key]).name)
-    online["trainer"]["default_root_dir"] = str(folder / "run")
-    online["trainer"]["logger"]["init_args"]["save_dir"] = str(folder / "run")
+    online["trainer"]["default_root_dir"] = str(folder / "run")  # the logger and every callback write there
     for source in online["data"]["init_args"]["train"]:
         source["init_args"]["limit"] = 4
     path = folder / "online.yaml"

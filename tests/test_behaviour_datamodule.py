@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from rmrouter.data.behaviour import BehaviourRecord
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.behaviour_split import BehaviourSplit
 from rmrouter.data.jsonl import DataError
 from rmrouter.data.records import PreferenceRecord, as_messages
 
@@ -68,8 +69,18 @@ def behaviour_file(tmp_path) -> str:
     return write_behaviour(tmp_path / "behaviour.jsonl", rows)
 
 
+SPLIT_KEYS = {"split_fractions": "fractions", "split_seed": "seed", "ood_domains": "ood_domains",
+              "ood_sources": "ood_sources"}  # fmt: skip
+
+
+def split(**settings) -> BehaviourSplit:
+    return BehaviourSplit(**{SPLIT_KEYS[key]: value for key, value in settings.items()})
+
+
 def make_module(path: str, **overrides) -> BehaviourDataModule:
-    module = BehaviourDataModule(**{"path": path, "rm_names": RM_NAMES, "batch_size": 4, **overrides})
+    settings = {key: overrides.pop(key) for key in list(overrides) if key in SPLIT_KEYS}
+    module = BehaviourDataModule(**{"path": path, "rm_names": RM_NAMES, "batch_size": 4, "split": split(**settings),
+                                    **overrides})  # fmt: skip
     module.setup("fit")
     return module
 
@@ -196,10 +207,10 @@ def test_empty_val_and_test_give_no_loaders_with_a_warning(behaviour_file, caplo
 
 
 def test_an_empty_train_split_is_refused_naming_the_keys_to_change(behaviour_file):
-    with pytest.raises(ValueError, match=r"train split is empty.*split_fractions\['train'\].*ood_domains"):
+    with pytest.raises(ValueError, match=r"train split is empty.*split's train fraction.*ood_domains"):
         make_module(behaviour_file, ood_domains=list(DOMAINS))
     with pytest.raises(ValueError, match="must name 'train'"):
-        BehaviourDataModule(behaviour_file, RM_NAMES, split_fractions={"val": 1.0})
+        BehaviourSplit(fractions={"val": 1.0})
 
 
 def test_evaluate_all_makes_every_row_the_evaluated_split_without_a_train_split(behaviour_file, caplog):
@@ -270,7 +281,7 @@ class RecordsTestBatches(LightningModule):
 
 def test_trainer_runs_test_then_ood_in_test_split_names_order(behaviour_file):
     module = BehaviourDataModule(
-        behaviour_file, RM_NAMES, ood_domains=["safety"], ood_sources=["other"], split_fractions=HALVES
+        behaviour_file, RM_NAMES, split(ood_domains=["safety"], ood_sources=["other"], split_fractions=HALVES)
     )
     model = RecordsTestBatches()
     trainer = Trainer(

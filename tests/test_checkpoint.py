@@ -76,6 +76,15 @@ def test_resume_from_last_trains_no_epoch_twice(tmp_path):
     assert saved(tmp_path / "best.ckpt") == (0, STEPS_PER_EPOCH)
 
 
+def test_with_no_dirpath_checkpoints_go_in_the_run_folder_and_resume_finds_them(tmp_path):
+    # Lightning would write <logger dir>/checkpoints; `--ckpt_path last` is resolved before `setup`, so it must look
+    # in the run's folder too, or a resume silently starts over
+    assert fit(ResumableCheckpoint(save_top_k=0), tmp_path, epochs=2) == [0, 1]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.ckpt"]  # save_last on, no version suffix
+    assert fit(ResumableCheckpoint(save_top_k=0), tmp_path, epochs=3, ckpt_path="last") == [2]
+    assert saved(tmp_path / "last.ckpt") == (2, 3 * STEPS_PER_EPOCH)
+
+
 @pytest.mark.parametrize("every_n_train_steps, saves", [(4, [4, 8]), (3, [3, 6, 8])])
 def test_a_step_schedule_saves_on_its_steps_and_the_final_one(tmp_path, monkeypatch, every_n_train_steps, saves):
     # the online configs checkpoint every n steps with save_top_k 0: no save at epoch ends, one at the final step

@@ -110,7 +110,8 @@ def test_from_the_shell_each_mistake_ends_in_one_line_with_its_exit_code(tmp_pat
     config = shell("fit", "--config", "configs/offline_router.yaml", "--model.init_args.learning_rate", "-1e-3")
     assert config.returncode == 2 and "Traceback" not in config.stderr
     assert config.stderr.strip().splitlines()[-1] == (
-        "config error: model.init_args.learning_rate: must be a finite number >= 0, got -0.001"
+        "config error: model.init_args.learning_rate: Not of type NonNegativeFloat: -1e-3 does not conform to "
+        "restriction v>=0 (keys come from configs/offline_router.yaml and the command line)"
     )
     model = shell("fit", "--config", "configs/learned_rm/safety.yaml", "--model.init_args.encoder", "no-such-model-xyz",
                   "--trainer.default_root_dir", str(tmp_path), env={"HF_ENDPOINT": "http://127.0.0.1:9"})  # fmt: skip

@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser
 from rmrouter.behaviour.collect import collect_behaviour
 from rmrouter.cli import main
 from rmrouter.data.behaviour import read_behaviour
+from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.pipeline import run_pipeline
 from rmrouter.reward_models import RewardModelPool
 
@@ -83,8 +84,7 @@ def test_behaviour_config_parses_and_its_sources_load():
     assert {pair.source for pair in ood} == {"gsm8k/example_model_solutions/6b"}
     assert len(in_distribution) == 120 and len(ood) == 60
     assert not {pair.prompt[0]["content"] for pair in in_distribution} & {pair.prompt[0]["content"] for pair in ood}
-    offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())["data"]["init_args"]
-    assert offline["ood_sources"] == ["gsm8k/example_model_solutions/6b"]
+    assert split_named_by(CONFIGS / "offline_router.yaml").ood_sources == ["gsm8k/example_model_solutions/6b"]
     for source in data:
         source.limit = 3
     pairs = [pair for source in data for pair in source.load()]
@@ -146,9 +146,7 @@ def test_pipeline_runs_every_stage_then_skips_what_is_done(tmp_path, monkeypatch
     offline["model"]["init_args"]["encoder"] = tiny_models["ReferenceSimilarityRewardModel"]["model"]
     offline["trainer"]["max_epochs"] = 1
     # too few rows here to hold any out, and larger val and test splits so that neither is empty
-    offline["data"]["init_args"].update(
-        ood_domains=[], ood_sources=[], split_fractions={"train": 0.4, "val": 0.3, "test": 0.3}
-    )
+    offline["data"]["init_args"]["split"] = {"fractions": {"train": 0.4, "val": 0.3, "test": 0.3}}
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump(offline))
     online = yaml.safe_load((CONFIGS / "online" / "live.yaml").read_text())
     online["model"]["init_args"].update(policy=tiny_models["LikelihoodRewardModel"]["model"], pool="pool.yaml",
@@ -225,15 +223,23 @@ def test_reports_name_the_machine(monkeypatch):
     assert " cores, " in line and "no native bfloat16" in line and f"torch {torch.__version__}" in line
 
 
-def test_the_pipeline_reads_where_each_stage_writes_from_the_config_that_writes_it():
-    from rmrouter.pipeline import callback_setting, checkpoint_of
+def test_the_pipeline_reads_where_each_stage_writes_from_the_config_that_writes_it(tmp_path):
+    from rmrouter.pipeline import checkpoint_of, run_output
 
     assert checkpoint_of(CONFIGS / "learned_rm" / "safety.yaml", "best") == Path(
         "checkpoints/learned_rm/safety/best.ckpt"
     )
-    prior = callback_setting(CONFIGS / "offline_router.yaml", "RouterPriorWriter", "path")
+    prior = run_output(CONFIGS / "offline_router.yaml", "RouterPriorWriter")
+    assert prior == Path("checkpoints/offline_router/prior.pt")  # the run's folder, as the callback defaults to
     router = yaml.safe_load((CONFIGS / "routers" / "bayesian.yaml").read_text())["model"]["init_args"]["router"]
-    assert prior == router["init_args"]["prior_path"]  # the online router reads what the offline fit writes
-    assert callback_setting(CONFIGS / "online" / "live.yaml", "OnlineSummary", "path").startswith("checkpoints/")
+    assert prior == Path(router["init_args"]["prior_path"])  # the online router reads what the offline fit writes
+    assert run_output(CONFIGS / "online" / "live.yaml", "OnlineSummary") == Path("checkpoints/online/live/summary.md")
     with pytest.raises(ValueError, match="no trainer callback RouterPriorWriter"):
-        callback_setting(CONFIGS / "online" / "live.yaml", "RouterPriorWriter", "path")
+        run_output(CONFIGS / "online" / "live.yaml", "RouterPriorWriter")
+    own = tmp_path / "own.yaml"  # a path and a dirpath of its own win over the run's folder
+    own.write_text(yaml.safe_dump({"trainer": {"default_root_dir": "runs/a", "callbacks": [
+        {"class_path": "rmrouter.callbacks.OnlineSummary", "init_args": {"path": "elsewhere/s.md"}},
+        {"class_path": "rmrouter.callbacks.ResumableCheckpoint", "init_args": {"dirpath": "ckpts"}},
+    ]}}))  # fmt: skip
+    assert run_output(own, "OnlineSummary") == Path("elsewhere/s.md")
+    assert checkpoint_of(own, "last") == Path("ckpts/last.ckpt")

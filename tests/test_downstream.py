@@ -18,6 +18,7 @@ from online_cli_helpers import run_online
 from rmrouter import sweep
 from rmrouter.cli import main
 from rmrouter.data import AlpacaEvalPairs, AlpacaEvalPrompts, GSM8KPrompts
+from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.data.sources import SPLIT_SCHEMES, split_key
 from rmrouter.evaluation.evaluation import _append_cache, _read_cache
 from rmrouter.evaluation.sweep_table import compare, identical_methods, sweep_table
@@ -77,10 +78,10 @@ def test_data_label_routing_online_is_fitted_on_the_offline_routers_training_row
     write_behaviour(path, rows=48)  # RM k is right on domain k % 4
     offline = load_config("offline_router.yaml")["data"]["init_args"]
     shipped = load_config("routers/data_label.yaml")["model"]["init_args"]["router"]["init_args"]
-    settings = ("split_fractions", "split_seed", "ood_domains", "ood_sources")
-    assert {k: shipped[k] for k in settings} == {k: offline[k] for k in settings}
+    # one split file, named by both configs (each path relative to its own config)
+    assert (CONFIGS / "routers" / shipped["split"]).resolve() == (CONFIGS / offline["split"]).resolve()
     assert shipped["behaviour"] == offline["path"]
-    router = DataLabelRouter(behaviour=str(path), **{k: shipped[k] for k in settings})
+    router = DataLabelRouter(behaviour=str(path), split=split_named_by(CONFIGS / "offline_router.yaml"))
     router.connect_pool(RM_NAMES)
     eligible = torch.ones(2, len(RM_NAMES), dtype=torch.bool)
     assert router.routing.route(["math", "safety"], ["test", "test"], eligible).tolist() == [0, 1]
@@ -102,6 +103,7 @@ def test_the_best_single_rm_is_the_most_accurate_on_the_training_rows(tmp_path, 
         row["agree"][RM_NAMES[0]] = i < 6
         row["scores"][RM_NAMES[0]] = [1.0, 0.0] if i < 6 else None
     (tmp_path / "checkpoints" / "behaviour" / "default.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config["data"]["init_args"]["split"] = str(CONFIGS / "splits" / "default.yaml")  # the copy names the shipped file
     (tmp_path / "offline.yaml").write_text(yaml.safe_dump(config))
     assert sweep.best_single_rm("offline.yaml") == RM_NAMES[2]
 
@@ -285,6 +287,8 @@ def test_the_pool_routers_of_the_sweep_train_live(tmp_path, tiny_causal_lm_dir, 
         row["agree"] = {"length": True, "words": False}
     behaviour.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = load_config(f"routers/{router}.yaml")
+    if "split" in config["model"]["init_args"]["router"]["init_args"]:  # a copy elsewhere names the shipped file
+        config["model"]["init_args"]["router"]["init_args"]["split"] = str(CONFIGS / "splits" / "default.yaml")
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(config))
     cli = run_online(tmp_path, tiny_causal_lm_dir, str(path))

@@ -157,12 +157,10 @@ def test_a_run_resumed_in_another_folder_writes_the_prior_of_its_own_best_checkp
     config = yaml.safe_load(CONFIG.read_text())
 
     def run(folder: str, *args: str) -> None:
-        callbacks = config["trainer"]["callbacks"]
+        callbacks = config["trainer"]["callbacks"]  # they write in the run's folder, `folder`
         for callback in callbacks:
-            init_args = callback["init_args"]
-            init_args.update({key: f"{folder}/{Path(init_args[key]).name}" for key in ("path",) if key in init_args})
-            if "dirpath" in init_args:
-                init_args.update(dirpath=folder, monitor="step", mode="min")  # epoch 0 stays the best
+            if callback["class_path"].endswith("ResumableCheckpoint"):
+                callback["init_args"].update(monitor="step", mode="min")  # epoch 0 stays the best
         overlay = workdir / f"{folder.replace('/', '_')}.yaml"
         overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks, "default_root_dir": folder}}))
         main(["fit", "--config", str(CONFIG), "--config", str(overlay), "--model.init_args.encoder", tiny_encoder_dir,

@@ -26,16 +26,14 @@ def test_redirected_trainer_moves_every_output_of_the_offline_config(benchmarks,
     common, _ = benchmarks
     overlay = common.redirected_trainer(yaml.safe_load(CONFIG.read_text()), tmp_path / "run")
     trainer = overlay["trainer"]
-    assert trainer["default_root_dir"] == str(tmp_path / "run")
-    assert trainer["logger"]["init_args"]["save_dir"] == str(tmp_path / "run")
-    assert trainer["logger"]["init_args"]["version"] == "tensorboard"  # the rest of the logger is kept
+    assert trainer["default_root_dir"] == str(tmp_path / "run")  # the logger and the callbacks' default folder
     checkpoint, prior, predictions, report = trainer["callbacks"]
-    assert predictions["init_args"]["path"] == str(tmp_path / "run" / "predictions.jsonl")
-    assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "run")
-    assert checkpoint["init_args"]["monitor"] == "val/router_acc"
-    assert prior["init_args"]["path"] == str(tmp_path / "run" / "prior.pt")
-    assert report["init_args"]["path"] == str(tmp_path / "run" / "report.md")
-    assert report["init_args"]["command"].startswith("python cli.py test")  # not a path: left alone
+    assert checkpoint["init_args"] == {"filename": "best", "monitor": "val/router_acc", "mode": "max", "save_top_k": 1}
+    assert "path" not in report["init_args"] and report["init_args"]["command"].startswith("python cli.py test")
+    own = {"trainer": {"callbacks": [{"class_path": "x.Writer", "init_args": {"path": "a/b/out.md", "dirpath": "c"}}]}}
+    moved = common.redirected_trainer(own, tmp_path / "run")["trainer"]["callbacks"][0]["init_args"]
+    assert moved == {"path": str(tmp_path / "run" / "out.md"), "dirpath": str(tmp_path / "run")}
+    assert prior["init_args"] == {} and predictions["init_args"] == {}  # they follow the run's folder
 
 
 def rows(router_right: list[bool]) -> list[dict]:

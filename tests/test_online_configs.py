@@ -16,6 +16,7 @@ from rmrouter.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SIMULATED = CONFIGS / "online" / "simulated.yaml"
+SPLIT = CONFIGS / "splits" / "default.yaml"
 ROUTERS = sorted(path.stem for path in (CONFIGS / "routers").glob("*.yaml"))
 VARIANTS = sorted((CONFIGS / "routers" / "bayesian_variants").glob("*.yaml"))
 
@@ -35,6 +36,7 @@ def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path
     config["trainer"].update(max_steps=2, enable_progress_bar=False)
     # all 24 rows, so each step has 4 pairs (the shipped config routes only the test and ood rows of a large file)
     config["data"]["init_args"].update(batch_size=4, train_splits=["train", "val", "test", "ood"])
+    config["data"]["init_args"]["split"] = str(SPLIT)  # a copy elsewhere names the shipped split file
     (tmp_path / "simulated.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
 
@@ -42,8 +44,9 @@ def workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_encoder_dir) -> Path
 def test_the_simulation_routes_only_pairs_the_offline_prior_never_trained_on():
     simulated = yaml.safe_load(SIMULATED.read_text())["data"]["init_args"]
     offline = yaml.safe_load((CONFIGS / "offline_router.yaml").read_text())["data"]["init_args"]
-    split_settings = ("path", "rm_names", "split_fractions", "split_seed", "ood_domains", "ood_sources")
-    assert {key: simulated[key] for key in split_settings} == {key: offline[key] for key in split_settings}
+    assert {key: simulated[key] for key in ("path", "rm_names")} == {key: offline[key] for key in ("path", "rm_names")}
+    # one split file, named by both configs (each path relative to its own config)
+    assert (SIMULATED.parent / simulated["split"]).resolve() == (CONFIGS / offline["split"]).resolve()
     assert simulated["train_splits"] == ["test", "ood"]
 
 
@@ -53,6 +56,8 @@ def router_config(name: str, workdir: Path, tiny_encoder_dir: str) -> Path:
     assert "rm_names" not in router  # the router takes the behaviour file's RMs (data.init_args.rm_names)
     if "encoder" in router:
         router["encoder"] = tiny_encoder_dir
+    if "split" in router:
+        router["split"] = str(SPLIT)
     path = workdir / f"router_{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -11,6 +11,7 @@ from behaviour_helpers import record_of
 from lightning.pytorch import Trainer
 
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.behaviour_split import BehaviourSplit
 from rmrouter.data.prompt_datamodule import PromptDataModule
 from rmrouter.data.records import PreferenceRecord, PromptRecord, as_messages
 from rmrouter.data.sources import PromptSource
@@ -290,7 +291,7 @@ def behaviour_file(tmp_path) -> str:
 @pytest.mark.parametrize(("rm", "expected"), [(0, 1.0), (1, 0.0)])
 def test_simulated_fit_logs_labelling_accuracy(tiny_causal_lm_dir, behaviour_file, tmp_path, rm, expected):
     module, router = make_module(tiny_causal_lm_dir, simulated=True), FixedRouter(RM_NAMES, rm)
-    data = BehaviourDataModule(behaviour_file, RM_NAMES, split_fractions={"train": 1.0}, batch_size=4)
+    data = BehaviourDataModule(behaviour_file, RM_NAMES, split=BehaviourSplit(fractions={"train": 1.0}), batch_size=4)
     module.configure_model()
     before = policy_weights(module)
     trainer = fit(module, data, router, tmp_path)

@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from rmrouter.cli import RMRouterCLI, main
 from rmrouter.data.behaviour import read_behaviour
 from rmrouter.modules.online_dpo import OnlineDPOModule
+from rmrouter.pipeline import run_output
 from rmrouter.reward_models import RewardModelPool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +115,7 @@ def test_online_configs_parse_with_the_papers_values_and_the_fsdp_overlay():
     assert (router.init_args.sigma2, router.init_args.lambda0) == (1.0, 1.0)
     assert router.init_args.use_prior and router.init_args.online_updates
     assert router.init_args.integration == "prior_injection"
-    offline = load(PAPER / "offline_router.yaml")
-    writers = [cb for cb in offline["trainer"]["callbacks"] if cb["class_path"].endswith("RouterPriorWriter")]
-    assert router.init_args.prior_path == PRIOR == writers[0]["init_args"]["path"]
+    assert router.init_args.prior_path == PRIOR == str(run_output(PAPER / "offline_router.yaml", "RouterPriorWriter"))
 
     trainer = config.trainer
     assert (trainer.accelerator, trainer.devices, trainer.precision) == ("gpu", "auto", "bf16-mixed")
@@ -260,7 +259,8 @@ def paper_workdir(tmp_path, monkeypatch, tiny_causal_lm_dir, tiny_classifier_dir
     assert (model["encoder"], model["pooling"]) == ("smollm2-135m-instruct", "last_token")
     assert not model["freeze_encoder"]  # the paper fine-tunes the encoder
     model["encoder"] = tiny_causal_lm_dir  # a 2-layer Llama, as SmolLM2 is a Llama
-    offline["data"]["init_args"].update(ood_domains=[], ood_sources=[], batch_size=8)  # too few rows to hold out
+    offline["data"]["init_args"].update(split={"fractions": {"train": 0.7, "val": 0.15, "test": 0.15}}, batch_size=8)
+    # too few rows to hold any out
     offline["trainer"].update(max_epochs=1, enable_progress_bar=False)
     (tmp_path / "offline_router.yaml").write_text(yaml.safe_dump(offline))
     main(["fit", "--config", str(tmp_path / "offline_router.yaml"), "--config", str(CPU_OVERLAY)])

@@ -22,6 +22,7 @@ from rmrouter.behaviour.shipped import (
 from rmrouter.cli import main
 from rmrouter.data.behaviour import read_behaviour, rm_names_of
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.behaviour_split import BehaviourSplit
 from rmrouter.data.jsonl import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def test_every_reader_takes_the_folder(shipped, tmp_path):
     main(["table", "--behaviour", str(collected), "--output", str(tmp_path / "b.md")])
     table = (tmp_path / "a.md").read_text()
     assert table.split("\n", 4)[4] == (tmp_path / "b.md").read_text().split("\n", 4)[4]  # all but the command line
-    module = BehaviourDataModule(str(folder), ["length", "learned"], split_fractions={"train": 1.0})
+    module = BehaviourDataModule(str(folder), ["length", "learned"], split=BehaviourSplit(fractions={"train": 1.0}))
     module.setup("fit")
     assert len(module.train_pairs) == 9
 

@@ -16,6 +16,7 @@ from test_offline_router import RM_NAMES, RowsData, toy_rows, trainer
 
 from rmrouter.callbacks.routing_predictions import read_predictions
 from rmrouter.cli import main
+from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.modules.task_router import TaskRouterModule
 from rmrouter.routers.task_aware import (
     UNKNOWN_TASK,
@@ -146,12 +147,12 @@ def test_the_task_router_on_the_real_pool_is_its_default_config_with_the_pools_n
     real = flatten(config)
     assert default.keys() == real.keys()
     changed = {key for key in default if default[key] != real[key]}
-    allowed = ("rm_names", "tasks", "data.init_args.path", "ood_domains", "ood_sources", "dir", "save_dir", "dirpath",
-               "init_args.path", "init_args.command", "init_args.about")  # fmt: skip
+    allowed = ("rm_names", "tasks", "data.init_args.path", "data.init_args.split", "dir", "init_args.command",
+               "init_args.about")  # fmt: skip
     assert changed and all(key.endswith(allowed) for key in changed), sorted(changed)
     from rmrouter.data.llmbar import LLMBarPairs
 
-    held_out = set(config["data"]["init_args"]["ood_domains"])
+    held_out = set(split_named_by(ROOT / "configs" / "offline_router_task_llmbar.yaml").ood_domains)
     assert config["model"]["init_args"]["tasks"] == sorted({p.domain for p in LLMBarPairs().load()} - held_out)
 
 
@@ -159,7 +160,7 @@ def test_the_tasks_are_the_shipped_large_sets_domains_but_the_held_out_one():
     from rmrouter.data.behaviour import read_behaviour
 
     config = yaml.safe_load(TASK_CONFIG.read_text())
-    held_out = set(config["data"]["init_args"]["ood_domains"])
+    held_out = set(split_named_by(TASK_CONFIG).ood_domains)
     domains = {record.pair.domain for record in read_behaviour(ROOT / "rmrouter" / "shipped" / "behaviour_large")}
     assert config["model"]["init_args"]["tasks"] == sorted(domains - held_out)
 

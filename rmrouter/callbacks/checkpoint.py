@@ -1,11 +1,13 @@
 """`ResumableCheckpoint`: Lightning's `ModelCheckpoint` whose `last.ckpt` is the latest epoch, never a smoke run's,
-and written atomically, so `--ckpt_path last` always resumes where a run stopped."""
+and written atomically in the run's folder, so `--ckpt_path last` always resumes where a run stopped."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
@@ -14,7 +16,11 @@ from rmrouter.callbacks.smoke_run import writes_artifacts
 
 
 class ResumableCheckpoint(LightningModelCheckpoint):
-    """Lightning's `ModelCheckpoint` (same arguments), with two changes to `last.ckpt`.
+    """Lightning's `ModelCheckpoint` (same arguments; `save_last` on and no `-v1` version suffixes by default), with
+    these changes.
+
+    - With no `dirpath`, checkpoints go in the run's folder, `trainer.default_root_dir` (`rmrouter.callbacks.
+      run_folder`), beside its logs and reports, where Lightning would use `<logger dir>/checkpoints`.
 
     - `last.ckpt` is the state at the end of the latest epoch trained, whatever the monitor says. Lightning 2.6 writes
       it only in a step that also saved a top-k checkpoint ("Only save last checkpoint if a checkpoint was actually
@@ -33,9 +39,24 @@ class ResumableCheckpoint(LightningModelCheckpoint):
       Lightning's default IO): a run killed while saving leaves the previous `last.ckpt` whole and loadable.
     """
 
+    def __init__(self, *, save_last: bool | None = True, enable_version_counter: bool = False, **kwargs: Any):
+        super().__init__(save_last=save_last, enable_version_counter=enable_version_counter, **kwargs)
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         install_atomic_checkpoint_io(trainer)
+        self._default_to_run_folder(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        # `--ckpt_path last` is resolved before `setup`: the folder must be known here too
+        self._default_to_run_folder(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def _default_to_run_folder(self, trainer: Trainer) -> None:
+        if self.dirpath is None:  # as Lightning treats a `dirpath` it is given: local folders made absolute
+            folder = str(trainer.default_root_dir)
+            self.dirpath = os.path.realpath(folder) if _is_local_file_protocol(folder) else folder
+            self._fs = get_filesystem(self.dirpath)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from rmrouter.callbacks.run_folder import in_run_folder
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.machine import describe_machine
 
@@ -65,21 +66,25 @@ class OfflineRouterReport(Callback):
     """After `test`, writes the router-vs-baselines table of every test split (`test`, `ood`) to a markdown file.
 
     Args:
-        path: The markdown file, e.g. `docs/offline_router.md`.
         command: The command that regenerates it, quoted in the file.
+        path: The markdown file; None: `report.md` in the run's folder (`trainer.default_root_dir`).
         about: A paragraph on the data, e.g. what the `ood` split holds, written above the table.
         metrics_path: A JSON file that also receives the numbers behind the table (`splits`, `sizes` and every
             logged `metrics` value), for scripts that compare runs; None writes none.
     """
 
-    def __init__(self, path: str, command: str, about: str | None = None, metrics_path: str | None = None):
-        self.path = Path(path)
+    FILE_NAME = "report.md"
+
+    def __init__(self, command: str, path: str | None = None, about: str | None = None,
+                 metrics_path: str | None = None):  # fmt: skip
+        self.path = None if path is None else Path(path)
         self.command = command
         self.about = about
         self.metrics_path = None if metrics_path is None else Path(metrics_path)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = evaluated_path(self.path, trainer.datamodule)
+        configured = in_run_folder(trainer, self.path, self.FILE_NAME)
+        path = evaluated_path(configured, trainer.datamodule)
         if not trainer.is_global_zero or not writes_artifacts(trainer, path):
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
@@ -90,7 +95,7 @@ class OfflineRouterReport(Callback):
         router_label = getattr(pl_module, "router_label", ROWS[0][0])
         table = results_table(metrics, splits, list(hparams.rm_names), sizes, router_label)
         about = f"{self.about.strip()}\n\n" if self.about else ""
-        if path != self.path:  # evaluate_all: the configured paragraph is about the main run's data
+        if path != configured:  # evaluate_all: the configured paragraph is about the main run's data
             about = (
                 f"Every row of `{trainer.datamodule.path}` is evaluated (`evaluate_all`); data-label routing was "
                 "fitted on those same rows, so its row is in-sample.\n\n"

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from rmrouter.callbacks.run_folder import in_run_folder
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.base import Router
 
@@ -56,9 +57,12 @@ class OnlineSummary(Callback):
     """Collects the per-step `train/*` values of an online DPO fit and reports the run when it ends.
 
     Args:
-        path: Where rank zero writes the summary as markdown; None only logs it.
+        path: Where rank zero writes the summary as markdown; None: `summary.md` in the run's folder
+            (`trainer.default_root_dir`).
         title: The markdown heading.
     """
+
+    FILE_NAME = "summary.md"
 
     def __init__(self, path: str | None = None, title: str = "Online DPO run summary") -> None:
         self.path = Path(path) if path is not None else None
@@ -92,10 +96,11 @@ class OnlineSummary(Callback):
     def _report(self, trainer: Trainer) -> None:
         text = self.render(trainer)
         log.info("\n%s", text)
-        if self.path is not None and writes_artifacts(trainer, self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(text)
-            log.info("online summary written to %s", self.path)
+        path = in_run_folder(trainer, self.path, self.FILE_NAME)
+        if writes_artifacts(trainer, path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            log.info("online summary written to %s", path)
 
     def render(self, trainer: Trainer) -> str:
         """The summary as markdown."""

@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from rmrouter.callbacks.checkpoint import checkpoint_callback_states
+from rmrouter.callbacks.run_folder import in_run_folder
 from rmrouter.callbacks.smoke_run import writes_artifacts
 from rmrouter.routers.calibration import fit_prior_scale
 
@@ -31,14 +32,17 @@ class RouterPriorWriter(Callback):
     (`<stem>-encoder/`, a `from_pretrained` folder the prior names). Only rank zero writes.
 
     Args:
-        path: Where the prior goes, e.g. `checkpoints/offline_router/prior.pt`.
+        path: Where the prior goes; None: `prior.pt` in the run's folder (`trainer.default_root_dir`).
     """
 
-    def __init__(self, path: str):
-        self.path = Path(path)
+    FILE_NAME = "prior.pt"
+
+    def __init__(self, path: str | None = None):
+        self.path = None if path is None else Path(path)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not writes_artifacts(trainer, self.path):
+        path = in_run_folder(trainer, self.path, self.FILE_NAME)
+        if trainer.sanity_checking or not trainer.is_global_zero or not writes_artifacts(trainer, path):
             return
         selected, metadata = selected_module(trainer, pl_module)
         datamodule = getattr(trainer, "datamodule", None)
@@ -47,9 +51,9 @@ class RouterPriorWriter(Callback):
         scale = reward_scale(selected, datamodule) if hasattr(selected, "router_scores") else None
         if scale is not None:
             metadata["reward_scale"] = scale
-        encoder_dir = self.path.parent / f"{self.path.stem}-encoder"
-        selected.router_prior(metadata, encoder_dir=encoder_dir).save(self.path)
-        log.info("wrote the router prior to %s (%s)", self.path, metadata["selected"])
+        encoder_dir = path.parent / f"{path.stem}-encoder"
+        selected.router_prior(metadata, encoder_dir=encoder_dir).save(path)
+        log.info("wrote the router prior to %s (%s)", path, metadata["selected"])
 
 
 def selected_module(trainer: Trainer, pl_module: LightningModule) -> tuple[LightningModule, dict[str, Any]]:

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from rmrouter.callbacks.offline_report import evaluated_path
+from rmrouter.callbacks.run_folder import in_run_folder
 from rmrouter.callbacks.smoke_run import writes_artifacts
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,20 @@ class RoutingPredictionWriter(BasePredictionWriter):
     whole other behaviour file (`evaluate_all`) writes `<stem>.<file stem><suffix>` beside the main run's file.
 
     Args:
-        path: The file, e.g. `checkpoints/offline_router/predictions.jsonl`.
+        path: The file; None: `predictions.jsonl` in the run's folder (`trainer.default_root_dir`).
     """
 
-    def __init__(self, path: str):
+    FILE_NAME = "predictions.jsonl"
+
+    def __init__(self, path: str | None = None):
         super().__init__(write_interval="epoch")
-        self.path = Path(path)
+        self.path = None if path is None else Path(path)
 
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: list[Any], batch_indices: Any
     ) -> None:
-        path = evaluated_path(self.path, trainer.datamodule)  # evaluate_all: beside the main run's file
+        path = in_run_folder(trainer, self.path, self.FILE_NAME)
+        path = evaluated_path(path, trainer.datamodule)  # evaluate_all: beside the main run's file
         if trainer.world_size > 1:
             path = path.with_suffix(f".rank{trainer.global_rank}{path.suffix}")
         if not writes_artifacts(trainer, path):

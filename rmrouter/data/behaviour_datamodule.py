@@ -25,15 +25,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from rmrouter.data.behaviour import BehaviourRecord, read_behaviour, rm_names_of
+from rmrouter.data.behaviour_split import IN_DISTRIBUTION_SPLITS, BehaviourSplit
 from rmrouter.data.loading import seeded_loader
 from rmrouter.data.records import as_text
-from rmrouter.data.sources import assign_split, split_key
 from rmrouter.routers.data_label import DataLabelRouting
 
 log = logging.getLogger(__name__)
-
-IN_DISTRIBUTION_SPLITS = ("train", "val", "test")
-DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 class BehaviourPairs(Dataset):
@@ -88,13 +85,10 @@ class BehaviourDataModule(LightningDataModule):
         rm_names: The RMs to route between, in pool order; it fixes the columns of `agree` and `margin`. The file
             must carry these RMs; others it has are left out (e.g. the verifier of `configs/pool/with_verifier.yaml`
             for the default pool's router).
-        split_fractions: Relative sizes of `train` (required), `val` and `test`; None means
-            `{train: 0.8, val: 0.1, test: 0.1}`.
-        split_seed: Seed of the prompt-keyed split assignment.
-        ood_domains: Domains held out whole as split `ood` (never trained, validated or tested on).
-        ood_sources: Source prefixes held out whole as split `ood` (e.g. `hh-rlhf` or `alpaca_eval/gpt4`).
+        split: The split (`BehaviourSplit`: fractions, seed, held-out domains and sources); in a config, the path of
+            a `configs/splits/` file that every config splitting this file names. None: 80/10/10, nothing held out.
         train_splits: The splits the train loader serves; None serves `train`. The simulated online run serves
-            `[test, ood]` with the offline router's split settings, so it routes only pairs the prior never saw.
+            `[test, ood]` of the offline router's split, so it routes only pairs the prior never saw.
         evaluate_all: Evaluate a trained router on every row of `path`: `val` and `test` (hence `validate`, `test`
             and `predict`) are the whole file, there is no train split and no `ood` (the split settings are then
             unused), and data-label routing is fitted on those same rows, so its baseline is in-sample (optimistic).
@@ -109,10 +103,7 @@ class BehaviourDataModule(LightningDataModule):
         self,
         path: str,
         rm_names: list[str],
-        split_fractions: dict[str, float] | None = None,
-        split_seed: int = 0,
-        ood_domains: list[str] | None = None,
-        ood_sources: list[str] | None = None,
+        split: BehaviourSplit | None = None,
         train_splits: list[str] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -122,26 +113,18 @@ class BehaviourDataModule(LightningDataModule):
         super().__init__()
         if not rm_names or len(set(rm_names)) != len(rm_names):
             raise ValueError(f"rm_names must be a non-empty list of distinct RM names, got {rm_names}")
-        fractions = dict(DEFAULT_SPLIT_FRACTIONS if split_fractions is None else split_fractions)
-        unknown = sorted(set(fractions) - set(IN_DISTRIBUTION_SPLITS))
-        if "train" not in fractions or unknown:
-            raise ValueError(
-                f"split_fractions must name 'train' and may name 'val' and 'test' (ood rows are chosen by "
-                f"ood_domains/ood_sources), got {fractions}"
-            )
+        split = BehaviourSplit() if split is None else split
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         train_splits = list(train_splits or ["train"])
-        known = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if ood_domains or ood_sources else [])]
+        known = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if split.holds_out else [])]
         if not train_splits or any(name not in known for name in train_splits):
             raise ValueError(f"train_splits must name splits among {known}, got {train_splits}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["split"])
+        self.hparams["split"] = split.as_dict()  # plain values: a checkpoint loads with weights_only=True
         self.path = path
         self.rm_names = list(rm_names)
-        self.split_fractions = fractions
-        self.split_seed = split_seed
-        self.ood_domains = list(ood_domains or [])
-        self.ood_sources = list(ood_sources or [])
+        self.split = split
         self.train_splits = train_splits
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -154,7 +137,7 @@ class BehaviourDataModule(LightningDataModule):
 
     @property
     def has_ood(self) -> bool:
-        return bool(self.ood_domains or self.ood_sources) and not self.evaluate_all
+        return self.split.holds_out and not self.evaluate_all
 
     @property
     def evaluation_name(self) -> str | None:
@@ -176,13 +159,13 @@ class BehaviourDataModule(LightningDataModule):
         names = [*IN_DISTRIBUTION_SPLITS, *(["ood"] if self.has_ood else [])]
         grouped: dict[str, list[BehaviourRecord]] = {name: [] for name in names}
         for record in records:
-            grouped[self._split_of(record)].append(record)
+            grouped[self.split.split_of(record.pair)].append(record)
         train_rows = [record for name in self.train_splits for record in grouped[name]]
         if not train_rows:
             sizes = {name: len(rows) for name, rows in grouped.items()}
             raise ValueError(
                 f"{self.path}: the {' + '.join(self.train_splits)} split is empty ({len(records)} rows, split sizes "
-                f"{sizes}): raise split_fractions['train'] or narrow ood_domains / ood_sources"
+                f"{sizes}): raise the split's train fraction or narrow its ood_domains / ood_sources"
             )
         self._warn_unmatched_ood(records)
         self.splits = {name: BehaviourPairs(rows, self.rm_names) for name, rows in grouped.items()}
@@ -225,18 +208,12 @@ class BehaviourDataModule(LightningDataModule):
         log.info("%s: data-label routing (top RM per label): %s", self.path,
                  self.data_label_routing.describe(self.rm_names))  # fmt: skip
 
-    def _split_of(self, record: BehaviourRecord) -> str:
-        pair = record.pair
-        if pair.domain in self.ood_domains or any(pair.source.startswith(prefix) for prefix in self.ood_sources):
-            return "ood"
-        return assign_split(split_key(pair), self.split_fractions, self.split_seed)
-
     def _warn_unmatched_ood(self, records: list[BehaviourRecord]) -> None:
         # A misspelt domain or source would silently leave its rows in training; say which names matched nothing.
         domains = {record.pair.domain for record in records}
         sources = {record.pair.source for record in records}
-        unmatched = [d for d in self.ood_domains if d not in domains]
-        unmatched += [p for p in self.ood_sources if not any(s.startswith(p) for s in sources)]
+        unmatched = [d for d in self.split.ood_domains if d not in domains]
+        unmatched += [p for p in self.split.ood_sources if not any(s.startswith(p) for s in sources)]
         if unmatched:
             log.warning(
                 "%s: ood_domains/ood_sources %s match no row (domains %s, sources %s)",
@@ -289,7 +266,9 @@ class BehaviourDataModule(LightningDataModule):
         splits = {**self._splits(), **self.ood_by_domain}
         for name in names:
             if len(splits[name]) == 0:
-                log.warning("%s: the %s split is empty, so it is skipped (see split_fractions, ood_*)", self.path, name)
+                log.warning(
+                    "%s: the %s split is empty, so it is skipped (see the split's fractions and ood_*)", self.path, name
+                )
         return [self._loader(splits[name], shuffle=False) for name in names if len(splits[name]) > 0]
 
     def _splits(self) -> dict[str, BehaviourPairs]:

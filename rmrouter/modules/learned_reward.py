@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -65,8 +66,8 @@ class BradleyTerryRewardModule(LightningModule):
         max_length: int,
         freeze_encoder: bool,
         head_hidden: int,
-        learning_rate: float,
-        weight_decay: float,
+        learning_rate: NonNegativeFloat,
+        weight_decay: NonNegativeFloat,
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
@@ -86,8 +87,8 @@ class OfflineRouterModule(BehaviourRouterModule):
         embedding_size: int,
         freeze_encoder: bool,
         cls_weight: float,
-        learning_rate: float,
-        weight_decay: float,
+        learning_rate: NonNegativeFloat,
+        weight_decay: NonNegativeFloat,
         store_embeddings: bool = True,
     ):
         super().__init__(rm_names, ("loss", "bt_loss", "cls_loss"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt, restricted_number_type
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
@@ -35,6 +36,10 @@ from rmrouter.policy.checkpoint import check_trainable_weights, keep_trainable_w
 from rmrouter.policy.core import DPOStep, build_policy, dpo_on_labels
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairJudge, Router
+
+# Single values are range-checked at parse time by their types, before any model loads (jsonargparse.typing); a top_p
+# of 0 keeps no token, above 1 means nothing.
+NucleusMass = restricted_number_type("NucleusMass", float, [(">", 0), ("<=", 1)], join="and")
 
 
 class OnlineDPOModule(EvaluationHooks, LightningModule):
@@ -81,14 +86,14 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
         pool: RewardModelPool | None,
         num_samples: int,
         pairing: Literal["random", "all", "best_vs_worst"],
-        pairs_per_prompt: int,
+        pairs_per_prompt: PositiveInt,
         min_score_gap: float,
-        beta: float,
+        beta: PositiveFloat,
         loss_type: LossType,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        max_prompt_length: int,
+        max_new_tokens: PositiveInt,
+        temperature: PositiveFloat,
+        top_p: NucleusMass,
+        max_prompt_length: PositiveInt,
         missing_eos_penalty: float,
         lora: dict[str, Any] | None,
         simulated: bool,

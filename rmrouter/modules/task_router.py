@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat
 from torch import Tensor, nn
 
 from rmrouter.losses import masked_bce_with_logits
@@ -76,8 +77,8 @@ class TaskRouterModule(BehaviourRouterModule):
         embedding_size: int,
         freeze_encoder: bool,
         task_weight: float,
-        learning_rate: float,
-        weight_decay: float,
+        learning_rate: NonNegativeFloat,
+        weight_decay: NonNegativeFloat,
         residual: bool = True,
         route_with_labels: bool = True,
         store_embeddings: bool = True,

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from rmrouter.data.behaviour_split import BehaviourSplit
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
 from rmrouter.routers.data_label import DataLabelRouting
@@ -95,12 +96,9 @@ class DataLabelRouter(Router):
         routing: The rankings, fitted on training rows (`DataLabelRouting.fit`); or None, and `behaviour` names the
             behaviour file to fit them on.
         behaviour: A behaviour file (`python cli.py collect`); the rankings are fitted on its `train` split, the
-            rows the offline router trains on (the same `split_fractions`, `split_seed`, `ood_domains` and
-            `ood_sources` as `configs/offline_router.yaml`), once the pool's RM names are known.
-        split_fractions: The offline router's split of that file.
-        split_seed: Its seed.
-        ood_domains: Its held-out domains (never fitted on).
-        ood_sources: Its held-out sources (never fitted on).
+            rows the offline router trains on, once the pool's RM names are known.
+        split: The offline router's split of that file (in a config, the same `configs/splits/` file its config
+            names), so the lookup is fitted on exactly the rows the prior was trained on.
     """
 
     def __init__(
@@ -108,18 +106,14 @@ class DataLabelRouter(Router):
         rm_names: list[str] | None = None,
         routing: DataLabelRouting | None = None,
         behaviour: str | None = None,
-        split_fractions: dict[str, float] | None = None,
-        split_seed: int = 0,
-        ood_domains: list[str] | None = None,
-        ood_sources: list[str] | None = None,
+        split: BehaviourSplit | None = None,
     ) -> None:
         if (routing is None) == (behaviour is None):
             raise ValueError(
                 "DataLabelRouter needs exactly one of `routing` (fitted rankings) and `behaviour` (a file)"
             )
         self.routing = routing
-        self._behaviour = dict(path=behaviour, split_fractions=split_fractions, split_seed=split_seed,
-                               ood_domains=ood_domains, ood_sources=ood_sources)  # fmt: skip
+        self._behaviour = {"path": behaviour, "split": split}
         super().__init__(rm_names)
         if self.rm_names is not None:
             self.check_rm_names()
