@@ -241,8 +241,8 @@ def run_one(bench: Benchmark, fidelity: str, key: str, config, overrides, seed: 
     return result
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """What a `Benchmark` is built from: the behaviour file, its offline split's config, the seeds and their priors."""
     parser.add_argument("--behaviour", type=Path, default=Path("rmrouter/shipped/behaviour_large"))
     priors = parser.add_mutually_exclusive_group()
     priors.add_argument("--priors", type=Path, default=Path("checkpoints/offline_router_seeds_large"))
@@ -254,6 +254,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stream_arguments(parser)
     parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream (passes repeat the held-out set)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fidelities", nargs="+", choices=FIDELITIES, default=list(FIDELITIES))

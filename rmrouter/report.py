@@ -95,6 +95,7 @@ def write_report(
     routing_real: str | None = None,
     offline_task: str | None = None,
     offline_task_real: str | None = None,
+    drift: str | None = None,
 ) -> None:
     """Writes the results report and the README's headline block from the files the commands wrote.
 
@@ -113,6 +114,7 @@ def write_report(
         routing_real: The routing benchmark on the second pool (with `offline_real`).
         offline_task: The task-aware router's seeds report on the default pool; None: the report has none.
         offline_task_real: The same on the second pool.
+        drift: The drift benchmark (`benchmarks/routing_drift.py`); None: the report has no drift section.
     """
     from rmrouter.evaluation.sweep_table import sweep_table
 
@@ -120,7 +122,7 @@ def write_report(
                   main_job=main_job, reliability=reliability, downstream=downstream)  # fmt: skip
     if offline_real is not None and routing_real is not None:
         inputs.update(offline_real=offline_real, routing_real=routing_real)
-    for name, path in (("offline_task", offline_task), ("offline_task_real", offline_task_real)):
+    for name, path in (("offline_task", offline_task), ("offline_task_real", offline_task_real), ("drift", drift)):
         if path is not None:
             inputs[name] = path
     paths = {name: Path(path) for name, path in inputs.items()}
@@ -150,6 +152,16 @@ def write_report(
                                       ("Fidelity (b)", "", "fidelity (b): log-linear DPO policy")):  # fmt: skip
             routing_sections += quoted(routing_doc, table_under(docs[routing_doc], heading, after), f"{label}, {title}")
     routing_figures = sorted((paths["routing"].parent / paths["routing"].stem).glob("*_cumulative.png"))
+    drift_sections = []
+    if "drift" in docs:
+        drift_sections = [
+            "## Routing under drift",
+            "",
+            *quoted("drift", table_under(docs["drift"], "Goals"), "Goals at fidelity (a), against the static lookup"),
+            *[f"![{p.stem}]({_relative(p, out.parent)})"
+              for p in sorted((paths["drift"].parent / paths["drift"].stem).glob("*_oracle.png"))],
+            "",
+        ]  # fmt: skip
     lines = [
         "# Results",
         "",
@@ -169,6 +181,7 @@ def write_report(
         *routing_sections,
         *[f"![{p.stem}]({_relative(p, out.parent)})" for p in routing_figures],
         "",
+        *drift_sections,
         "## Downstream: trained policies evaluated",
         "",
         f"From [`{paths['downstream']}`]({_relative(paths['downstream'], out.parent)}), written by `python cli.py "
@@ -233,9 +246,23 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
         + "; ".join(cells)
         + f" ({link('downstream')})."
     )
+    if "drift" in docs:
+        lines.append(drift_line(table_under(docs["drift"], "Goals"), link("drift")))
     lines.append(f"- **Speed**: the online step at k = 2 in {_step_cell(table_under(docs['online_step']))} "
                  f"({link('online_step')}).")  # fmt: skip
     return "\n".join(lines)
+
+
+def drift_line(goals: Table, link: str) -> str:
+    """The headline's drift sentence: the task-aware router against the static lookup on each drift stream, and
+    what forgetting costs where nothing drifts."""
+    drifting = [f"{row[0]} {row[3].split(' ±')[0]} ({row[4]})" for row in goals.rows
+                if row[1] == "task" and row[2] == "data_label"]  # fmt: skip
+    forgetting = [f"{row[3].split(' ±')[0]} ({row[4]})" for row in goals.rows if row[0] == "stationary" and
+                  row[1] == "task_forget"]  # fmt: skip
+    cost = f"; forgetting where nothing drifts: {forgetting[0]} points against none" if forgetting else ""
+    return (f"- **Under drift** (oracle reward): TaskBayesianRouter against the static lookup after the change: "
+            f"{'; '.join(drifting)} points{cost} ({link}).")  # fmt: skip
 
 
 POOLS = {("offline", "routing"): "Default pool", ("offline_real", "routing_real"): "Real pool (LLMBar's LLM judges)"}

@@ -334,3 +334,15 @@ def test_a_judge_without_eligibility_lets_every_rm_judge():
     from rmrouter.routers.judges import ask_eligible
 
     assert ask_eligible(FakeJudge(), make_pairs(random.Random(0), 3), 2).tolist() == [[True, True]] * 3
+
+
+def test_the_paper_routers_forgetting_returns_toward_its_prior_means(prior_path):
+    # prior_mean: the prior's means held with one reward's precision (I / sigma2); prior: the prior itself
+    for toward, precision in (("prior_mean", 1.0), ("prior", 1e4)):
+        router = BayesianRouter(
+            RMS, prior_path=str(prior_path), sigma2=1.0, lambda0=1e4, warmup=5, use_prior=True, online_updates=True,
+            integration="prior_injection", offline_weight=0.0, seed=0, forgetting=0.9, forget_toward=toward,
+        )  # fmt: skip
+        torch.testing.assert_close(router.anchor.means(), router.posteriors.means())
+        eye = torch.eye(router.anchor.dim, dtype=torch.float64).expand_as(router.anchor.precision)
+        torch.testing.assert_close(router.anchor.precision, precision * eye)

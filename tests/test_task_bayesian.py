@@ -122,3 +122,58 @@ def test_a_pair_of_unknown_task_reads_the_task_head_and_labels_can_be_ignored(tm
     assert not math.isclose(q[1, 0].item(), 0.5)  # the head's weights say something
     unlabelled = router(str(tmp_path / "prior.pt"), use_labels=False)
     torch.testing.assert_close(unlabelled.context(batch), head)
+
+
+def test_forgetting_discounts_old_rewards_toward_the_prior_as_computed_by_hand(tmp_path):
+    # cell (math, a): prior precision 25 and mean mu0; each learning step first forgets with g toward mu0 held with
+    # one reward's precision (1 / sigma2 = 1), then adds its rewards:
+    # Lambda_k = g Lambda_{k-1} + (1 - g) 1 + m_k and b_k = g b_{k-1} + (1 - g) 1 mu0 + sum r_k
+    path = hand_prior(tmp_path / "prior.pt")
+    g, mu0 = 0.5, 2 * ACCURACY[0, 0].item() - 1
+    learner = router(path, forgetting=g)
+    precision, vector = 25.0, 25.0 * mu0
+    for losses in ([0.1, 0.7, 0.6], [0.9, 0.3, 0.35], [0.4, 0.2, 0.25]):
+        losses = torch.tensor(losses)
+        context = torch.tensor([[1.0, 0.0]] * 3)
+        learner.observe(Routing(torch.ones(3), torch.tensor([0, 0, 0]), 3, context), losses)
+        rewards = 2 * learner.normalizer.normalize(batch_baseline(losses.double())) - 1  # as observed
+        precision = g * precision + (1 - g) * 1 + 3
+        vector = g * vector + (1 - g) * 1 * mu0 + rewards.sum().item()
+    assert learner.posteriors.means()[0, 0].item() == pytest.approx(vector / precision)
+    assert learner.posteriors.means()[0, 0].item() != pytest.approx(router(path).posteriors.means()[0, 0].item())
+    precision = torch.diagonal(learner.posteriors.precision, dim1=1, dim2=2)
+    assert precision[1, 0].item() == pytest.approx(25 * g**3 + (1 - g**3))  # no rewards: the offline evidence fades
+    untouched = (2 * ACCURACY.T - 1).double()  # cells without rewards forget toward where they already are
+    torch.testing.assert_close(learner.posteriors.means()[1], untouched[1])
+    with pytest.raises(ValueError, match=r"forgetting must lie in \(0, 1\]"):
+        router(path, forgetting=0.0)
+
+
+def test_forgotten_posteriors_return_to_the_prior_and_one_forgets_nothing():
+    from rmrouter.routers.posterior import GaussianPosteriors
+
+    prior = GaussianPosteriors.prior(torch.tensor([[0.5, -0.5]]).double(), lambda0=2.0, sigma2=1.0)
+    learned = GaussianPosteriors.prior(torch.tensor([[0.5, -0.5]]).double(), lambda0=2.0, sigma2=1.0)
+    learned.update(torch.tensor([0, 0]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]).double(), torch.tensor([3.0, 3.0]))
+    before = learned.means().clone()
+    learned.forget(1.0, prior)
+    torch.testing.assert_close(learned.means(), before)
+    for _ in range(60):
+        learned.forget(0.7, prior)
+    torch.testing.assert_close(learned.means(), prior.means())
+    torch.testing.assert_close(learned.precision, prior.precision)
+
+
+def test_forgetting_toward_the_prior_keeps_the_offline_evidence_whole(tmp_path):
+    # forget_toward: prior: Lambda_k = g Lambda_{k-1} + (1 - g) 25 + m_k, so a cell without rewards keeps its 25
+    path = hand_prior(tmp_path / "prior.pt")
+    g = 0.5
+    learner = router(path, forgetting=g, forget_toward="prior")
+    for losses in ([0.1, 0.7, 0.6], [0.9, 0.3, 0.35]):
+        learner.observe(Routing(torch.ones(3), torch.tensor([0, 0, 0]), 3, torch.tensor([[1.0, 0.0]] * 3)),
+                        torch.tensor(losses))  # fmt: skip
+    precision = torch.diagonal(learner.posteriors.precision, dim1=1, dim2=2)
+    assert precision[1, 0].item() == pytest.approx(25.0)
+    assert precision[0, 0].item() == pytest.approx(g * (g * 25 + (1 - g) * 25 + 3) + (1 - g) * 25 + 3)
+    with pytest.raises(ValueError, match="forget_toward must be"):
+        router(path, forgetting=g, forget_toward="nothing")

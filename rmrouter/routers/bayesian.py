@@ -72,6 +72,13 @@ class BayesianRouter(Router):
         warmup_rewards: `placeholder` (the paper) or `held` (see above).
         centred_rewards: Learn rewards on `[-1, 1]` instead of `[0, 1]`.
         eligible_only: Choose only among the RMs that can judge each pair.
+        forgetting: `g` in `(0, 1]`: before each learning step every posterior forgets (`GaussianPosteriors.
+            forget`) toward `forget_toward`, so a reward `k` steps old weighs `g^k` of what it did and the router can
+            follow an RM whose reliability changes. 1 (the paper) keeps every reward for good.
+        forget_toward: `prior_mean`: the prior's means held with the precision of one reward (`I / sigma2`), so
+            the offline evidence fades too and a direction without recent rewards goes back to its prior mean with
+            the uncertainty of a single reward, which the Thompson draws explore; `prior`: the prior as it started,
+            so the offline evidence is kept whole and only the online rewards fade.
     """
 
     def __init__(
@@ -93,8 +100,11 @@ class BayesianRouter(Router):
         warmup_rewards: Literal["placeholder", "held"] = "placeholder",
         centred_rewards: bool = False,
         eligible_only: bool = True,
+        forgetting: float = 1.0,
+        forget_toward: Literal["prior_mean", "prior"] = "prior_mean",
     ) -> None:
         super().__init__(rm_names)
+        self.forgetting, self.forget_toward = checked_forgetting(forgetting, forget_toward)
         if integration not in ("prior_injection", "weighted_score"):
             raise ValueError(f"integration must be 'prior_injection' or 'weighted_score', got {integration!r}")
         if not 0.0 <= offline_weight <= 1.0:
@@ -144,6 +154,7 @@ class BayesianRouter(Router):
             inject = use_prior and integration == "prior_injection"
             means = self.prior_scale * self.offline_scores if inject else torch.zeros_like(self.offline_scores)
             self.posteriors = GaussianPosteriors.prior(means, self.lambda0, self.sigma2)
+            self.anchor = forgetting_anchor(means, self.lambda0, self.sigma2, forget_toward)
         self.normalizer = QuantileNormalizer(warmup=warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_losses = 0
@@ -164,6 +175,7 @@ class BayesianRouter(Router):
         if self.posteriors is None:
             zeros = torch.zeros(len(self.rm_names), dim, dtype=torch.float64)
             self.posteriors = GaussianPosteriors.prior(zeros, self.lambda0, self.sigma2)
+            self.anchor = forgetting_anchor(zeros, self.lambda0, self.sigma2, self.forget_toward)
         return self.posteriors
 
     def scores(self, h: Tensor) -> Tensor:
@@ -219,7 +231,10 @@ class BayesianRouter(Router):
             rm_index, h, reward = released
         if self.centred_rewards:
             reward = centred(reward)
-        self._posteriors(h.shape[1]).update(rm_index, h, reward)
+        posteriors = self._posteriors(h.shape[1])
+        if self.forgetting < 1:
+            posteriors.forget(self.forgetting, self.anchor)
+        posteriors.update(rm_index, h, reward)
 
     def metrics(self) -> dict[str, float]:
         return {**super().metrics(), "router/nonfinite_losses": float(self.nonfinite_losses)}
@@ -249,6 +264,20 @@ class BayesianRouter(Router):
         self.nonfinite_losses = int(state_dict["nonfinite_losses"])
         self.held.load_state_dict(state_dict["held"])
         super().load_state_dict(state_dict)
+
+
+def forgetting_anchor(means: Tensor, lambda0: float, sigma2: float, toward: str) -> GaussianPosteriors:
+    """Where forgetting returns the posteriors to: their prior means held with the precision of one reward
+    (`prior_mean`), or the prior `N(means, I / lambda0)` itself (`prior`)."""
+    return GaussianPosteriors.prior(means, 1.0 / sigma2 if toward == "prior_mean" else lambda0, sigma2)
+
+
+def checked_forgetting(factor: float, toward: str) -> tuple[float, str]:
+    if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+        raise ValueError(f"forgetting must lie in (0, 1] (1: never forget), got {factor!r}")
+    if toward not in ("prior_mean", "prior"):
+        raise ValueError(f"forget_toward must be 'prior_mean' or 'prior', got {toward!r}")
+    return float(factor), toward
 
 
 def calibrated_scale(prior: RouterPrior) -> float:

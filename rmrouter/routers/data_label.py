@@ -14,7 +14,7 @@ pair goes to the first RM in its label's ranking that can judge it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -27,6 +27,12 @@ def dataset_of(source: str) -> str:
     return source.split("/", 1)[0]
 
 
+def judged_accuracy(right: Tensor, eligible: Tensor) -> Tensor:
+    """`[N]` float64: each RM's accuracy on the rows it could judge, -1 for an RM that judged none."""
+    judged = eligible.sum(dim=0).double()
+    return torch.where(judged > 0, (right & eligible).sum(dim=0).double() / judged.clamp_min(1), -1.0)
+
+
 def rank_rms(right: Tensor, eligible: Tensor) -> list[int]:
     """RM indices, best first, by accuracy on the rows each could judge; ties by coverage, then index.
 
@@ -35,7 +41,7 @@ def rank_rms(right: Tensor, eligible: Tensor) -> list[int]:
         eligible: `[R, N]` bool, RM `n` could judge row `r`.
     """
     judged = eligible.sum(dim=0).double()
-    accuracy = torch.where(judged > 0, (right & eligible).sum(dim=0).double() / judged.clamp_min(1), -1.0)
+    accuracy = judged_accuracy(right, eligible)
     keys = [(-float(accuracy[n]), -float(judged[n]), n) for n in range(right.shape[1])]
     return [n for _, _, n in sorted(keys)]
 
@@ -46,9 +52,12 @@ class DataLabelRouting:
 
     Args:
         rankings: Label (a domain, a dataset, or `OVERALL`) -> RM indices, best first.
+        accuracies: Label -> each RM's accuracy on the training rows of that label it could judge (-1: none), in
+            pool order; empty when the rankings were given without them.
     """
 
     rankings: dict[str, list[int]]
+    accuracies: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, domains: Sequence[str], sources: Sequence[str], right: Tensor, eligible: Tensor) -> DataLabelRouting:
@@ -64,14 +73,20 @@ class DataLabelRouting:
         for row, (domain, source) in enumerate(zip(domains, sources, strict=True)):
             groups.setdefault(f"domain:{domain}", []).append(row)
             groups.setdefault(f"dataset:{dataset_of(source)}", []).append(row)
-        return cls({label: rank_rms(right[rows], eligible[rows]) for label, rows in groups.items()})
+        rankings = {label: rank_rms(right[rows], eligible[rows]) for label, rows in groups.items()}
+        accuracies = {label: judged_accuracy(right[rows], eligible[rows]).tolist() for label, rows in groups.items()}
+        return cls(rankings, accuracies)
+
+    def label_of(self, domain: str, source: str) -> str:
+        """The most specific label seen in training: the pair's domain, else its dataset, else `OVERALL`."""
+        for label in (f"domain:{domain}", f"dataset:{dataset_of(source)}"):
+            if label in self.rankings:
+                return label
+        return OVERALL
 
     def ranking(self, domain: str, source: str) -> list[int]:
         """The ranking of the most specific label seen in training: domain, else dataset, else overall."""
-        for label in (f"domain:{domain}", f"dataset:{dataset_of(source)}"):
-            if label in self.rankings:
-                return self.rankings[label]
-        return self.rankings[OVERALL]
+        return self.rankings[self.label_of(domain, source)]
 
     def route(self, domains: Sequence[str], sources: Sequence[str], eligible: Tensor) -> Tensor:
         """`[P]` long: per pair, the first RM of its label's ranking that can judge it (`eligible [P, N]`); -1 if none.

@@ -195,6 +195,28 @@ class GaussianPosteriors:
         if keeps_covariance:
             self._refresh_worn()
 
+    def forget(self, factor: float, prior: GaussianPosteriors) -> None:
+        """Exponential forgetting toward `prior`: `Lambda_n = g Lambda_n + (1 - g) Lambda0_n` and `b_n = g b_n +
+        (1 - g) b0_n` with `g = factor`, so a reward seen `k` forgettings ago weighs `g^k` and, with no new rewards, a
+        posterior returns to its prior (stabilised forgetting: the precision never falls below `(1 - g) Lambda0_n`,
+        so it stays positive definite and its variance bounded). `factor = 1` changes nothing.
+
+        Args:
+            factor: `g` in `(0, 1]`.
+            prior: The posteriors to forget toward (the router's starting point), of the same shape.
+        """
+        if not (isinstance(factor, (int, float)) and 0 < factor <= 1):
+            raise ValueError(f"the forgetting factor must lie in (0, 1], got {factor!r}")
+        if prior.precision.shape != self.precision.shape:
+            raise ValueError(f"prior precision {list(prior.precision.shape)} != {list(self.precision.shape)}")
+        if factor == 1:
+            return
+        prior_precision, prior_vector = prior.precision.to(self.precision), prior.vector.to(self.vector)
+        self.precision = factor * self.precision + (1 - factor) * prior_precision
+        self.vector = factor * self.vector + (1 - factor) * prior_vector
+        self._cholesky, self._stale, self._covariance = None, None, None  # every RM changed: derived anew
+        self._since_refresh.zero_()
+
     def _add_batched(self, rm_index: Tensor, h: Tensor, reward: Tensor) -> None:
         """The update for the exact form: every RM's sum of outer products as one batched product over a one-hot
         mask (`N` times the flops of per-RM sums, but one call, and dwarfed by the refactorisation that follows)."""

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from rmrouter.routers.base import PairBatch, Router
-from rmrouter.routers.bayesian import BayesianRouter
+from rmrouter.routers.bayesian import BayesianRouter, checked_forgetting, forgetting_anchor
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer
 from rmrouter.routers.posterior import GaussianPosteriors
@@ -68,6 +68,10 @@ class TaskBayesianRouter(BayesianRouter):
         warmup_rewards: `held` (learn the warm-up pairs once the normaliser has its scale) or `placeholder`.
         centred_rewards: Learn rewards on `[-1, 1]` instead of `[0, 1]`.
         eligible_only: Choose only among the RMs that can judge each pair.
+        forgetting: `g` in `(0, 1]`: each learning step first forgets toward `forget_toward`, so a reward `k`
+            steps old weighs `g^k` of what it did; 1 never forgets (`BayesianRouter`'s).
+        forget_toward: `prior_mean` (each cell's prior accuracy held with one reward's precision: the offline
+            evidence fades too) or `prior` (the prior as it started: only the online rewards fade).
     """
 
     def __init__(
@@ -84,8 +88,11 @@ class TaskBayesianRouter(BayesianRouter):
         warmup_rewards: Literal["placeholder", "held"] = "held",
         centred_rewards: bool = True,
         eligible_only: bool = True,
+        forgetting: float = 1.0,
+        forget_toward: Literal["prior_mean", "prior"] = "prior_mean",
     ) -> None:
         Router.__init__(self, rm_names)
+        self.forgetting, self.forget_toward = checked_forgetting(forgetting, forget_toward)
         if warmup_rewards not in ("placeholder", "held"):
             raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
         if not use_prior and not online_updates:
@@ -105,6 +112,11 @@ class TaskBayesianRouter(BayesianRouter):
         self.offline_scores = reward_scale_means(prior.accuracies(), centred_rewards)  # [N, T]
         means = self.offline_scores if use_prior else torch.zeros_like(self.offline_scores)
         self.posteriors: GaussianPosteriors | None = prior_posteriors(means, prior.judged, lambda0, self.sigma2)
+        self.anchor = (
+            forgetting_anchor(means, 1.0, self.sigma2, "prior_mean")
+            if forget_toward == "prior_mean"
+            else prior_posteriors(means, prior.judged, lambda0, self.sigma2)
+        )
         self.normalizer = QuantileNormalizer(warmup=warmup)
         self.generator = torch.Generator().manual_seed(seed)
         self.nonfinite_losses = 0
