@@ -14,6 +14,7 @@ from routing_report import commit
 from rmrouter.machine import describe_machine
 from rmrouter.simulation import PairStream, StreamLog
 from rmrouter.simulation.drift import DriftStream
+from rmrouter.simulation.metrics import signal_auroc
 from rmrouter.stats import paired_test
 
 REFERENCE = "data_label"  # what users do today: every router is compared with it
@@ -196,6 +197,24 @@ def goals_table(runs, streams: dict[str, PairStream], size: int) -> str:
     return "\n".join(lines)
 
 
+def reward_signal(seeds: dict[int, dict[str, Any]], stream: PairStream) -> str:
+    """What the DPO reward lets a router see: the AUROC of `-loss` for a right label against a wrong one over the
+    router's trained pairs, before and after the change (every seed's pairs pooled)."""
+    parts = {"before the change": [], "after it": []} if change_at(stream, 0) is not None else {"over the stream": []}
+    for seed, log in logs(seeds).items():
+        trained = torch.isfinite(log.loss) & (log.preference != 0)
+        change = change_at(stream, seed) or 0
+        position = torch.arange(len(log.loss))
+        masks = [position < change, position >= change] if len(parts) == 2 else [position >= 0]
+        for values, mask in zip(parts.values(), masks, strict=True):
+            values.append((log.loss[trained & mask], log.right[trained & mask]))
+    cells = []
+    for name, values in parts.items():
+        auroc = signal_auroc(torch.cat([loss for loss, _ in values]), torch.cat([right for _, right in values]))
+        cells.append(f"{name} {'n/a' if auroc is None else f'{auroc:.3f}'}")
+    return ", ".join(cells)
+
+
 def write_drift_report(args, bench, streams: dict[str, PairStream], runs, labels: dict[str, str], argv) -> None:
     size = args.window_pairs
     plots = args.plots_dir or args.output.with_suffix("")
@@ -249,5 +268,10 @@ def write_drift_report(args, bench, streams: dict[str, PairStream], runs, labels
             relative = Path(picture.parent.name) / picture.name
             parts += ["", f"### Fidelity `{fidelity}`", "", router_table(ordered, stream, labels, best, size), "",
                       f"![{name}, {fidelity}]({relative})"]  # fmt: skip
+            if fidelity != "oracle" and "task" in ordered:
+                signal = reward_signal(ordered["task"], stream)
+                parts += ["", "What the DPO reward lets a router see: the AUROC of -L_DPO for a right label against a "
+                          f"wrong one over TaskBayesianRouter's trained pairs, {signal} (0.5: no signal; the oracle's "
+                          "is 1)."]  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(parts) + "\n")

@@ -60,6 +60,7 @@ def test_the_drift_benchmark_runs_every_router_on_every_stream_and_reports_them(
             assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"(drift/{stream}_{fidelity}.png)" in report
     for _, label, *_ in drift.METHODS:
         assert f"| {label} |" in report
+    assert "What the DPO reward lets a router see" in report  # at fidelity (b)
     assert "| 16-24 | reference vs claude-2 |" in report  # every RM's accuracy per window, with its phase
     # a second call reuses every run and writes the same report
     saved = tmp_path / "runs" / "quality" / "oracle" / "task" / "seed_1.json"

@@ -200,6 +200,7 @@ class GaussianPosteriors:
         (1 - g) b0_n` with `g = factor`, so a reward seen `k` forgettings ago weighs `g^k` and, with no new rewards, a
         posterior returns to its prior (stabilised forgetting: the precision never falls below `(1 - g) Lambda0_n`,
         so it stays positive definite and its variance bounded). `factor = 1` changes nothing.
+        See docs/concepts/method.md, "Forgetting (rmrouter's extension, off by default)".
 
         Args:
             factor: `g` in `(0, 1]`.
