@@ -255,12 +255,13 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
 
 def drift_line(goals: Table, link: str) -> str:
     """The headline's drift sentence: the task-aware router against the static lookup on each drift stream, and
-    what forgetting costs where nothing drifts."""
+    what each form of forgetting costs where nothing drifts."""
     drifting = [f"{row[0]} {row[3].split(' ±')[0]} ({row[4]})" for row in goals.rows
                 if row[1] == "task" and row[2] == "data_label"]  # fmt: skip
-    forgetting = [f"{row[3].split(' ±')[0]} ({row[4]})" for row in goals.rows if row[0] == "stationary" and
-                  row[1] == "task_forget"]  # fmt: skip
-    cost = f"; forgetting where nothing drifts: {forgetting[0]} points against none" if forgetting else ""
+    forms = {"task_forget": "toward the prior mean", "task_forget_prior": "toward the prior"}
+    forgetting = [f"{row[3].split(' ±')[0]} ({row[4]}) {forms[row[1]]}" for row in goals.rows
+                  if row[0] == "stationary" and row[1] in forms]  # fmt: skip
+    cost = f"; forgetting where nothing drifts, against none: {', '.join(forgetting)}" if forgetting else ""
     return (f"- **Under drift** (oracle reward): TaskBayesianRouter against the static lookup after the change: "
             f"{'; '.join(drifting)} points{cost} ({link}).")  # fmt: skip
 
