@@ -137,7 +137,7 @@ def rm_table(rm_names: list[str], accuracy: torch.Tensor, ceiling: torch.Tensor,
     return "\n".join(lines)
 
 
-def plot(path: Path, title: str, rm_names, accuracy, runs_by_key, labels, size: int, change: int | None) -> None:
+def plot(path: Path, title: str, rm_names, accuracy, runs_by_key, labels, size: int, changes: list[int]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +152,7 @@ def plot(path: Path, title: str, rm_names, accuracy, runs_by_key, labels, size: 
         if key in PLOTTED:
             axis.plot(x, 100 * router_windows(seeds, size).numpy(), label=labels[key], linewidth=1.6, marker="o",
                       markersize=3)  # fmt: skip
-    if change is not None:
+    for change in changes:  # every phase boundary
         axis.axvline(change, color="0.3", linewidth=0.8)
     axis.set_xlabel(f"pairs routed (windows of {size})")
     axis.plot([], [], color="0.7", linewidth=0.9, linestyle="--", label="each RM alone")
@@ -268,7 +268,7 @@ def write_drift_report(args, bench, streams: dict[str, PairStream], runs, labels
             best = accuracy.max(dim=1).values
             picture = plots / f"{name}_{fidelity}.png"
             plot(picture, f"{name}, fidelity {fidelity}", bench.rm_names, accuracy, ordered, labels, size,
-                 change_at(stream, seeds[0]))  # fmt: skip
+                 [start for _, start in phases[1:]])  # fmt: skip
             relative = Path(picture.parent.name) / picture.name
             parts += ["", f"### Fidelity `{fidelity}`", "", router_table(ordered, stream, labels, best, size), "",
                       f"![{name}, {fidelity}]({relative})"]  # fmt: skip
