@@ -14,10 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("offline_router_seeds_large.md", "routing_benchmark.md", "online_step.md", "router_math.md",
         "main_job_times.md", "reliability.md", "offline_router_seeds_llmbar.md",
         "routing_benchmark_llmbar.md", "offline_router_task_seeds_large.md",
-        "offline_router_task_seeds_llmbar.md")  # fmt: skip
+        "offline_router_task_seeds_llmbar.md", "routing_drift.md")  # fmt: skip
 REAL_POOL = dict(offline_real="docs/offline_router_seeds_llmbar.md", routing_real="docs/routing_benchmark_llmbar.md",
                  offline_task="docs/offline_router_task_seeds_large.md",
-                 offline_task_real="docs/offline_router_task_seeds_llmbar.md")  # fmt: skip
+                 offline_task_real="docs/offline_router_task_seeds_llmbar.md",
+                 drift="docs/routing_drift.md")  # fmt: skip
 
 
 def fake_results() -> dict:
@@ -39,6 +40,7 @@ def inputs(tmp_path):
     for name in DOCS:
         shutil.copy(ROOT / "docs" / name, docs / name)
     shutil.copytree(ROOT / "docs" / "routing_benchmark", docs / "routing_benchmark")
+    shutil.copytree(ROOT / "docs" / "routing_drift", docs / "routing_drift")
     (docs / "downstream" / "results.json").write_text(json.dumps(fake_results()))
     (tmp_path / "README.md").write_text(f"# x\n\n{HEADLINE_START}\nold\n{HEADLINE_END}\n\nrest\n")
     return tmp_path
@@ -72,6 +74,11 @@ def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
     assert "| **Task-aware router** (test split, labels read where known) against data-label routing |" in block
     assert f"{task.cell('test', 'router mean ± se')} against {task.cell('test', 'data-label routing')}" in block
     assert "### Default pool: the task-aware router against the same baselines" in report
+    goals = table_under((inputs / "docs" / "routing_drift.md").read_text(), "Goals")
+    assert goals.text in report and "![degradation_oracle](routing_drift/degradation_oracle.png)" in report
+    assert "- **Under drift** (oracle reward): TaskBayesianRouter against the static lookup" in block
+    degradation = next(row for row in goals.rows if row[:3] == ["degradation", "task", "data_label"])
+    assert f"degradation {degradation[3].split(' ±')[0]} ({degradation[4]})" in block
 
 
 def test_without_the_real_pool_the_report_shows_the_default_one(inputs, monkeypatch):
@@ -103,7 +110,7 @@ def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files(
     names = dict(offline="offline_router_seeds_large.md", routing="routing_benchmark.md", online_step="online_step.md",
                  downstream="downstream/results.json", offline_real="offline_router_seeds_llmbar.md",
                  routing_real="routing_benchmark_llmbar.md", offline_task="offline_router_task_seeds_large.md",
-                 offline_task_real="offline_router_task_seeds_llmbar.md")  # fmt: skip
+                 offline_task_real="offline_router_task_seeds_llmbar.md", drift="routing_drift.md")  # fmt: skip
     paths = {name: ROOT / "docs" / file for name, file in names.items()}
     docs = {name: path.read_text() for name, path in paths.items() if name != "downstream"}
     results = json.loads(paths["downstream"].read_text())
