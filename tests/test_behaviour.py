@@ -305,3 +305,12 @@ def test_edited_labels_or_margins_are_refused(tmp_path, field, value, expected):
     output.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=rf"b\.jsonl:1: not a behaviour record \({expected}"):
         read_behaviour(output)
+
+
+def test_the_collection_device_is_handed_to_the_trainer_as_one_device():
+    from rmrouter.behaviour.collect import lightning_device
+
+    assert lightning_device("cpu") == ("cpu", 1) and lightning_device("cuda") == ("gpu", 1)
+    assert lightning_device("cuda:1") == ("gpu", [1])
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:<index>'"):
+        lightning_device("tpu")

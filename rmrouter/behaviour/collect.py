@@ -1,8 +1,10 @@
 """Behaviour collection: run every RM of a pool once over labelled preference pairs.
 
-Batched, with a progress bar, resumable (pairs already in the output file are not scored again) and
-deterministic: batches are fixed slices of the pair list, so a resumed run scores exactly the batches an
-uninterrupted run would, and writes the same bytes.
+`Trainer.predict` runs the pool (`PoolScorer`, a LightningModule whose `predict_step` scores a batch with every RM) on
+the device asked for, with Lightning's progress bar, and `BehaviourWriter` (a `BasePredictionWriter`) appends each
+batch's records as it is scored. Resumable (pairs already in the output file are not scored again) and deterministic:
+batches are fixed slices of the pair list, so a resumed run scores exactly the batches an uninterrupted run would,
+and writes the same bytes.
 
 Each run over a file is recorded beside it (`runs_path`, e.g. `large.runs.json`): the command, commit and machine,
 each RM's dtype and seconds, the pairs it scored; a resumed collection adds a run. `python cli.py ship` copies them
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from rmrouter.behaviour.table import write_table
 from rmrouter.data.behaviour import BehaviourRecord, drop_torn_tail, read_behaviour
@@ -90,38 +93,89 @@ def collect_behaviour(
     if output.is_file():
         done = {record.pair.id for record in read_behaviour(output, pool.names, allow_empty=True)}
     _warn_stale(output, done - {pair.id for pair in pairs})
-    pool.to(device)
     batches = [pairs[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     todo = [batch for batch in batches if any(pair.id not in done for pair in batch)]
     if max_batches is not None:
         todo = todo[:max_batches]
-    seconds = dict.fromkeys(pool.names, 0.0)
+    scorer = PoolScorer(pool)
     log.info("%d pairs, %d already in %s, %d batches to score", len(pairs), len(done), output, len(todo))
     runs = CollectionRuns(output, fresh=not done)
-    run = runs.start(command or COLLECT_COMMAND, pool, batch_size, device, seconds)
-    start = time.perf_counter()
-    with open(output, "a", encoding="utf-8") as handle:
-        for batch in tqdm(todo, desc=f"behaviour ({len(pool)} RMs)", unit="batch", dynamic_ncols=True):
-            scores = _finite_or_abstain(_score_batch(pool, batch, seconds), pool.names)
-            scored = [
-                BehaviourRecord(pair, {name: tuple(sides) for name, sides in zip(pool.names, row, strict=True)})
-                for pair, row in zip(batch, scores.tolist(), strict=True)
-                if pair.id not in done
-            ]
-            lines = [json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in scored]
-            handle.write("".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())  # a crash loses at most the batch being scored
-            run["pairs"] += len(scored)
-            run["wall_seconds"] = round(time.perf_counter() - start, 1)
-            runs.save()
+    run = runs.start(command or COLLECT_COMMAND, pool, batch_size, device, scorer.seconds)
+    if todo:
+        with open(output, "a", encoding="utf-8") as handle:
+            writer = BehaviourWriter(handle, done, pool.names, runs, run)
+            accelerator, devices = lightning_device(device)
+            trainer = Trainer(
+                accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False,
+                enable_model_summary=False, default_root_dir=output.parent, callbacks=[writer],
+            )  # fmt: skip
+            # every batch to score is a whole slice of `batch_size` but the pair list's last, which comes last: cut
+            # in order, their pairs make exactly those batches again
+            todo_pairs = [pair for batch in todo for pair in batch]
+            loader = torch.utils.data.DataLoader(todo_pairs, batch_size=batch_size, collate_fn=_as_is)
+            trainer.predict(scorer, loader, return_predictions=False)
     records = read_behaviour(output, pool.names, allow_empty=True)
     if todo:
-        timing = ", ".join(f"{name} {s:.1f}s" for name, s in seconds.items())
+        timing = ", ".join(f"{name} {s:.1f}s" for name, s in scorer.seconds.items())
         log.info("scored %d batches; time per RM: %s", len(todo), timing)
     if table is not None and records:
         write_table(records, pool.names, Path(table), output, f"`{command}`" if command else COLLECT_COMMAND)
     return records
+
+
+class PoolScorer(LightningModule):
+    """The pool as a LightningModule: `predict_step` scores a batch of pairs with every RM, `[B, N, 2]` (NaN where an
+    RM could not judge a pair, or scored a side infinite), adding each RM's seconds to `seconds`."""
+
+    def __init__(self, pool: RewardModelPool) -> None:
+        super().__init__()
+        self.pool = pool
+        self.seconds = dict.fromkeys(pool.names, 0.0)
+
+    def transfer_batch_to_device(self, batch: list[PreferenceRecord], device, dataloader_idx: int):
+        return batch  # texts: each RM tokenizes them onto its own device
+
+    def predict_step(self, batch: list[PreferenceRecord], batch_idx: int) -> torch.Tensor:
+        return _finite_or_abstain(_score_batch(self.pool, batch, self.seconds), self.pool.names)
+
+
+class BehaviourWriter(BasePredictionWriter):
+    """Appends each scored batch's records (its pairs not already in the file) to the open behaviour file, synced to
+    disk, and records the run's progress: a crash loses at most the batch being scored."""
+
+    def __init__(self, handle, done: set[str], names: list[str], runs: CollectionRuns, run: dict[str, Any]) -> None:
+        super().__init__(write_interval="batch")
+        self.handle, self.done, self.names, self.runs, self.run = handle, done, names, runs, run
+        self.started = time.perf_counter()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        scored = [
+            BehaviourRecord(pair, {name: tuple(sides) for name, sides in zip(self.names, row, strict=True)})
+            for pair, row in zip(batch, prediction.tolist(), strict=True)
+            if pair.id not in self.done
+        ]
+        self.handle.write("".join(json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in scored))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.run["pairs"] += len(scored)
+        self.run["wall_seconds"] = round(time.perf_counter() - self.started, 1)
+        self.runs.save()
+
+
+def lightning_device(device: str) -> tuple[str, int | list[int]]:
+    """`cpu`, `cuda` or `cuda:<i>` as the Trainer's `accelerator` and `devices` (one device: the file is written in
+    order by one process)."""
+    if device == "cpu":
+        return "cpu", 1
+    if device == "cuda":
+        return "gpu", 1
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return "gpu", [int(device[5:])]
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+
+
+def _as_is(batch: list[PreferenceRecord]) -> list[PreferenceRecord]:
+    return batch
 
 
 def _finite_or_abstain(scores: torch.Tensor, names: list[str]) -> torch.Tensor:
