@@ -4,6 +4,7 @@ large set matches what this machine scores on a slice of it."""
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 from pathlib import Path
@@ -185,3 +186,17 @@ def test_the_shipped_large_set_matches_a_slice_scored_on_this_machine():
             here, there = chosen - rejected, shipped_chosen - shipped_rejected
             if min(abs(here), abs(there)) > tolerance:
                 assert (here > 0) == (there > 0), (record.pair.id, name, here, there)
+
+
+def test_the_cost_of_each_rm_is_timed_alone_on_the_sets_pairs(shipped, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    rm_cost = importlib.import_module("rm_cost")
+    folder, _ = shipped
+    timed, warm = rm_cost.sample(list(range(9)), 3, seed=0)
+    assert len(timed) == len(warm) == 3 and not set(timed) & set(warm)
+    output = tmp_path / "docs" / "rm_cost.md"
+    costs = rm_cost.main(["--behaviour", str(folder), "--pairs", "3", "--batch-size", "2", "--output", str(output)])
+    assert list(costs) == ["length", "learned", "verifier"] and all(seconds >= 0 for seconds in costs.values())
+    assert json.loads(output.with_suffix(".json").read_text())["seconds_per_pair"] == costs
+    report = output.read_text()
+    assert "do not edit by hand" in report and "| learned | float32 |" in report

@@ -1,0 +1,234 @@
+"""Accuracy against cost per pair on the large set: every single RM, majority vote, the data-label lookup, the
+cost-aware lookup over a sweep of lambda, and two-stage cascades over a sweep of thresholds.
+
+    python benchmarks/cost_frontier.py --behaviour rmrouter/shipped/behaviour_large --costs docs/rm_cost.json \
+        --output docs/cost_frontier.md
+
+Costs are each RM's seconds per pair when called alone (`benchmarks/rm_cost.py`); a pair costs the RMs called on it,
+and an RM is called only on the pairs it can judge. Everything is fitted on the offline router's `train` split (the
+lookup's per-label accuracies and the cascades' margin calibration) and evaluated on `test` and the mixed `ood` split.
+Each point is deterministic given the split, so its noise is that of its pairs: each accuracy carries its standard
+error, and the goals are paired tests over the pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from common import write_report
+
+from rmrouter.data.behaviour_datamodule import BehaviourDataModule, BehaviourPairs
+from rmrouter.data.behaviour_split import split_named_by
+from rmrouter.routers.cost import MarginCalibration, cascade, cost_aware_choice
+from rmrouter.routers.data_label import DataLabelRouting
+from rmrouter.routers.decisions import majority_vote_credit
+from rmrouter.stats import paired_test, proportion_se
+
+LAMBDAS = [0.0, *(10 ** (k / 2) for k in range(-4, 5))]  # 0, then 0.01 ... 100 per second of RM time
+THRESHOLDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One method's outcome on a split: per pair its credit (1 right, 0 wrong or none; majority: 0.5 on a tie), its
+    cost and its RM calls."""
+
+    method: str
+    setting: str
+    credit: torch.Tensor
+    cost: torch.Tensor
+    calls: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.credit.double().mean())
+
+    @property
+    def mean_cost(self) -> float:
+        return float(self.cost.double().mean())
+
+
+def routed(name: str, setting: str, split: BehaviourPairs, chosen: torch.Tensor, cost: torch.Tensor) -> Point:
+    """The point of routing each pair to `chosen` (-1: no RM, no label, no cost)."""
+    index = chosen.clamp_min(0)
+    right = split.agree.bool()[torch.arange(len(chosen)), index] & (chosen >= 0)
+    return Point(name, setting, right.double(), torch.where(chosen >= 0, cost[index], 0.0), (chosen >= 0).double())
+
+
+def frontier(split: BehaviourPairs, train: BehaviourPairs, lookup: DataLabelRouting, cost: torch.Tensor,
+             rm_names: list[str]) -> list[Point]:  # fmt: skip
+    """Every point on `split`, fitted on `train`."""
+    points = []
+    for n, name in enumerate(rm_names):
+        chosen = torch.where(split.eligible[:, n], n, -1)
+        points.append(routed(f"single: {name}", "", split, chosen, cost))
+    every = split.eligible.double()
+    points.append(Point("majority vote", "every eligible RM", majority_vote_credit(split.margin).double(),
+                        (every * cost).sum(dim=1), every.sum(dim=1)))  # fmt: skip
+    label_route = lookup.route(split.domains, split.sources, split.eligible)
+    points.append(routed("data-label lookup", "", split, label_route, cost))
+    labels = [lookup.label_of(domain, source) for domain, source in zip(split.domains, split.sources, strict=True)]
+    reliability = torch.tensor([lookup.accuracies[label] for label in labels], dtype=torch.float64).clamp_min(0.0)
+    for lam in LAMBDAS:
+        chosen = cost_aware_choice(reliability, cost, lam, split.eligible)
+        points.append(routed("cost-aware lookup", f"lambda {lam:g}", split, chosen, cost))
+    first = int(torch.argmin(cost))  # the cheapest RM, asked first
+    calibration = MarginCalibration.fit(train.domains, train.margin[:, first], train.agree[:, first].bool())
+    confidence = calibration.probability(split.domains, split.margin[:, first])
+    # labels in the records' orientation: +1 prefers the chosen side (right), -1 the rejected one, 0 none
+    first_label = torch.nan_to_num(torch.sign(split.margin[:, first]), nan=0.0)
+    second = label_route.clamp_min(0)
+    second_margin = split.margin[torch.arange(len(second)), second]
+    second_label = torch.where(label_route >= 0, torch.nan_to_num(torch.sign(second_margin), nan=0.0), 0.0)
+    for threshold in THRESHOLDS:
+        labels_given, escalated = cascade(first_label, confidence, second_label, threshold)
+        credit = (labels_given > 0).double()
+        extra = escalated & (label_route >= 0) & (label_route != first)
+        spent = torch.where(split.eligible[:, first], cost[first], 0.0) + torch.where(extra, cost[second], 0.0)
+        calls = split.eligible[:, first].double() + extra.double()
+        points.append(Point(f"cascade: {rm_names[first]}, then the lookup's RM", f"threshold {threshold:g}",
+                            credit, spent, calls))  # fmt: skip
+    return points
+
+
+def margin_halves(split: BehaviourPairs, rm_names: list[str]) -> list[str]:
+    """Per RM, its accuracy on the half of each task's judged pairs it scores farthest apart against the closer half
+    (split at the task's median |margin|, pooled over tasks): the per-pair signal a cascade's calibration reads."""
+    lines = ["| RM | larger-margin half (%) | smaller-margin half (%) | difference (points) |", "|---|---:|---:|---:|"]
+    for n, name in enumerate(rm_names):
+        wide, narrow = [], []
+        for task in sorted(set(split.domains)):
+            rows = torch.tensor([d == task for d in split.domains]) & split.eligible[:, n]
+            if int(rows.sum()) < 2:
+                continue
+            margin, right = split.margin[rows, n].abs(), split.agree[rows, n]
+            order = torch.argsort(margin, descending=True, stable=True)
+            half = len(order) // 2
+            wide.append(right[order[:half]])
+            narrow.append(right[order[half : 2 * half]])
+        if not wide:
+            continue
+        top, bottom = float(torch.cat(wide).mean()), float(torch.cat(narrow).mean())
+        lines.append(f"| {name} | {100 * top:.1f} | {100 * bottom:.1f} | {100 * (top - bottom):+.1f} |")
+    return lines
+
+
+def plot(results: dict[str, list[Point]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(results), figsize=(12, 5), sharey=True)
+    for axis, (name, points) in zip(axes, results.items(), strict=True):
+        for point in points:
+            if point.method.startswith("single") or point.method in ("majority vote", "data-label lookup"):
+                axis.scatter(point.mean_cost, 100 * point.accuracy, s=25)
+                axis.annotate(point.method.removeprefix("single: "), (point.mean_cost, 100 * point.accuracy),
+                              fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        for method in ("cost-aware lookup", "cascade"):
+            curve = sorted((p.mean_cost, 100 * p.accuracy) for p in points if p.method.startswith(method))
+            axis.plot(*zip(*curve, strict=True), marker=".", linewidth=1.2, label=method)
+        axis.set_xscale("symlog", linthresh=1e-3)
+        axis.set_xlabel("seconds of RM time per pair (symlog)")
+        axis.set_title(f"`{name}` split", fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("labelling accuracy (%)")
+    axes[0].legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--behaviour", type=Path, default=Path("rmrouter/shipped/behaviour_large"))
+    parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
+    parser.add_argument("--costs", type=Path, default=Path("docs/rm_cost.json"))
+    parser.add_argument("--output", type=Path, default=Path("docs/cost_frontier.md"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    rm_names = yaml.safe_load(args.offline_config.read_text())["data"]["init_args"]["rm_names"]
+    seconds = json.loads(args.costs.read_text())["seconds_per_pair"]
+    cost = torch.tensor([seconds[name] for name in rm_names], dtype=torch.float64)
+    data = BehaviourDataModule(str(args.behaviour), rm_names, split_named_by(args.offline_config))
+    data.setup("fit")
+    train = data.splits["train"]
+    lookup = DataLabelRouting.fit(train.domains, train.sources, train.agree.bool(), train.eligible)
+    results = {name: frontier(data.splits[name], train, lookup, cost, rm_names) for name in ("test", "ood")}
+    body = []
+    for name, points in results.items():
+        body += [f"## `{name}` ({len(points[0].credit)} pairs)", "",
+                 "| method | setting | accuracy (%) ± se | seconds per pair | RM calls per pair |",
+                 "|---|---|---:|---:|---:|"]  # fmt: skip
+        for point in points:
+            se = proportion_se(point.accuracy, len(point.credit))
+            body.append(f"| {point.method} | {point.setting} | {100 * point.accuracy:.1f} ± {100 * se:.1f} | "
+                        f"{point.mean_cost:.4f} | {float(point.calls.mean()):.2f} |")  # fmt: skip
+        body += ["", *goal_lines(points), "", "How much an RM's margin says about its own pair (the signal a cascade "
+                 "reads), on this split:", "", *margin_halves(data.splits[name], rm_names), ""]  # fmt: skip
+    picture = args.output.with_suffix(".png")
+    plot(results, picture)
+    body.append(f"![accuracy against cost]({picture.name})")
+    notes = (
+        f"\nRMs `{rm_names}`, costs from `{args.costs}` (seconds per pair, each RM alone); fitted on the `train` split "
+        f"of `{args.offline_config}`'s split. Accuracy counts a pair without a label as wrong; majority vote scores a "
+        "tie as half right."
+    )
+    write_report(args.output, "Accuracy against cost per pair", notes, "\n".join(body))
+    return results
+
+
+def goal_lines(points: list[Point]) -> list[str]:
+    """The goals: against every single RM, the most accurate routed or cascaded point at no more than its cost
+    (paired over the pairs); against majority vote, the most accurate point at a third of its cost or less, and
+    whether it is within 1 point."""
+    lines, beaten, unbeaten = [], [], []
+    candidates = [p for p in points if not p.method.startswith(("single", "majority"))]
+    for single in [p for p in points if p.method.startswith("single")]:
+        cheaper = [p for p in candidates if p.mean_cost <= single.mean_cost]
+        if not cheaper:
+            lines.append(f"- {single.method}: no routed or cascaded point costs as little.")
+            unbeaten.append(single.method.removeprefix("single: "))
+            continue
+        best = max(cheaper, key=lambda p: p.accuracy)
+        test = paired_test(best.credit.tolist(), single.credit.tolist())
+        lines.append(f"- against {single.method} ({single.mean_cost:.4f} s): {described(best)} "
+                     f"{100 * test.mean:+.1f} ± {100 * test.se:.1f} points ({test.verdict()})")  # fmt: skip
+        (beaten if test.verdict() == "above" else unbeaten).append(single.method.removeprefix("single: "))
+    singles = {p.method.removeprefix("single: "): p.mean_cost for p in points if p.method.startswith("single")}
+    cheapest = min(singles, key=singles.get)
+    why = [f"{name} costs {singles[name]:.1e} s per pair, the least of any RM, so a point at no more cost can only "
+           "call it" for name in unbeaten if name == cheapest]  # fmt: skip
+    verdict = "met" if not unbeaten else f"not met: nothing at no more cost is above {', '.join(unbeaten)}"
+    verdict += f" ({'; '.join(why)})" if why else ""
+    lines.insert(0, f"- **A point above every single RM at no more than its cost**: {verdict}.")
+    majority = next(p for p in points if p.method == "majority vote")
+    third = [p for p in candidates if p.mean_cost <= majority.mean_cost / 3]
+    if third:
+        best = max(third, key=lambda p: p.accuracy)
+        test = paired_test(best.credit.tolist(), majority.credit.tolist())
+        within = "within 1 point" if test.mean >= -0.01 else "not within 1 point"
+        lines.append(f"- against majority vote ({majority.mean_cost:.4f} s): {described(best)}, at a third of its "
+                     f"cost or less: {100 * test.mean:+.1f} ± {100 * test.se:.1f} points ({test.verdict()}; "
+                     f"{within})")  # fmt: skip
+    return lines
+
+
+def described(point: Point) -> str:
+    setting = f", {point.setting}" if point.setting else ""
+    return f"{point.method} ({point.mean_cost:.4f} s{setting})"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The cost frontier script on a tiny behaviour file and cost table: its points, their costs, calls and goals."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from behaviour_helpers import RM_NAMES, write_behaviour
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def frontier(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    return importlib.import_module("cost_frontier")
+
+
+def test_the_frontier_prices_every_point_by_the_rms_it_calls(frontier, tmp_path):
+    write_behaviour(tmp_path / "behaviour.jsonl", rows=96)  # RM k is right on domain k % 4, wrong elsewhere
+    costs = dict(zip(RM_NAMES, [0.0, 1.0, 0.1, 0.2, 0.3, 0.4], strict=True))
+    (tmp_path / "costs.json").write_text(json.dumps({"seconds_per_pair": costs}))
+    output = tmp_path / "frontier.md"
+    results = frontier.main(["--behaviour", str(tmp_path / "behaviour.jsonl"), "--costs", str(tmp_path / "costs.json"),
+                             "--output", str(output)])  # fmt: skip
+    points = {(p.method, p.setting): p for p in results["test"]}
+    # a single RM: right on its own domain only, at its own cost on every pair it can judge
+    single = points[("single: length", "")]
+    assert single.mean_cost == 0.0 and single.calls.mean() == 1.0
+    assert points[("single: smollm2-likelihood", "")].mean_cost == pytest.approx(1.0)
+    majority = points[("majority vote", "every eligible RM")]
+    assert majority.mean_cost == pytest.approx(sum(costs.values())) and majority.calls.mean() == len(RM_NAMES)
+    # the lookup learns which RM is right per domain: every test pair right
+    lookup = points[("data-label lookup", "")]
+    assert lookup.accuracy == 1.0
+    # lambda 0 is the lookup's choice; a large lambda the free RM, right on a quarter of the pairs
+    assert points[("cost-aware lookup", "lambda 0")].accuracy == 1.0
+    cheapest = points[("cost-aware lookup", "lambda 100")]
+    assert cheapest.mean_cost == 0.0 and torch.equal(cheapest.credit, single.credit)
+    # the cascade asks the free RM first: threshold 0 never escalates, above 1 always (but not when the lookup's
+    # RM is the free one), and each escalation adds the lookup's RM's cost and one call
+    never = points[("cascade: length, then the lookup's RM", "threshold 0")]
+    always = points[("cascade: length, then the lookup's RM", "threshold 1.01")]
+    assert torch.equal(never.credit, single.credit) and never.mean_cost == 0.0
+    assert always.accuracy == 1.0 and always.mean_cost == pytest.approx(lookup.mean_cost)
+    assert always.calls.mean() == pytest.approx(1 + (lookup.cost > 0).double().mean())
+    report = output.read_text()
+    assert "do not edit by hand" in report and "## `test`" in report and "## `ood`" in report
+    assert "- against single: smollm2-likelihood (1.0000 s):" in report and "- against majority vote" in report
