@@ -50,3 +50,26 @@ def test_the_frontier_prices_every_point_by_the_rms_it_calls(frontier, tmp_path)
     report = output.read_text()
     assert "do not edit by hand" in report and "## `test`" in report and "## `ood`" in report
     assert "- against single: smollm2-likelihood (1.0000 s):" in report and "- against majority vote" in report
+
+
+def test_the_cascade_is_calibrated_on_the_train_split_alone(frontier, tmp_path, monkeypatch):
+    from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+    from rmrouter.data.behaviour_split import split_named_by
+
+    write_behaviour(tmp_path / "behaviour.jsonl", rows=96)
+    (tmp_path / "costs.json").write_text(json.dumps({"seconds_per_pair": dict.fromkeys(RM_NAMES, 0.1)}))
+    fitted: list[list[str]] = []
+    real_fit = frontier.MarginCalibration.fit
+
+    def recording_fit(tasks, margin, right, *args, **kwargs):
+        fitted.append(list(tasks))
+        return real_fit(tasks, margin, right, *args, **kwargs)
+
+    monkeypatch.setattr(frontier.MarginCalibration, "fit", staticmethod(recording_fit))
+    frontier.main(["--behaviour", str(tmp_path / "behaviour.jsonl"), "--costs", str(tmp_path / "costs.json"),
+                   "--output", str(tmp_path / "frontier.md")])  # fmt: skip
+    split = split_named_by(frontier.parse([]).offline_config)
+    data = BehaviourDataModule(str(tmp_path / "behaviour.jsonl"), RM_NAMES, split)
+    data.setup("fit")
+    # once per evaluated split (test, ood), each time on the train rows alone: test or ood rows would lengthen it
+    assert len(fitted) == 2 and all(tasks == data.splits["train"].domains for tasks in fitted)
