@@ -78,3 +78,64 @@ def test_a_task_with_too_few_rows_falls_back_on_the_pooled_curve():
     assert calibration.tasks == ["math"]  # "rare" has one judged row
     pooled = calibration.probability(["rare"], torch.tensor([3.0])).item()
     assert pooled == pytest.approx(calibration.probability(["other"], torch.tensor([3.0])).item())
+
+
+def test_a_batch_costs_its_routed_rms_and_an_ensemble_every_rm():
+    from rmrouter.routers.cost import routing_cost
+
+    costs = torch.tensor([0.0, 1.0, 10.0], dtype=torch.float64)
+    assert routing_cost(torch.tensor([2, 1, -1]), 2, costs) == pytest.approx(11.0)  # the third pair: no RM, no call
+    assert routing_cost(torch.tensor([-1, -1]), 6, costs) == pytest.approx(2 * 11.0)  # majority: 3 RMs on 2 pairs
+
+
+def test_a_pool_declares_its_costs_by_name_or_from_the_measured_file(tmp_path):
+    from rmrouter.reward_models import LengthRewardModel, RewardModelPool
+
+    rms = [LengthRewardModel(name="a"), LengthRewardModel(name="b")]
+    assert RewardModelPool(rms).costs is None
+    assert RewardModelPool(rms, costs={"b": 2.0, "a": 0.5}).costs.tolist() == [0.5, 2.0]  # in pool order
+    measured = tmp_path / "rm_cost.json"
+    measured.write_text('{"seconds_per_pair": {"a": 0.1, "b": 0.3, "c": 9}}')
+    assert RewardModelPool(rms, costs=str(measured)).costs.tolist() == [0.1, 0.3]
+    with pytest.raises(ValueError, match=r"no cost for the pool's RMs \['b'\]"):
+        RewardModelPool(rms, costs={"a": 1.0})
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        RewardModelPool(rms, costs={"a": 1.0, "b": -1.0})
+
+
+def test_a_router_counts_what_its_calls_cost_and_keeps_it_in_its_state():
+    from rmrouter.routers.base import Router, Routing
+
+    class Fixed(Router):
+        def label(self, pairs, judge):
+            raise NotImplementedError
+
+    router = Fixed()
+    router.connect_pool(["a", "b"], costs=torch.tensor([0.5, 2.0]))
+    router.count(Routing(torch.ones(3), torch.tensor([0, 1, 1]), rm_calls=3))
+    router.count(Routing(torch.ones(1), torch.tensor([-1]), rm_calls=2))  # an ensemble: both RMs on one pair
+    assert router.cost_total == pytest.approx(0.5 + 2.0 + 2.0 + (0.5 + 2.0))
+    metrics = router.metrics()
+    assert metrics["router/cost_total"] == pytest.approx(7.0)
+    assert metrics["router/cost_per_pair"] == pytest.approx(7 / 4)
+    restored = Fixed(["a", "b"])
+    restored.load_state_dict(router.state_dict())
+    assert restored.cost_total == pytest.approx(7.0)
+    assert "router/cost_total" not in Fixed(["a", "b"]).metrics()  # a pool without costs: calls only
+
+
+def test_a_live_run_logs_and_summarises_what_its_rm_calls_cost(tmp_path, tiny_causal_lm_dir):
+    import yaml
+    from online_cli_helpers import POOL, run_online
+
+    priced = {**POOL, "init_args": {**POOL["init_args"], "costs": {"length": 1.0, "words": 3.0}}}
+    overlay = tmp_path / "priced.yaml"
+    overlay.write_text(yaml.safe_dump({"model": {"init_args": {"pool": priced}}}))
+    cli = run_online(tmp_path, tiny_causal_lm_dir, str(overlay))
+    router = cli.model.router
+    selected = router.selections.tolist()  # pairs routed to length, to words
+    assert router.cost_total == pytest.approx(1.0 * selected[0] + 3.0 * selected[1]) and router.cost_total > 0
+    logged = cli.trainer.callback_metrics
+    assert float(logged["router/cost_total"]) == pytest.approx(router.cost_total)
+    summary = (tmp_path / "checkpoints" / "online" / "live" / "summary.md").read_text()
+    assert f"costing {router.cost_total:.4g}" in summary

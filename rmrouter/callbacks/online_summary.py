@@ -53,6 +53,13 @@ def _shown(path: str) -> str:
     return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(path)
 
 
+def cost_clause(router: Router) -> str:
+    """What the router's RM calls cost, in the pool's unit (`RewardModelPool.costs`); nothing when it has none."""
+    if router.costs is None:
+        return ""
+    return f", costing {router.cost_total:.4g} ({router.cost_total / max(router.pairs_routed, 1):.4g} per pair)"
+
+
 class OnlineSummary(Callback):
     """Collects the per-step `train/*` values of an online DPO fit and reports the run when it ends.
 
@@ -116,7 +123,7 @@ class OnlineSummary(Callback):
         if router is not None:
             lines += [
                 f"- router: `{type(router).__name__}`; {router.pairs_routed} pairs routed, {router.rm_calls} RM calls "
-                f"({router.rm_calls / max(router.pairs_routed, 1):.2f} per pair)",
+                f"({router.rm_calls / max(router.pairs_routed, 1):.2f} per pair){cost_clause(router)}",
                 "",
                 "| RM | selected |",
                 "|---|---:|",

@@ -139,7 +139,7 @@ class OnlineDPOModule(EvaluationHooks, LightningModule):
         """Hands the router the RM names it routes over: the pool's, or in simulated mode the behaviour file's RMs
         (the datamodule's `rm_names`). A router given its own `rm_names` must have exactly those."""
         if self.pool is not None:
-            self.router.connect_pool(self.pool.names, "the pool's")
+            self.router.connect_pool(self.pool.names, "the pool's", self.pool.costs)
             return
         names = getattr(getattr(self._trainer, "datamodule", None), "rm_names", None)
         if names is not None:

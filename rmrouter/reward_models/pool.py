@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,9 +19,12 @@ class RewardModelPool(nn.Module):
 
     Args:
         reward_models: The RMs, in the order routers and behaviour records use.
+        costs: Each RM's cost per call, by name, in any one unit (seconds per pair, parameters, price), or the JSON
+            file `benchmarks/rm_cost.py` writes (its `seconds_per_pair`, measured on a named machine); routers then
+            count what their calls cost. None: no costs, only RM calls are counted.
     """
 
-    def __init__(self, reward_models: list[RewardModel]):
+    def __init__(self, reward_models: list[RewardModel], costs: dict[str, float] | str | None = None):
         super().__init__()
         if not reward_models:
             raise ValueError("a reward-model pool needs at least one reward model")
@@ -27,6 +33,7 @@ class RewardModelPool(nn.Module):
         if duplicates:
             raise ValueError(f"reward-model names must be unique in a pool; repeated: {duplicates}")
         self.reward_models = nn.ModuleList(reward_models)
+        self.costs = None if costs is None else pool_costs(costs, names)
 
     @property
     def names(self) -> list[str]:
@@ -60,3 +67,20 @@ class RewardModelPool(nn.Module):
         """`[B, N]` score margins `score(first) - score(second)` of every RM; NaN where an RM abstains."""
         columns = [self.score_pairs(rm, prompts, first, second, references) for rm in self.reward_models]
         return torch.stack([a - b for a, b in columns], dim=1)
+
+
+def pool_costs(costs: dict[str, float] | str, names: list[str]) -> torch.Tensor:
+    """`[N]` float64 costs per call in pool order, from a mapping or a `benchmarks/rm_cost.py` JSON file."""
+    where = "costs"
+    if isinstance(costs, str):
+        where = costs
+        costs = json.loads(Path(costs).read_text(encoding="utf-8"))["seconds_per_pair"]
+    missing = [name for name in names if name not in costs]
+    if missing:
+        raise ValueError(f"{where}: no cost for the pool's RMs {missing}")
+    values = [costs[name] for name in names]
+    bad = {name: value for name, value in zip(names, values, strict=True)
+           if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0)}  # fmt: skip
+    if bad:
+        raise ValueError(f"{where}: costs must be finite numbers >= 0, got {bad}")
+    return torch.tensor(values, dtype=torch.float64)

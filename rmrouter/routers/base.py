@@ -30,6 +30,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from rmrouter.data.records import Message
+from rmrouter.routers.cost import routing_cost
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ class Router(Callback, ABC):
         self.rm_names: list[str] | None = None
         self.pairs_routed = 0
         self.rm_calls = 0
+        self.costs: Tensor | None = None  # the pool's cost per call of each RM, once known (`connect_pool`)
+        self.cost_total = 0.0
         self.selections = torch.zeros(0, dtype=torch.long)
         self._strategy: Any = None  # the trainer's strategy, from `setup`: how to reach the other ranks
         if rm_names is not None:
@@ -149,13 +152,16 @@ class Router(Callback, ABC):
         self.rm_names = names
         self.selections = torch.zeros(len(names), dtype=torch.long)
 
-    def connect_pool(self, rm_names: Sequence[str], where: str = "the pool's") -> None:
+    def connect_pool(self, rm_names: Sequence[str], where: str = "the pool's", costs: Tensor | None = None) -> None:
         """Takes the pool's RM names (in pool order) if the router has none yet; else checks they are its own.
 
         Args:
             rm_names: The pool's RM names.
             where: Whose names they are, for the error message (e.g. `the behaviour file's`).
+            costs: The pool's cost per call of each RM (`RewardModelPool.costs`), to count what routing costs.
         """
+        if costs is not None:
+            self.costs = costs.detach().double().cpu()
         names = list(rm_names)
         if self.rm_names is None:
             self._set_rm_names(names)
@@ -269,6 +275,8 @@ class Router(Callback, ABC):
         self.selections += torch.bincount(chosen, minlength=len(self.rm_names))
         self.pairs_routed += len(rm_index)
         self.rm_calls += int(calls.sum())
+        if self.costs is not None:
+            self.cost_total += routing_cost(rm_index, int(calls.sum()), self.costs)
         return routing
 
     def metrics(self) -> dict[str, float]:
@@ -276,12 +284,18 @@ class Router(Callback, ABC):
         total = max(int(self.selections.sum()), 1)
         names = self.require_rm_names()
         rates = {f"router/select_rate/{name}": int(n) / total for name, n in zip(names, self.selections, strict=True)}
-        return {**rates, "router/rm_calls_per_pair": self.rm_calls / max(self.pairs_routed, 1)}
+        values = {**rates, "router/rm_calls_per_pair": self.rm_calls / max(self.pairs_routed, 1)}
+        if self.costs is not None:  # in the pool's unit of cost
+            values.update({"router/cost_per_pair": self.cost_total / max(self.pairs_routed, 1),
+                           "router/cost_total": self.cost_total})  # fmt: skip
+        return values
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pairs_routed": self.pairs_routed, "rm_calls": self.rm_calls, "selections": self.selections.clone()}
+        return {"pairs_routed": self.pairs_routed, "rm_calls": self.rm_calls, "selections": self.selections.clone(),
+                "cost_total": self.cost_total}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pairs_routed = int(state_dict["pairs_routed"])
         self.rm_calls = int(state_dict["rm_calls"])
+        self.cost_total = float(state_dict.get("cost_total", 0.0))  # checkpoints written before costs: none
         self.selections = state_dict["selections"].clone()

@@ -20,6 +20,15 @@ import torch
 from torch import Tensor
 
 
+def routing_cost(rm_index: Tensor, rm_calls: int, costs: Tensor) -> float:
+    """What a batch's RM calls cost: each pair's RM (`rm_index >= 0`) at its cost, and the calls no single RM is
+    credited with (an ensemble's, every RM on every pair) at the pool's mean cost per call, which is exact when they
+    spread evenly over the RMs, as majority vote and UWO call them."""
+    routed = rm_index >= 0
+    unattributed = rm_calls - int(routed.sum())
+    return float(costs[rm_index[routed]].sum()) + max(unattributed, 0) * float(costs.mean())
+
+
 def cost_aware_choice(reliability: Tensor, cost: Tensor, lam: float, eligible: Tensor) -> Tensor:
     """`[P]` long: per pair, `argmax_n reliability[p, n] - lam * cost[n]` over the eligible RMs; -1 where none is.
 
