@@ -9,6 +9,11 @@ and an RM is called only on the pairs it can judge. Everything is fitted on the 
 lookup's per-label accuracies and the cascades' margin calibration) and evaluated on `test` and the mixed `ood` split.
 Each point is deterministic given the split, so its noise is that of its pairs: each accuracy carries its standard
 error, and the goals are paired tests over the pairs.
+
+With `--task-priors DIR` (the task-aware offline router's `seed_<s>/prior.pt`, as the routing benchmark reads them),
+the online routers run too, on the routing benchmark's stream (the `test` and `ood` pairs in reshuffled passes) at
+fidelity (a), the oracle reward: routing by data label, and TaskBayesianRouter (`configs/routers/task_bayesian.yaml`)
+over a sweep of `cost_weight`, each over `--seeds`, with the cost its calls add up to.
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ from common import write_report
 
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule, BehaviourPairs
 from rmrouter.data.behaviour_split import split_named_by
+from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.cost import MarginCalibration, cascade, cost_aware_choice
 from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.routers.decisions import majority_vote_credit
+from rmrouter.routers.task_bayesian import TaskBayesianRouter
+from rmrouter.simulation import OracleLearner, PairStream, run_stream
 from rmrouter.stats import paired_test, proportion_se
 
 LAMBDAS = [0.0, *(10 ** (k / 2) for k in range(-4, 5))]  # 0, then 0.01 ... 100 per second of RM time
 THRESHOLDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01]
+COST_WEIGHTS = [0.0, 0.1, 0.316228, 1.0, 3.16228, 10.0]
+TASK_ROUTER = Path(__file__).resolve().parents[1] / "configs" / "routers" / "task_bayesian.yaml"
 
 
 @dataclass(frozen=True)
@@ -147,12 +157,42 @@ def plot(results: dict[str, list[Point]], path: Path) -> None:
     plt.close(figure)
 
 
+def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch.Tensor, rm_names: list[str],
+                args: argparse.Namespace) -> list[str]:  # fmt: skip
+    """The online routers on the routing benchmark's stream at the oracle reward, over seeds: accuracy and cost."""
+    stream = PairStream([*data.splits["test"].records, *data.splits["ood"].records], rm_names)
+    settings = yaml.safe_load(TASK_ROUTER.read_text())["model"]["init_args"]["router"]["init_args"]
+    methods = [("data-label lookup", "", None)]
+    methods += [("TaskBayesianRouter", f"cost_weight {weight:g}", weight) for weight in COST_WEIGHTS]
+    lines = ["| router | setting | accuracy (%), mean ± sd over seeds | seconds per pair |", "|---|---|---:|---:|"]
+    for method, setting, weight in methods:
+        accuracy, spent = [], []
+        for seed in args.seeds:
+            if weight is None:
+                router = DataLabelRouter(rm_names, lookup)
+            else:
+                prior = str(args.task_priors / f"seed_{seed}" / "prior.pt")
+                router = TaskBayesianRouter(**{**settings, "rm_names": rm_names, "prior_path": prior, "seed": seed,
+                                               "cost_weight": weight})  # fmt: skip
+            router.connect_pool(rm_names, costs=cost)
+            log = run_stream(router, stream, OracleLearner(), args.pairs, 8, seed)
+            accuracy.append(float(log.right.double().mean()))
+            spent.append(router.cost_total / router.pairs_routed)
+        sd = torch.tensor(accuracy).std().item() if len(accuracy) > 1 else 0.0
+        lines.append(f"| {method} | {setting} | {100 * sum(accuracy) / len(accuracy):.1f} ± {100 * sd:.1f} | "
+                     f"{sum(spent) / len(spent):.4f} |")  # fmt: skip
+    return lines
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--behaviour", type=Path, default=Path("rmrouter/shipped/behaviour_large"))
     parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
     parser.add_argument("--costs", type=Path, default=Path("docs/rm_cost.json"))
     parser.add_argument("--output", type=Path, default=Path("docs/cost_frontier.md"))
+    parser.add_argument("--task-priors", type=Path, default=None, help="seed_<s>/prior.pt: the online routers too")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream, as the routing benchmark's")
     return parser.parse_args(argv)
 
 
@@ -177,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
                         f"{point.mean_cost:.4f} | {float(point.calls.mean()):.2f} |")  # fmt: skip
         body += ["", *goal_lines(points), "", "How much an RM's margin says about its own pair (the signal a cascade "
                  "reads), on this split:", "", *margin_halves(data.splits[name], rm_names), ""]  # fmt: skip
+    if args.task_priors is not None:
+        body += [f"## On the routing benchmark's stream, oracle reward ({args.pairs} pairs, seeds {args.seeds})", "",
+                 *stream_rows(data, lookup, cost, rm_names, args), ""]  # fmt: skip
     picture = args.output.with_suffix(".png")
     plot(results, picture)
     body.append(f"![accuracy against cost]({picture.name})")

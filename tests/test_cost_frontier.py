@@ -73,3 +73,24 @@ def test_the_cascade_is_calibrated_on_the_train_split_alone(frontier, tmp_path, 
     data.setup("fit")
     # once per evaluated split (test, ood), each time on the train rows alone: test or ood rows would lengthen it
     assert len(fitted) == 2 and all(tasks == data.splits["train"].domains for tasks in fitted)
+
+
+def test_with_task_priors_the_online_routers_run_on_the_stream_at_each_cost_weight(frontier, tmp_path,
+                                                                                    tiny_encoder_dir):  # fmt: skip
+    from test_routing_benchmark import tiny_task_priors
+
+    write_behaviour(tmp_path / "behaviour.jsonl", rows=96)
+    costs = dict(zip(RM_NAMES, [0.0, 1.0, 0.1, 0.2, 0.3, 0.4], strict=True))
+    (tmp_path / "costs.json").write_text(json.dumps({"seconds_per_pair": costs}))
+    output = tmp_path / "frontier.md"
+    priors = tiny_task_priors(tmp_path / "priors", tiny_encoder_dir)
+    frontier.main(["--behaviour", str(tmp_path / "behaviour.jsonl"), "--costs", str(tmp_path / "costs.json"),
+                   "--output", str(output), "--task-priors", str(priors), "--seeds", "0", "1",
+                   "--pairs", "24"])  # fmt: skip
+    report = output.read_text()
+    assert "## On the routing benchmark's stream, oracle reward (24 pairs, seeds [0, 1])" in report
+    rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| TaskBayesianRouter |")}
+    assert set(rows) == {f"cost_weight {weight:g}" for weight in frontier.COST_WEIGHTS}
+    # a larger weight spends less: the largest buys the free RM on (almost) every pair
+    spent = {setting: float(line.rstrip(" |").rsplit("| ", 1)[1]) for setting, line in rows.items()}
+    assert spent["cost_weight 10"] < spent["cost_weight 0"] and spent["cost_weight 10"] < 0.05

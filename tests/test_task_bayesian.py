@@ -177,3 +177,17 @@ def test_forgetting_toward_the_prior_keeps_the_offline_evidence_whole(tmp_path):
     assert precision[0, 0].item() == pytest.approx(g * (g * 25 + (1 - g) * 25 + 3) + (1 - g) * 25 + 3)
     with pytest.raises(ValueError, match="forget_toward must be"):
         router(path, forgetting=g, forget_toward="nothing")
+
+
+def test_a_cost_weight_trades_the_prior_accuracy_for_the_pools_cost(tmp_path):
+    path = hand_prior(tmp_path / "prior.pt")
+    math_pairs = pairs(["math", "math"])
+    costs = torch.tensor([1.0, 0.0])  # a costs one unit per call, b nothing
+    expected_gap = (ACCURACY[0, 0] - ACCURACY[0, 1]).item()  # a's lead on math in probability of being right
+    for lam, rm in ((0.0, 0), (0.5 * expected_gap, 0), (2.0 * expected_gap, 1)):
+        fixed = router(path, online_updates=False, cost_weight=lam)
+        fixed.connect_pool(RMS, costs=costs)
+        assert fixed.route(math_pairs, EveryRMPrefersFirst()).rm_index.tolist() == [rm, rm], lam
+    unpriced = router(path, online_updates=False, cost_weight=0.1)
+    with pytest.raises(ValueError, match="needs the pool's costs"):
+        unpriced.route(math_pairs, EveryRMPrefersFirst())

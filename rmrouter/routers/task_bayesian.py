@@ -16,6 +16,7 @@ the prior's expected accuracy `q acc[:, n]`, the offline router's own routing wi
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -72,6 +73,9 @@ class TaskBayesianRouter(BayesianRouter):
             steps old weighs `g^k` of what it did; 1 never forgets (`BayesianRouter`'s).
         forget_toward: `prior_mean` (each cell's prior accuracy held with one reward's precision: the offline
             evidence fades too) or `prior` (the prior as it started: only the online rewards fade).
+        cost_weight: `lambda`, what one unit of the pool's cost per call (`RewardModelPool.costs`) is worth in
+            probability of being right: each RM's score is its (drawn) chance of being right on the pair minus
+            `lambda * cost` (`rmrouter.routers.cost`). 0 ignores cost; > 0 needs a pool that declares costs.
     """
 
     def __init__(
@@ -90,8 +94,12 @@ class TaskBayesianRouter(BayesianRouter):
         eligible_only: bool = True,
         forgetting: float = 1.0,
         forget_toward: Literal["prior_mean", "prior"] = "prior_mean",
+        cost_weight: float = 0.0,
     ) -> None:
         Router.__init__(self, rm_names)
+        if not (math.isfinite(cost_weight) and cost_weight >= 0):
+            raise ValueError(f"cost_weight must be a finite number >= 0, got {cost_weight}")
+        self.cost_weight = float(cost_weight)
         self.forgetting, self.forget_toward = checked_forgetting(forgetting, forget_toward)
         if warmup_rewards not in ("placeholder", "held"):
             raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
@@ -123,6 +131,19 @@ class TaskBayesianRouter(BayesianRouter):
         self.held = HeldRewards()
         if self.rm_names is not None:
             self.check_rm_names()
+
+    def scores(self, h: Tensor) -> Tensor:
+        """`[P, N]` each RM's (drawn) reward on the pair, less `cost_weight * cost` on the same scale: a centred
+        reward `2 p - 1` moves twice as far as the chance `p` it stands for."""
+        scores = super().scores(h)
+        if not self.cost_weight:
+            return scores
+        if self.costs is None:
+            raise ValueError(
+                "TaskBayesianRouter: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)"
+            )
+        scale = 2.0 if self.centred_rewards else 1.0
+        return scores - scale * self.cost_weight * self.costs.to(scores)
 
     def context(self, pairs: PairBatch) -> Tensor:
         """`[P, T]` float64 CPU task distributions: one-hot for a known task's label, the task head's otherwise (the
