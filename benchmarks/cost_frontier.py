@@ -30,6 +30,7 @@ from common import write_report
 
 from rmrouter.data.behaviour_datamodule import BehaviourDataModule, BehaviourPairs
 from rmrouter.data.behaviour_split import split_named_by
+from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.cost import MarginCalibration, cascade, cost_aware_choice
 from rmrouter.routers.data_label import DataLabelRouting
@@ -165,6 +166,7 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
     methods = [("data-label lookup", "", None)]
     methods += [("TaskBayesianRouter", f"cost_weight {weight:g}", weight) for weight in COST_WEIGHTS]
     lines = ["| router | setting | accuracy (%), mean ± sd over seeds | seconds per pair |", "|---|---|---:|---:|"]
+    caches: dict[tuple, EmbeddingCache] = {}
     for method, setting, weight in methods:
         accuracy, spent = [], []
         for seed in args.seeds:
@@ -174,6 +176,10 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
                 prior = str(args.task_priors / f"seed_{seed}" / "prior.pt")
                 router = TaskBayesianRouter(**{**settings, "rm_names": rm_names, "prior_path": prior, "seed": seed,
                                                "cost_weight": weight})  # fmt: skip
+                # one cache of text embeddings for every run (as the routing benchmark shares them)
+                embedder = router.embedder
+                embedder.cache = caches.setdefault((embedder.encoder_name, embedder.pooling, embedder.max_length),
+                                                   EmbeddingCache())  # fmt: skip
             router.connect_pool(rm_names, costs=cost)
             log = run_stream(router, stream, OracleLearner(), args.pairs, 8, seed)
             accuracy.append(float(log.right.double().mean()))
