@@ -1,5 +1,6 @@
-"""Accuracy against cost per pair on the large set: every single RM, majority vote, the data-label lookup, the
-cost-aware lookup over a sweep of lambda, and two-stage cascades over a sweep of thresholds.
+"""Accuracy against cost per pair on the large set: every single RM, majority vote and UWO, the data-label lookup, the
+cost-aware lookup over a sweep of lambda, the lookup under a budget per pair, and two-stage cascades over a sweep of
+thresholds.
 
     python benchmarks/cost_frontier.py --behaviour rmrouter/shipped/behaviour_large --costs docs/rm_cost.json \
         --output docs/cost_frontier.md
@@ -8,12 +9,15 @@ Costs are each RM's seconds per pair when called alone (`benchmarks/rm_cost.py`)
 and an RM is called only on the pairs it can judge. Everything is fitted on the offline router's `train` split (the
 lookup's per-label accuracies and the cascades' margin calibration) and evaluated on `test` and the mixed `ood` split.
 Each point is deterministic given the split, so its noise is that of its pairs: each accuracy carries its standard
-error, and the goals are paired tests over the pairs.
+error, and the goals are paired tests over the pairs. UWO standardises each RM over the whole split's responses (its
+batch), the steadiest common scale it can have.
 
 With `--task-priors DIR` (the task-aware offline router's `seed_<s>/prior.pt`, as the routing benchmark reads them),
 the online routers run too, on the routing benchmark's stream (the `test` and `ood` pairs in reshuffled passes) at
 fidelity (a), the oracle reward: routing by data label, and TaskBayesianRouter (`configs/routers/task_bayesian.yaml`)
-over a sweep of `cost_weight`, each over `--seeds`, with the cost its calls add up to.
+over a sweep of `cost_weight`, each over `--seeds`, with the cost its calls add up to. `--priors DIR` (the paper's
+offline router's `seed_<s>/prior.pt`) adds the paper's BayesianRouter (`configs/routers/bayesian.yaml`, whose
+calibrated prior scale puts its scores on the reward's scale) over the same sweep.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from rmrouter.data.behaviour_datamodule import BehaviourDataModule, BehaviourPai
 from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.routers.baseline_routers import DataLabelRouter
-from rmrouter.routers.cost import MarginCalibration, cascade, cost_aware_choice
+from rmrouter.routers.bayesian import BayesianRouter
+from rmrouter.routers.cost import MarginCalibration, budget_choice, cascade, cost_aware_choice
 from rmrouter.routers.data_label import DataLabelRouting
-from rmrouter.routers.decisions import majority_vote_credit
+from rmrouter.routers.decisions import majority_vote_credit, uwo_pair_margins
 from rmrouter.routers.task_bayesian import TaskBayesianRouter
 from rmrouter.simulation import OracleLearner, PairStream, run_stream
 from rmrouter.stats import paired_test, proportion_se
@@ -42,7 +47,12 @@ from rmrouter.stats import paired_test, proportion_se
 LAMBDAS = [0.0, *(10 ** (k / 2) for k in range(-4, 5))]  # 0, then 0.01 ... 100 per second of RM time
 THRESHOLDS = [0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.01]
 COST_WEIGHTS = [0.0, 0.1, 0.316228, 1.0, 3.16228, 10.0]
-TASK_ROUTER = Path(__file__).resolve().parents[1] / "configs" / "routers" / "task_bayesian.yaml"
+ROUTERS = Path(__file__).resolve().parents[1] / "configs" / "routers"
+
+
+def router_settings(name: str) -> dict:
+    """The `init_args` of a shipped router config (`configs/routers/<name>.yaml`)."""
+    return yaml.safe_load((ROUTERS / f"{name}.yaml").read_text())["model"]["init_args"]["router"]["init_args"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,12 @@ def frontier(split: BehaviourPairs, train: BehaviourPairs, lookup: DataLabelRout
     every = split.eligible.double()
     points.append(Point("majority vote", "every eligible RM", majority_vote_credit(split.margin).double(),
                         (every * cost).sum(dim=1), every.sum(dim=1)))  # fmt: skip
+    points.append(Point("ceiling: any RM right", "every eligible RM, knowing the truth",
+                        (split.agree.bool() & split.eligible).any(dim=1).double(), (every * cost).sum(dim=1),
+                        every.sum(dim=1)))  # fmt: skip
+    uwo_margin = uwo_pair_margins(split.scores, router_settings("uwo")["coeff"])
+    points.append(Point("UWO", "every eligible RM", (uwo_margin > 0).double(), (every * cost).sum(dim=1),
+                        every.sum(dim=1)))  # fmt: skip
     label_route = lookup.route(split.domains, split.sources, split.eligible)
     points.append(routed("data-label lookup", "", split, label_route, cost))
     labels = [lookup.label_of(domain, source) for domain, source in zip(split.domains, split.sources, strict=True)]
@@ -89,6 +105,9 @@ def frontier(split: BehaviourPairs, train: BehaviourPairs, lookup: DataLabelRout
     for lam in LAMBDAS:
         chosen = cost_aware_choice(reliability, cost, lam, split.eligible)
         points.append(routed("cost-aware lookup", f"lambda {lam:g}", split, chosen, cost))
+    for budget in sorted(set(cost.tolist())):  # each RM's cost: the budgets at which the choice can change
+        chosen = budget_choice(reliability, cost, budget, split.eligible)
+        points.append(routed("budget lookup", f"budget {budget:.3g} s", split, chosen, cost))
     first = int(torch.argmin(cost))  # the cheapest RM, asked first
     calibration = MarginCalibration.fit(train.domains, train.margin[:, first], train.agree[:, first].bool())
     confidence = calibration.probability(split.domains, split.margin[:, first])
@@ -139,11 +158,15 @@ def plot(results: dict[str, list[Point]], path: Path) -> None:
     figure, axes = plt.subplots(1, len(results), figsize=(12, 5), sharey=True)
     for axis, (name, points) in zip(axes, results.items(), strict=True):
         for point in points:
-            if point.method.startswith("single") or point.method in ("majority vote", "data-label lookup"):
+            if point.method.startswith(("single", "ceiling")) or point.method in (
+                "majority vote",
+                "UWO",
+                "data-label lookup",
+            ):
                 axis.scatter(point.mean_cost, 100 * point.accuracy, s=25)
                 axis.annotate(point.method.removeprefix("single: "), (point.mean_cost, 100 * point.accuracy),
                               fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
-        for method in ("cost-aware lookup", "cascade"):
+        for method in ("cost-aware lookup", "budget lookup", "cascade"):
             curve = sorted((p.mean_cost, 100 * p.accuracy) for p in points if p.method.startswith(method))
             axis.plot(*zip(*curve, strict=True), marker=".", linewidth=1.2, label=method)
         axis.set_xscale("symlog", linthresh=1e-3)
@@ -162,9 +185,13 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
                 args: argparse.Namespace) -> list[str]:  # fmt: skip
     """The online routers on the routing benchmark's stream at the oracle reward, over seeds: accuracy and cost."""
     stream = PairStream([*data.splits["test"].records, *data.splits["ood"].records], rm_names)
-    settings = yaml.safe_load(TASK_ROUTER.read_text())["model"]["init_args"]["router"]["init_args"]
+    routers = {}
+    if args.task_priors is not None:
+        routers["TaskBayesianRouter"] = (TaskBayesianRouter, router_settings("task_bayesian"), args.task_priors)
+    if args.priors is not None:
+        routers["BayesianRouter"] = (BayesianRouter, router_settings("bayesian"), args.priors)
     methods = [("data-label lookup", "", None)]
-    methods += [("TaskBayesianRouter", f"cost_weight {weight:g}", weight) for weight in COST_WEIGHTS]
+    methods += [(name, f"cost_weight {weight:g}", weight) for name in routers for weight in COST_WEIGHTS]
     lines = ["| router | setting | accuracy (%), mean ± sd over seeds | seconds per pair |", "|---|---|---:|---:|"]
     caches: dict[tuple, EmbeddingCache] = {}
     for method, setting, weight in methods:
@@ -173,9 +200,10 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
             if weight is None:
                 router = DataLabelRouter(rm_names, lookup)
             else:
-                prior = str(args.task_priors / f"seed_{seed}" / "prior.pt")
-                router = TaskBayesianRouter(**{**settings, "rm_names": rm_names, "prior_path": prior, "seed": seed,
-                                               "cost_weight": weight})  # fmt: skip
+                kind, settings, priors = routers[method]
+                prior = str(priors / f"seed_{seed}" / "prior.pt")
+                router = kind(**{**settings, "rm_names": rm_names, "prior_path": prior, "seed": seed,
+                                 "cost_weight": weight})  # fmt: skip
                 # one cache of text embeddings for every run (as the routing benchmark shares them)
                 embedder = router.embedder
                 embedder.cache = caches.setdefault((embedder.encoder_name, embedder.pooling, embedder.max_length),
@@ -197,6 +225,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--costs", type=Path, default=Path("docs/rm_cost.json"))
     parser.add_argument("--output", type=Path, default=Path("docs/cost_frontier.md"))
     parser.add_argument("--task-priors", type=Path, default=None, help="seed_<s>/prior.pt: the online routers too")
+    parser.add_argument("--priors", type=Path, default=None, help="the paper's seed_<s>/prior.pt: its router too")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pairs", type=int, default=2400, help="pairs per stream, as the routing benchmark's")
     return parser.parse_args(argv)
@@ -212,7 +241,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
     train = data.splits["train"]
     lookup = DataLabelRouting.fit(train.domains, train.sources, train.agree.bool(), train.eligible)
     results = {name: frontier(data.splits[name], train, lookup, cost, rm_names) for name in ("test", "ood")}
-    body = []
+    goals, verdicts = [], []
+    for name, points in results.items():
+        rows, lines = goal_rows(name, points)
+        goals += rows
+        verdicts += lines
+    body = ["## Goals", "", "Each goal's best point (the most accurate within the cost it allows), paired over the "
+            "split's pairs:", "", "| split | goal | against | best point | difference (points) | verdict |",
+            "|---|---|---|---|---:|---|", *goals, "", *verdicts, ""]  # fmt: skip
     for name, points in results.items():
         body += [f"## `{name}` ({len(points[0].credit)} pairs)", "",
                  "| method | setting | accuracy (%) ± se | seconds per pair | RM calls per pair |",
@@ -221,9 +257,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
             se = proportion_se(point.accuracy, len(point.credit))
             body.append(f"| {point.method} | {point.setting} | {100 * point.accuracy:.1f} ± {100 * se:.1f} | "
                         f"{point.mean_cost:.4f} | {float(point.calls.mean()):.2f} |")  # fmt: skip
-        body += ["", *goal_lines(points), "", "How much an RM's margin says about its own pair (the signal a cascade "
+        body += ["", "How much an RM's margin says about its own pair (the signal a cascade "
                  "reads), on this split:", "", *margin_halves(data.splits[name], rm_names), ""]  # fmt: skip
-    if args.task_priors is not None:
+    if args.task_priors is not None or args.priors is not None:
         body += [f"## On the routing benchmark's stream, oracle reward ({args.pairs} pairs, seeds {args.seeds})", "",
                  *stream_rows(data, lookup, cost, rm_names, args), ""]  # fmt: skip
     picture = args.output.with_suffix(".png")
@@ -238,40 +274,42 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
     return results
 
 
-def goal_lines(points: list[Point]) -> list[str]:
-    """The goals: against every single RM, the most accurate routed or cascaded point at no more than its cost
-    (paired over the pairs); against majority vote, the most accurate point at a third of its cost or less, and
-    whether it is within 1 point."""
-    lines, beaten, unbeaten = [], [], []
-    candidates = [p for p in points if not p.method.startswith(("single", "majority"))]
+def goal_rows(split: str, points: list[Point]) -> tuple[list[str], list[str]]:
+    """The goals as `(table rows, verdict lines)`: against every single RM, the most accurate routed or cascaded point
+    at no more than its cost (paired over the pairs); against each ensemble (majority vote, UWO), the most accurate
+    point at a third of its cost or less, and whether it is within 1 point."""
+    rows, beaten, unbeaten = [], [], []
+    candidates = [p for p in points if not p.method.startswith(("single", "majority", "UWO", "ceiling"))]
+
+    def row(goal: str, against: Point, best: Point, verdict: str) -> str:
+        test = paired_test(best.credit.tolist(), against.credit.tolist())
+        return (f"| `{split}` | {goal} | {against.method} ({against.mean_cost:.4f} s) | {described(best)} | "
+                f"{100 * test.mean:+.1f} ± {100 * test.se:.1f} | {verdict or test.verdict()} |")  # fmt: skip
+
     for single in [p for p in points if p.method.startswith("single")]:
+        name = single.method.removeprefix("single: ")
         cheaper = [p for p in candidates if p.mean_cost <= single.mean_cost]
         if not cheaper:
-            lines.append(f"- {single.method}: no routed or cascaded point costs as little.")
-            unbeaten.append(single.method.removeprefix("single: "))
+            unbeaten.append(name)
             continue
         best = max(cheaper, key=lambda p: p.accuracy)
-        test = paired_test(best.credit.tolist(), single.credit.tolist())
-        lines.append(f"- against {single.method} ({single.mean_cost:.4f} s): {described(best)} "
-                     f"{100 * test.mean:+.1f} ± {100 * test.se:.1f} points ({test.verdict()})")  # fmt: skip
-        (beaten if test.verdict() == "above" else unbeaten).append(single.method.removeprefix("single: "))
+        verdict = paired_test(best.credit.tolist(), single.credit.tolist()).verdict()
+        rows.append(row("above at no more cost", single, best, verdict))
+        (beaten if verdict == "above" else unbeaten).append(name)
+    for ensemble in [p for p in points if p.method in ("majority vote", "UWO")]:
+        third = [p for p in candidates if p.mean_cost <= ensemble.mean_cost / 3]
+        if third:
+            best = max(third, key=lambda p: p.accuracy)
+            test = paired_test(best.credit.tolist(), ensemble.credit.tolist())
+            within = "within 1 point" if test.mean >= -0.01 else "not within 1 point"
+            rows.append(row("within 1 point at a third of the cost", ensemble, best, f"{test.verdict()}; {within}"))
     singles = {p.method.removeprefix("single: "): p.mean_cost for p in points if p.method.startswith("single")}
     cheapest = min(singles, key=singles.get)
     why = [f"{name} costs {singles[name]:.1e} s per pair, the least of any RM, so a point at no more cost can only "
            "call it" for name in unbeaten if name == cheapest]  # fmt: skip
     verdict = "met" if not unbeaten else f"not met: nothing at no more cost is above {', '.join(unbeaten)}"
     verdict += f" ({'; '.join(why)})" if why else ""
-    lines.insert(0, f"- **A point above every single RM at no more than its cost**: {verdict}.")
-    majority = next(p for p in points if p.method == "majority vote")
-    third = [p for p in candidates if p.mean_cost <= majority.mean_cost / 3]
-    if third:
-        best = max(third, key=lambda p: p.accuracy)
-        test = paired_test(best.credit.tolist(), majority.credit.tolist())
-        within = "within 1 point" if test.mean >= -0.01 else "not within 1 point"
-        lines.append(f"- against majority vote ({majority.mean_cost:.4f} s): {described(best)}, at a third of its "
-                     f"cost or less: {100 * test.mean:+.1f} ± {100 * test.se:.1f} points ({test.verdict()}; "
-                     f"{within})")  # fmt: skip
-    return lines
+    return rows, [f"- **`{split}`: a point above every single RM at no more than its cost**: {verdict}."]
 
 
 def described(point: Point) -> str:

@@ -139,3 +139,20 @@ def test_a_live_run_logs_and_summarises_what_its_rm_calls_cost(tmp_path, tiny_ca
     assert float(logged["router/cost_total"]) == pytest.approx(router.cost_total)
     summary = (tmp_path / "checkpoints" / "online" / "live" / "summary.md").read_text()
     assert f"costing {router.cost_total:.4g}" in summary
+
+
+@pytest.mark.parametrize("pool", ["default", "with_verifier"])
+def test_the_shipped_pools_declare_the_costs_the_cost_command_measured(pool):
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from rmrouter.reward_models.pool import pool_costs
+
+    root = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((root / "configs" / "pool" / f"{pool}.yaml").read_text())["init_args"]
+    names = [rm["init_args"]["name"] for rm in spec["reward_models"]]
+    measured = json.loads((root / "docs" / "rm_cost.json").read_text())["seconds_per_pair"]
+    declared = pool_costs(spec["costs"], names)
+    assert declared.tolist() == [float(f"{measured[name]:.2g}") for name in names]  # to two significant figures

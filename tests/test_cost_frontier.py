@@ -33,6 +33,10 @@ def test_the_frontier_prices_every_point_by_the_rms_it_calls(frontier, tmp_path)
     assert points[("single: smollm2-likelihood", "")].mean_cost == pytest.approx(1.0)
     majority = points[("majority vote", "every eligible RM")]
     assert majority.mean_cost == pytest.approx(sum(costs.values())) and majority.calls.mean() == len(RM_NAMES)
+    uwo = points[("UWO", "every eligible RM")]
+    assert uwo.mean_cost == majority.mean_cost and uwo.calls.mean() == len(RM_NAMES)
+    # one RM right against five wrong on every pair: both ensembles side with the five
+    assert uwo.accuracy == majority.accuracy == 0.0
     # the lookup learns which RM is right per domain: every test pair right
     lookup = points[("data-label lookup", "")]
     assert lookup.accuracy == 1.0
@@ -40,6 +44,13 @@ def test_the_frontier_prices_every_point_by_the_rms_it_calls(frontier, tmp_path)
     assert points[("cost-aware lookup", "lambda 0")].accuracy == 1.0
     cheapest = points[("cost-aware lookup", "lambda 100")]
     assert cheapest.mean_cost == 0.0 and torch.equal(cheapest.credit, single.credit)
+    # a budget per pair: the right RM where it fits, else the most reliable that does (none: the free RM)
+    budgets = {setting: p for (method, setting), p in points.items() if method == "budget lookup"}
+    assert list(budgets) == [f"budget {c:.3g} s" for c in sorted(set(costs.values()))]
+    assert torch.equal(budgets["budget 0 s"].credit, single.credit) and budgets["budget 0 s"].mean_cost == 0.0
+    assert budgets["budget 1 s"].accuracy == 1.0
+    for setting, point in budgets.items():
+        assert point.cost.max() <= float(setting.split()[1]) + 1e-12
     # the cascade asks the free RM first: threshold 0 never escalates, above 1 always (but not when the lookup's
     # RM is the free one), and each escalation adds the lookup's RM's cost and one call
     never = points[("cascade: length, then the lookup's RM", "threshold 0")]
@@ -49,7 +60,15 @@ def test_the_frontier_prices_every_point_by_the_rms_it_calls(frontier, tmp_path)
     assert always.calls.mean() == pytest.approx(1 + (lookup.cost > 0).double().mean())
     report = output.read_text()
     assert "do not edit by hand" in report and "## `test`" in report and "## `ood`" in report
-    assert "- against single: smollm2-likelihood (1.0000 s):" in report and "- against majority vote" in report
+    goals = {(line.split(" | ")[0], line.split(" | ")[2]): line for line in report.splitlines()
+             if line.startswith("| `")}  # fmt: skip
+    assert ("| `test`", "single: smollm2-likelihood (1.0000 s)") in goals
+    assert ("| `ood`", "majority vote (2.0000 s)") in goals and ("| `ood`", "UWO (2.0000 s)") in goals
+    # the lookup is right everywhere at the dear RM's cost or less: above it, and within a point of the ensembles
+    assert goals[("| `test`", "single: smollm2-likelihood (1.0000 s)")].endswith("| above |")
+    assert goals[("| `test`", "majority vote (2.0000 s)")].endswith("| above; within 1 point |")
+    ceiling = points[("ceiling: any RM right", "every eligible RM, knowing the truth")]
+    assert ceiling.accuracy == 1.0 and ceiling.mean_cost == majority.mean_cost
 
 
 def test_the_cascade_is_calibrated_on_the_train_split_alone(frontier, tmp_path, monkeypatch):
@@ -77,20 +96,27 @@ def test_the_cascade_is_calibrated_on_the_train_split_alone(frontier, tmp_path, 
 
 def test_with_task_priors_the_online_routers_run_on_the_stream_at_each_cost_weight(frontier, tmp_path,
                                                                                     tiny_encoder_dir):  # fmt: skip
-    from test_routing_benchmark import tiny_task_priors
+    from test_routing_benchmark import tiny_prior, tiny_task_priors
 
     write_behaviour(tmp_path / "behaviour.jsonl", rows=96)
     costs = dict(zip(RM_NAMES, [0.0, 1.0, 0.1, 0.2, 0.3, 0.4], strict=True))
     (tmp_path / "costs.json").write_text(json.dumps({"seconds_per_pair": costs}))
     output = tmp_path / "frontier.md"
     priors = tiny_task_priors(tmp_path / "priors", tiny_encoder_dir)
+    for seed in (0, 1):  # the paper's priors, calibrated to the reward's scale
+        (tmp_path / "paper" / f"seed_{seed}").mkdir(parents=True)
+        tiny_prior(tmp_path / "paper" / f"seed_{seed}" / "prior.pt", tiny_encoder_dir)
     frontier.main(["--behaviour", str(tmp_path / "behaviour.jsonl"), "--costs", str(tmp_path / "costs.json"),
-                   "--output", str(output), "--task-priors", str(priors), "--seeds", "0", "1",
-                   "--pairs", "24"])  # fmt: skip
+                   "--output", str(output), "--task-priors", str(priors), "--priors", str(tmp_path / "paper"),
+                   "--seeds", "0", "1", "--pairs", "24"])  # fmt: skip
     report = output.read_text()
     assert "## On the routing benchmark's stream, oracle reward (24 pairs, seeds [0, 1])" in report
     rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| TaskBayesianRouter |")}
     assert set(rows) == {f"cost_weight {weight:g}" for weight in frontier.COST_WEIGHTS}
     # a larger weight spends less: the largest buys the free RM on (almost) every pair
-    spent = {setting: float(line.rstrip(" |").rsplit("| ", 1)[1]) for setting, line in rows.items()}
-    assert spent["cost_weight 10"] < spent["cost_weight 0"] and spent["cost_weight 10"] < 0.05
+    for router in ("TaskBayesianRouter", "BayesianRouter"):
+        rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith(f"| {router} |")}
+        assert set(rows) == {f"cost_weight {weight:g}" for weight in frontier.COST_WEIGHTS}
+        # a larger weight spends less: the largest buys the free RM on (almost) every pair
+        spent = {setting: float(line.rstrip(" |").rsplit("| ", 1)[1]) for setting, line in rows.items()}
+        assert spent["cost_weight 10"] < spent["cost_weight 0"] and spent["cost_weight 10"] < 0.05, router

@@ -19,10 +19,10 @@ from rmrouter.routers.normalizer import QuantileNormalizer, batch_baseline
 from rmrouter.routers.posterior import GaussianPosteriors
 
 
-def router(path, warmup=20, **switches) -> BayesianRouter:
+def router(path, warmup=20, online_updates=True, **switches) -> BayesianRouter:
     return BayesianRouter(
-        RMS, prior_path=str(path), sigma2=1.0, lambda0=50.0, warmup=warmup, use_prior=True, online_updates=True,
-        integration="prior_injection", offline_weight=0.0, seed=0, **switches,
+        RMS, prior_path=str(path), sigma2=1.0, lambda0=50.0, warmup=warmup, use_prior=True,
+        online_updates=online_updates, integration="prior_injection", offline_weight=0.0, seed=0, **switches,
     )  # fmt: skip
 
 
@@ -178,3 +178,39 @@ def test_the_prior_writer_fits_the_reward_scale_on_the_validation_split(prior_pa
     RouterPrior(**fields).save(prior_path)
     with pytest.raises(ValueError, match="no reward_scale"):
         router(prior_path, prior_scale="calibrated")
+
+
+def test_a_cost_weight_trades_the_calibrated_prior_for_the_pools_cost(prior_path):
+    from rmrouter.routers.prior import RouterPrior
+
+    prior = RouterPrior.load(prior_path)
+    fields = {name: getattr(prior, name) for name in ("rm_names", "bt_embeddings", "encoder", "pooling", "max_length",
+                                                      "mlp_config", "mlp_state")}  # fmt: skip
+    RouterPrior(**fields, metadata={"reward_scale": 2.0}).save(prior_path)
+    pairs = make_pairs(random.Random(5), 16)
+    costs = torch.tensor([1.0, 0.0])  # RM 0, which the prior prefers on these pairs, costs one unit; RM 1 nothing
+
+    def routed(lam: float, **switches) -> list[int]:
+        fixed = router(prior_path, online_updates=False, prior_scale="calibrated", centred_rewards=True,
+                       cost_weight=lam, **switches)  # fmt: skip
+        fixed.connect_pool(RMS, costs=costs)
+        return fixed.route(pairs, FakeJudge()).rm_index.tolist()
+
+    # by hand: RM n's predicted centred reward is 2.0 * h . E_bt[n]; the cost takes 2 * lambda * cost[n] off it
+    h = router(prior_path).embedder.pairs(pairs)
+    predicted = 2.0 * h @ prior.bt_embeddings.double().T
+    gap = predicted[:, 0] - predicted[:, 1]
+    assert (gap > 0).all()
+    ordered = gap.sort().values
+    between = [float(ordered[k] + ordered[k + 1]) / 4 for k in (0, len(pairs) // 2)]  # lambdas off any pair's tie
+    for lam in (0.0, *between, float(gap.max())):
+        expected = torch.where(gap > 2 * lam, 0, 1).tolist()
+        assert routed(lam) == expected, lam
+    assert routed(float(gap.max())) == [1] * len(pairs)
+    with pytest.raises(ValueError, match="prior_scale: calibrated"):
+        router(prior_path, cost_weight=0.1)
+    with pytest.raises(ValueError, match="cost_weight must be"):
+        router(prior_path, prior_scale="calibrated", cost_weight=-1.0)
+    unpriced = router(prior_path, online_updates=False, prior_scale="calibrated", cost_weight=0.1)
+    with pytest.raises(ValueError, match="needs the pool's costs"):
+        unpriced.route(pairs, FakeJudge())

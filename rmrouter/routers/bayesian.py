@@ -79,6 +79,11 @@ class BayesianRouter(Router):
             the offline evidence fades too and a direction without recent rewards goes back to its prior mean with
             the uncertainty of a single reward, which the Thompson draws explore; `prior`: the prior as it started,
             so the offline evidence is kept whole and only the online rewards fade.
+        cost_weight: `lambda`, what one unit of the pool's cost per call (`RewardModelPool.costs`) is worth in
+            probability of being right: each RM's score, a prediction of its reward, less `lambda * cost` on the
+            reward's scale (`rmrouter.routers.cost`). The BT prior's scores are cosines, not chances, so with a prior
+            this needs `prior_scale: calibrated`, which fits them to the reward. 0 ignores cost; > 0 needs a pool
+            that declares costs.
     """
 
     def __init__(
@@ -102,9 +107,17 @@ class BayesianRouter(Router):
         eligible_only: bool = True,
         forgetting: float = 1.0,
         forget_toward: Literal["prior_mean", "prior"] = "prior_mean",
+        cost_weight: float = 0.0,
     ) -> None:
         super().__init__(rm_names)
         self.forgetting, self.forget_toward = checked_forgetting(forgetting, forget_toward)
+        self.cost_weight = checked_cost_weight(cost_weight)
+        if self.cost_weight and prior_path is not None and prior_scale != "calibrated":
+            raise ValueError(
+                f"BayesianRouter: cost_weight {cost_weight} weighs each RM's chance of being right against its cost, "
+                "but the prior's BT scores are cosines, not chances: set prior_scale: calibrated (the factor fitted "
+                "on the offline validation split that turns them into predicted rewards)"
+            )
         if integration not in ("prior_injection", "weighted_score"):
             raise ValueError(f"integration must be 'prior_injection' or 'weighted_score', got {integration!r}")
         if not 0.0 <= offline_weight <= 1.0:
@@ -179,9 +192,25 @@ class BayesianRouter(Router):
         return self.posteriors
 
     def scores(self, h: Tensor) -> Tensor:
-        """`[P, N]` routing scores of pairs `h [P, d]`: Thompson draws, offline scores, or their weighted sum."""
+        """`[P, N]` routing scores of pairs `h [P, d]`: Thompson draws, offline scores, or their weighted sum; less
+        `cost_weight * cost` on the reward's scale (a centred reward `2 p - 1` moves twice as far as the chance `p`
+        it stands for)."""
+        if not self.cost_weight:
+            return self.reward_scores(h)
+        if self.costs is None:
+            raise ValueError(
+                f"{type(self).__name__}: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)"
+            )
+        scores = self.reward_scores(h, predicted=True)
+        scale = 2.0 if self.centred_rewards else 1.0
+        return scores - scale * self.cost_weight * self.costs.to(scores)
+
+    def reward_scores(self, h: Tensor, predicted: bool = False) -> Tensor:
+        """`[P, N]` Thompson draws, offline scores, or their weighted sum. The no-online offline scores rank alone
+        unless `predicted`, when they are put on the reward's scale (`prior_scale`) to be weighed against cost."""
         if not self.online_updates:
-            return h @ self.offline_scores.T
+            offline = h @ self.offline_scores.T
+            return self.prior_scale * offline if predicted else offline
         sampled = self._posteriors(h.shape[1]).sample_scores(h, self.generator)
         if self.integration == "weighted_score":
             offline = self.prior_scale * (h @ self.offline_scores.T)
@@ -278,6 +307,12 @@ def checked_forgetting(factor: float, toward: str) -> tuple[float, str]:
     if toward not in ("prior_mean", "prior"):
         raise ValueError(f"forget_toward must be 'prior_mean' or 'prior', got {toward!r}")
     return float(factor), toward
+
+
+def checked_cost_weight(weight: float) -> float:
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"cost_weight must be a finite number >= 0 (0: ignore cost), got {weight!r}")
+    return float(weight)
 
 
 def calibrated_scale(prior: RouterPrior) -> float:

@@ -16,14 +16,13 @@ the prior's expected accuracy `q acc[:, n]`, the offline router's own routing wi
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from rmrouter.routers.base import PairBatch, Router
-from rmrouter.routers.bayesian import BayesianRouter, checked_forgetting, forgetting_anchor
+from rmrouter.routers.bayesian import BayesianRouter, checked_cost_weight, checked_forgetting, forgetting_anchor
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer
 from rmrouter.routers.posterior import GaussianPosteriors
@@ -97,9 +96,7 @@ class TaskBayesianRouter(BayesianRouter):
         cost_weight: float = 0.0,
     ) -> None:
         Router.__init__(self, rm_names)
-        if not (math.isfinite(cost_weight) and cost_weight >= 0):
-            raise ValueError(f"cost_weight must be a finite number >= 0, got {cost_weight}")
-        self.cost_weight = float(cost_weight)
+        self.cost_weight = checked_cost_weight(cost_weight)  # its scores are on the reward's scale from the start
         self.forgetting, self.forget_toward = checked_forgetting(forgetting, forget_toward)
         if warmup_rewards not in ("placeholder", "held"):
             raise ValueError(f"warmup_rewards must be 'placeholder' or 'held', got {warmup_rewards!r}")
@@ -131,19 +128,6 @@ class TaskBayesianRouter(BayesianRouter):
         self.held = HeldRewards()
         if self.rm_names is not None:
             self.check_rm_names()
-
-    def scores(self, h: Tensor) -> Tensor:
-        """`[P, N]` each RM's (drawn) reward on the pair, less `cost_weight * cost` on the same scale: a centred
-        reward `2 p - 1` moves twice as far as the chance `p` it stands for."""
-        scores = super().scores(h)
-        if not self.cost_weight:
-            return scores
-        if self.costs is None:
-            raise ValueError(
-                "TaskBayesianRouter: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)"
-            )
-        scale = 2.0 if self.centred_rewards else 1.0
-        return scores - scale * self.cost_weight * self.costs.to(scores)
 
     def context(self, pairs: PairBatch) -> Tensor:
         """`[P, T]` float64 CPU task distributions: one-hot for a known task's label, the task head's otherwise (the
