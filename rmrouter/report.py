@@ -96,6 +96,7 @@ def write_report(
     offline_task: str | None = None,
     offline_task_real: str | None = None,
     drift: str | None = None,
+    cost: str | None = None,
 ) -> None:
     """Writes the results report and the README's headline block from the files the commands wrote.
 
@@ -115,6 +116,7 @@ def write_report(
         offline_task: The task-aware router's seeds report on the default pool; None: the report has none.
         offline_task_real: The same on the second pool.
         drift: The drift benchmark (`benchmarks/routing_drift.py`); None: the report has no drift section.
+        cost: The cost frontier (`benchmarks/cost_frontier.py`); None: the report has no cost section.
     """
     from rmrouter.evaluation.sweep_table import sweep_table
 
@@ -122,7 +124,12 @@ def write_report(
                   main_job=main_job, reliability=reliability, downstream=downstream)  # fmt: skip
     if offline_real is not None and routing_real is not None:
         inputs.update(offline_real=offline_real, routing_real=routing_real)
-    for name, path in (("offline_task", offline_task), ("offline_task_real", offline_task_real), ("drift", drift)):
+    for name, path in (
+        ("offline_task", offline_task),
+        ("offline_task_real", offline_task_real),
+        ("drift", drift),
+        ("cost", cost),
+    ):
         if path is not None:
             inputs[name] = path
     paths = {name: Path(path) for name, path in inputs.items()}
@@ -162,6 +169,16 @@ def write_report(
               for p in sorted((paths["drift"].parent / paths["drift"].stem).glob("*_oracle.png"))],
             "",
         ]  # fmt: skip
+    cost_sections = []
+    if "cost" in docs:
+        cost_sections = [
+            "## Accuracy against cost",
+            "",
+            *quoted("cost", table_under(docs["cost"], "Goals"), "Goals: routed and cascaded points against single RMs "
+                    "and ensembles"),
+            f"![accuracy against cost]({_relative(paths['cost'].with_suffix('.png'), out.parent)})",
+            "",
+        ]  # fmt: skip
     lines = [
         "# Results",
         "",
@@ -182,6 +199,7 @@ def write_report(
         *[f"![{p.stem}]({_relative(p, out.parent)})" for p in routing_figures],
         "",
         *drift_sections,
+        *cost_sections,
         "## Downstream: trained policies evaluated",
         "",
         f"From [`{paths['downstream']}`]({_relative(paths['downstream'], out.parent)}), written by `python cli.py "
@@ -248,6 +266,8 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
     )
     if "drift" in docs:
         lines.append(drift_line(table_under(docs["drift"], "Goals"), link("drift")))
+    if "cost" in docs:
+        lines.append(cost_line(table_under(docs["cost"], "Goals"), link("cost")))
     lines.append(f"- **Speed**: the online step at k = 2 in {_step_cell(table_under(docs['online_step']))} "
                  f"({link('online_step')}).")  # fmt: skip
     return "\n".join(lines)
@@ -264,6 +284,24 @@ def drift_line(goals: Table, link: str) -> str:
     cost = f"; forgetting where nothing drifts, against none: {', '.join(forgetting)}" if forgetting else ""
     return (f"- **Under drift** (oracle reward): TaskBayesianRouter against the static lookup after the change: "
             f"{'; '.join(drifting)} points{cost} ({link}).")  # fmt: skip
+
+
+def cost_line(goals: Table, link: str) -> str:
+    """The headline's cost sentence: per split, how many single RMs a routed or cascaded point beats at no more than
+    their cost, and the best point at a third of majority vote's cost against it."""
+    parts = []
+    for split in dict.fromkeys(row[0] for row in goals.rows):
+        rows = [row for row in goals.rows if row[0] == split]
+        singles = [row for row in rows if row[1] == "above at no more cost"]
+        above = [row for row in singles if row[5] == "above"]
+        not_above = ", ".join(row[2].split(" (")[0].removeprefix("single: ") for row in singles if row[5] != "above")
+        part = f"{split} above {len(above)} of {len(singles)} single RMs at no more cost"
+        part += f" (not {not_above})" if not_above else ""
+        majority = [row for row in rows if row[2].startswith("majority vote")]
+        if majority:
+            part += f", {majority[0][4].split(' ±')[0]} points against majority vote at a third of its cost or less"
+        parts.append(part)
+    return f"- **Accuracy against cost** (seconds of RM time per pair): {'; '.join(parts)} ({link})."
 
 
 POOLS = {("offline", "routing"): "Default pool", ("offline_real", "routing_real"): "Real pool (LLMBar's LLM judges)"}
