@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
     if args.task_priors is not None or args.priors is not None:
         body += [f"## On the routing benchmark's stream, oracle reward ({args.pairs} pairs, seeds {args.seeds})", "",
                  "The stream replays the `test` and `ood` pairs; what learns nothing online (single RMs, ensembles, "
-                 "the lookups, the cascades) scores there what it scores on those pairs above, so beside the data-label "
-                 "lookup, the baseline, only the routers that learn run here.", "", *stream_rows(data, lookup, cost, rm_names, args), ""]  # fmt: skip
+                 "the lookups, the cascades) scores there what it scores on those pairs above, so beside the "
+                 "data-label lookup, the baseline, only the routers that learn run here.", "",
+                 *stream_rows(data, lookup, cost, rm_names, args), ""]  # fmt: skip
     picture = args.output.with_suffix(".png")
     plot(results, picture)
     body.append(f"![accuracy against cost]({picture.name})")

@@ -10,6 +10,7 @@
     python cli.py sweep --config configs/sweep.yaml
     python cli.py report --config configs/report.yaml
     python cli.py reproduce --config configs/reproduce.yaml
+    python cli.py serve --config configs/serve.yaml
 
 `rmrouter` (the console script) is the same entry point; `python cli.py --help` lists every command.
 """
@@ -49,6 +50,7 @@ PROJECT_HELP = {
     "sweep": "train and evaluate every method for the same budget and seeds: the downstream table",
     "report": "regenerate docs/RESULTS.md from the runs' output files",
     "reproduce": "every published figure from this commit on this machine, stage by stage (resumable)",
+    "serve": "a reward server: routed rewards over HTTP for OpenRLHF, verl or any trainer",
 }
 
 
@@ -85,6 +87,10 @@ def _project_command(name: str) -> Callable:
         from rmrouter.report import write_report
 
         return write_report
+    if name == "serve":
+        from rmrouter.serving.command import serve
+
+        return serve
     from rmrouter.publish import publish_docs
 
     return publish_docs

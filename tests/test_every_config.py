@@ -37,7 +37,7 @@ LIGHTNING_COMMAND = {"evaluation": "test"}
 JOBS = {  # the project's own commands, by config file
     "behaviour.yaml": "collect", "behaviour_large.yaml": "collect", "behaviour_llmbar.yaml": "collect",
     "paper/behaviour.yaml": "collect", "pipeline.yaml": "pipeline", "publish.yaml": "publish", "sweep.yaml": "sweep",
-    "report.yaml": "report", "reproduce.yaml": "reproduce",
+    "report.yaml": "report", "reproduce.yaml": "reproduce", "serve.yaml": "serve",
 }  # fmt: skip
 SHIPPED = sorted(str(path.relative_to(CONFIGS)) for path in CONFIGS.rglob("*.yaml"))
 

@@ -1,0 +1,154 @@
+"""The reward server's throughput: routed rewards against calling every RM of the pool, on the same requests.
+
+    python benchmarks/serving.py --behaviour rmrouter/shipped/behaviour_large --output docs/serving.md
+
+A real server (`rmrouter.serving.server`, uvicorn on localhost) serves the large set's pool (the default pool's RMs,
+its learned heads shipped with the set) twice: routed, each prompt group to one RM by its data label (the lookup
+fitted on the offline router's train split, `configs/serve.yaml`'s router), and as the ensemble, every RM scoring
+every completion (`MajorityVoteRouter`: the group's reward is the mean of the RMs' z-scores). Each request is
+`--pairs-per-request` held-out pairs (a seeded sample of the `test` split) sent as Online DPO sends them, two
+completions per prompt; `--concurrency` clients send `--requests` requests. The first request of each server loads
+the models and is not timed. Besides speed, each pair's rewards are checked against the human preference: a pair is
+right where the preferred completion gets the higher reward (a tie counts half, no reward wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import torch
+import yaml
+from common import write_report
+
+from rmrouter.behaviour.shipped import shipped_pool
+from rmrouter.data.behaviour_datamodule import BehaviourDataModule
+from rmrouter.data.behaviour_split import split_named_by
+from rmrouter.reward_models.pool import RewardModelPool
+from rmrouter.routers.baseline_routers import DataLabelRouter, MajorityVoteRouter
+from rmrouter.routers.data_label import DataLabelRouting
+from rmrouter.serving.groups import RoutedScorer
+from rmrouter.serving.server import BackgroundServer, build_app
+from rmrouter.stats import paired_test
+
+
+def requests_of(pairs, per_request: int) -> list[dict]:
+    """`/score` payloads: each pair as one prompt with its two completions, preferred first."""
+    payloads = []
+    for start in range(0, len(pairs) - per_request + 1, per_request):
+        chunk = pairs[start : start + per_request]
+        payloads.append({
+            "prompts": [p.prompt for p in chunk for _ in range(2)],
+            "completions": [text for p in chunk for text in (p.chosen, p.rejected)],
+            "domains": [p.domain for p in chunk for _ in range(2)],
+            "references": [p.reference for p in chunk for _ in range(2)],
+        })  # fmt: skip
+    return payloads
+
+
+def credit(rewards: list[float | None]) -> list[float]:
+    """Per pair (preferred first): 1 if the preferred completion has the higher reward, 0.5 on a tie, else 0."""
+    out = []
+    for first, second in zip(rewards[::2], rewards[1::2], strict=True):
+        if first is None or second is None:
+            out.append(0.0)
+        else:
+            out.append(1.0 if first > second else 0.5 if first == second else 0.0)
+    return out
+
+
+def run(scorer: RoutedScorer, payloads: list[dict], concurrency: int, repeats: int) -> dict:
+    """Serves `scorer`, sends the payloads `repeats` times with `concurrency` clients; the timings and answers."""
+    with BackgroundServer(build_app(scorer, max_request_bytes=64 << 20)) as server:
+        session = requests.Session()
+        session.post(f"{server.url}/score", json=payloads[0], timeout=600).raise_for_status()  # loads the models
+        warm_calls = sum(scorer.calls.values())
+
+        def send(payload: dict) -> dict:
+            answer = requests.post(f"{server.url}/score", json=payload, timeout=600)
+            answer.raise_for_status()
+            return answer.json()
+
+        seconds, answers = [], []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as clients:
+                answers = list(clients.map(send, payloads))
+            seconds.append(time.perf_counter() - started)
+        stats = session.get(f"{server.url}/stats", timeout=60).json()
+    calls = (sum(scorer.calls.values()) - warm_calls) / repeats
+    return {"seconds": seconds, "answers": answers, "batches": stats["batches"], "calls": calls}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--behaviour", type=Path, default=Path("rmrouter/shipped/behaviour_large"))
+    parser.add_argument("--offline-config", type=Path, default=Path("configs/offline_router.yaml"))
+    parser.add_argument("--costs", type=Path, default=Path("docs/rm_cost.json"))
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--pairs-per-request", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="which test pairs are sent")
+    parser.add_argument("--output", type=Path, default=Path("docs/serving.md"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    torch.set_flush_denormal(True)  # as every command runs (rmrouter.commands.prepare_process)
+    rm_names = yaml.safe_load(args.offline_config.read_text())["data"]["init_args"]["rm_names"]
+    costs = json.loads(args.costs.read_text())["seconds_per_pair"]
+    data = BehaviourDataModule(str(args.behaviour), rm_names, split_named_by(args.offline_config))
+    data.setup("fit")
+    train, test = data.splits["train"], data.splits["test"]
+    lookup = DataLabelRouting.fit(train.domains, train.sources, train.agree.bool(), train.eligible)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    pairs = [test.records[i].pair for i in order[: args.requests * args.pairs_per_request]]  # a seeded sample
+    payloads = requests_of(pairs, args.pairs_per_request)
+    shipped = shipped_pool(args.behaviour)
+    pool = RewardModelPool([rm for rm in shipped.reward_models if rm.name in rm_names],
+                           costs={name: costs[name] for name in rm_names})  # fmt: skip
+    routers = {"routed by data label (one RM per prompt)": DataLabelRouter(routing=lookup),
+               "ensemble (every RM, mean z-score)": MajorityVoteRouter(None, seed=0)}  # fmt: skip
+    rows, results = [], {}
+    for name, router in routers.items():
+        scorer = RoutedScorer(pool, router)
+        result = run(scorer, payloads, args.concurrency, args.repeats)
+        results[name] = result
+        seconds = statistics.median(result["seconds"])
+        completions = sum(len(p["completions"]) for p in payloads)
+        right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
+        result["right"] = right
+        cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
+        rows.append(f"| {name} | {len(payloads) / seconds:.2f} | {len(right) / seconds:.2f} | "
+                    f"{seconds / len(right):.3f} | {result['calls'] / completions:.2f} | {cost:.4f} | "
+                    f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
+    header = ["| scorer | requests per second | pairs per second | seconds per pair | RM calls per completion | "
+              "declared cost per pair (s) | preferred completion rewarded higher (%) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    notes = (
+        f"\nPool: the default pool's RMs `{rm_names}` from `{args.behaviour}` (its shipped heads), costs declared "
+        f"from `{args.costs}`. {len(payloads)} requests of {args.pairs_per_request} held-out `test` pairs (seed "
+        f"{args.seed}; two completions per prompt), sent by {args.concurrency} concurrent clients to a server on "
+        f"localhost; the median of {args.repeats} rounds, after one untimed request that loads the models. Accuracy: "
+        f"{len(pairs)} pairs."
+    )
+    routed, ensemble = (results[name]["right"] for name in routers)
+    test = paired_test(routed, ensemble)
+    times = [statistics.median(results[name]["seconds"]) for name in routers]
+    verdict = (f"\nRouted against the ensemble on the same pairs: {times[1] / times[0]:.1f}x the pairs per second; "
+               f"preferred completion rewarded higher {100 * test.mean:+.1f} ± {100 * test.se:.1f} points "
+               f"(paired, {test.verdict()}).")  # fmt: skip
+    write_report(args.output, "Reward server throughput", notes, "\n".join([*header, *rows, verdict]))
+    return results
+
+
+if __name__ == "__main__":
+    main()

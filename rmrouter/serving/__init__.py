@@ -1,0 +1,9 @@
+"""Routed rewards where people already train: a TRL reward function and a reward server (OpenRLHF, verl).
+
+`groups` holds what both share: completions gathered per prompt, one RM per group chosen by an rmrouter router.
+"""
+
+from rmrouter.serving.groups import CompletionGroups, GroupRewards, RoutedScorer
+from rmrouter.serving.trl_reward import RoutedReward
+
+__all__ = ["CompletionGroups", "GroupRewards", "RoutedReward", "RoutedScorer"]

@@ -1,0 +1,293 @@
+"""The reward server: routed rewards over HTTP for trainers that call a remote reward model (OpenRLHF, verl, yours).
+
+    python cli.py serve --config configs/serve.yaml   (rmrouter.serving.command.serve)
+
+Routes (JSON in and out; a bad request gets a 4xx and `{"error": "<one line>"}`):
+
+- `POST /get_reward`, OpenRLHF's remote-RM protocol (`--reward.remote_url http://host:port/get_reward`): `query` (each
+  sample's prompt and response as one text), `prompts`, optional `labels` (the dataset's label column, e.g. the ground
+  truth: given to the RMs as each prompt's reference). Answers `rewards` and `scores` (the same values: 0.0 where no
+  RM could judge a sample) and per-sample `extra_logs` (`routed_rm`, the RM's index in the pool, -1 for none or
+  several; `rewarded`, 1 where an RM judged it).
+- `POST /score`, the general route (verl's batch reward function calls it; see `docs/guides/serving.md`):
+  `prompts` and `completions`, one per completion, optional `domains` (data labels), `references` and `sources`.
+  Answers `rewards` (null where no RM could judge), `rm` (the RM's name per completion) and `cost` of the call.
+- `GET /health`: the pool and router; `GET /stats`: requests, groups, completions and cost per RM so far.
+
+Concurrent requests are coalesced: while one batch is scored, the requests that arrive wait, and the next batch takes
+all of them (up to `max_batch_groups` groups), so the pool scores full batches on its device. Each request's prompt
+groups stay its own, and each is routed to one RM (`rmrouter.serving.groups`). The router routes from its prior:
+nothing here feeds training losses back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from rmrouter.serving.groups import CompletionGroups, GroupRewards, RoutedScorer, call_cost, calls_per_rm
+
+log = logging.getLogger(__name__)
+
+
+class OpenRLHFRequest(BaseModel):
+    """OpenRLHF's remote-RM payload."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: list[str]
+    prompts: list[str]
+    labels: list[str | None] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> OpenRLHFRequest:
+        check_lengths(len(self.query), {"prompts": self.prompts, "labels": self.labels}, "query")
+        return self
+
+    def groups(self) -> CompletionGroups:
+        responses = [response_of(query, prompt) for query, prompt in zip(self.query, self.prompts, strict=True)]
+        return CompletionGroups.of(self.prompts, responses, references=self.labels)
+
+
+class ScoreRequest(BaseModel):
+    """The general route's payload: one entry per completion."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str | list[dict[str, str]]]
+    completions: list[str]
+    domains: list[str | None] | None = None
+    references: list[str | None] | None = None
+    sources: list[str | None] | None = None
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ScoreRequest:
+        columns = {"prompts": self.prompts, "domains": self.domains, "references": self.references,
+                   "sources": self.sources}  # fmt: skip
+        check_lengths(len(self.completions), columns, "completions")
+        return self
+
+    def groups(self) -> CompletionGroups:
+        return CompletionGroups.of(self.prompts, self.completions, self.references, self.domains, self.sources)
+
+
+def check_lengths(count: int, columns: dict[str, list | None], name: str) -> None:
+    if count == 0:
+        raise ValueError(f"{name} is empty: nothing to score")
+    for key, column in columns.items():
+        if column is not None and len(column) != count:
+            raise ValueError(f"{key} has {len(column)} entries for {count} {name}: one each")
+
+
+def response_of(query: str, prompt: str) -> str:
+    """The response in an OpenRLHF query (the prompt and response decoded as one text): what follows the prompt."""
+    if prompt and query.startswith(prompt):
+        return query[len(prompt) :]
+    head, found, tail = query.partition(prompt) if prompt else ("", "", query)
+    return tail if found else query
+
+
+@dataclass
+class Pending:
+    groups: CompletionGroups
+    done: asyncio.Future
+
+
+class Batcher:
+    """Scores the groups of concurrent requests together, one batch at a time, in a worker thread."""
+
+    def __init__(self, scorer: RoutedScorer, max_batch_groups: int, wait_s: float) -> None:
+        self.scorer, self.max_batch_groups, self.wait_s = scorer, max_batch_groups, wait_s
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.carried: Pending | None = None  # a request that did not fit the last batch: the next one starts with it
+        self.batches = 0
+
+    async def submit(self, groups: CompletionGroups) -> GroupRewards:
+        pending = Pending(groups, asyncio.get_running_loop().create_future())
+        await self.queue.put(pending)
+        return await pending.done
+
+    async def run(self) -> None:
+        while True:
+            batch = [self.carried or await self.queue.get()]
+            self.carried = None
+            if self.wait_s > 0:
+                await asyncio.sleep(self.wait_s)  # let the requests arriving together join this batch
+            size = len(batch[0].groups)
+            while not self.queue.empty():
+                pending = self.queue.get_nowait()
+                if size + len(pending.groups) > self.max_batch_groups:
+                    self.carried = pending
+                    break
+                batch.append(pending)
+                size += len(pending.groups)
+            try:
+                merged = CompletionGroups.concat([p.groups for p in batch])
+                scored = await asyncio.to_thread(self.scorer.score, merged)
+                self.batches += 1
+                for pending, part in zip(
+                    batch, split_rewards(scored, [p.groups for p in batch], self.scorer), strict=True
+                ):
+                    pending.done.set_result(part)
+            except Exception as error:  # every request of the batch fails with it; the server keeps serving
+                log.exception("scoring a batch of %d requests failed", len(batch))
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(error)
+
+
+def split_rewards(scored: GroupRewards, parts: list[CompletionGroups], scorer: RoutedScorer) -> list[GroupRewards]:
+    """Each request's share of a merged batch's rewards: its completions, its groups' RMs, its calls and cost."""
+    out, flat, first_group = [], 0, 0
+    for part in parts:
+        groups = slice(first_group, first_group + len(part))
+        calls = calls_per_rm(scorer.pool, part, scored.asked[groups])
+        rewards = scored.rewards[flat : flat + part.size]
+        out.append(GroupRewards(rewards, scored.rm_index[groups], scored.asked[groups], calls,
+                                call_cost(scorer.pool, calls)))  # fmt: skip
+        flat += part.size
+        first_group += len(part)
+    return out
+
+
+def per_completion(part: CompletionGroups, rm_index: torch.Tensor) -> list[int]:
+    """Each completion's group's RM index, in the request's flat order."""
+    index = [-1] * part.size
+    for rm, rows in zip(rm_index.tolist(), part.rows, strict=True):
+        for row in rows:
+            index[row] = rm
+    return index
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+async def read_json(request: Any, model: type[BaseModel], max_bytes: int) -> Any:
+    """The request's body as `model`, or `BadRequest`: 413 past `max_bytes`, 400 for what is not JSON, 422 for JSON
+    that is not `model` (the reason names the field)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequest(413, f"request body is over the limit of {max_bytes} bytes")
+    try:
+        data = json.loads(body)
+    except ValueError as error:
+        raise BadRequest(400, f"the body is not JSON: {error}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadRequest(422, f"{where}: {first['msg']}") from None
+
+
+def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_groups: int = 64,
+              batch_wait_ms: float = 2.0):  # fmt: skip
+    """The FastAPI app serving `scorer` (see the module docstring)."""
+    batcher = Batcher(scorer, max_batch_groups, batch_wait_ms / 1000)
+    stats = {"requests": 0, "completions": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()  # shutdown: the loop stops taking batches; uvicorn has already drained the requests
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app = FastAPI(title="rmrouter reward server", lifespan=lifespan)
+
+    async def scored(request: Request, model: type[BaseModel]) -> tuple[Any, CompletionGroups, GroupRewards]:
+        payload = await read_json(request, model, max_request_bytes)
+        groups = payload.groups()
+        result = await batcher.submit(groups)
+        stats["requests"] += 1
+        stats["completions"] += groups.size
+        return payload, groups, result
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, error: BadRequest):
+        return JSONResponse({"error": error.reason}, status_code=error.status)
+
+    @app.post("/get_reward")
+    async def get_reward(request: Request):
+        _, groups, result = await scored(request, OpenRLHFRequest)
+        rewards = [0.0 if r is None else r for r in result.rewards]
+        return {"rewards": rewards, "scores": rewards,
+                "extra_logs": {"routed_rm": per_completion(groups, result.rm_index),
+                               "rewarded": [int(r is not None) for r in result.rewards]}}  # fmt: skip
+
+    @app.post("/score")
+    async def score(request: Request):
+        _, groups, result = await scored(request, ScoreRequest)
+        routed = [scorer.pool.names[n] if n >= 0 else None for n in per_completion(groups, result.rm_index)]
+        return {"rewards": result.rewards, "rm": routed, "cost": result.cost}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "reward_models": scorer.pool.names, "router": type(scorer.router).__name__}
+
+    @app.get("/stats")
+    async def statistics():
+        return {**stats, "batches": batcher.batches, "groups": scorer.groups_routed, "calls": scorer.calls,
+                "cost_total": scorer.cost_total if scorer.pool.costs is not None else None}  # fmt: skip
+
+    return app
+
+
+class BackgroundServer:
+    """Serves an app with uvicorn in a background thread until `stop` (for notebooks, tests and benchmarks; a
+    deployment runs `python cli.py serve`).
+
+    Args:
+        app: The app (`build_app`).
+        host: The interface.
+        port: The port; 0 takes a free one.
+        timeout: Seconds to wait for the server to start.
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the reward server did not start on {host}:{port}")
+            time.sleep(0.02)
+        self.url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        """Asks uvicorn to finish the requests in flight and stop, and waits for it."""
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,156 @@
+"""The reward server over real HTTP on localhost: rewards, concurrent requests, bad payloads, size limits, shutdown."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from serving_helpers import label_router, letter_pool
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+requests = pytest.importorskip("requests")
+
+from rmrouter.serving.groups import RoutedScorer  # noqa: E402
+from rmrouter.serving.server import BackgroundServer, OpenRLHFRequest, build_app, response_of  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server():
+    scorer = RoutedScorer(letter_pool(costs={"a": 1.0, "b": 2.0, "ref": 0.5}), label_router())
+    running = BackgroundServer(build_app(scorer, max_request_bytes=2048, max_batch_groups=64, batch_wait_ms=20))
+    running.scorer = scorer
+    yield running
+    running.stop()
+
+
+def test_the_score_route_routes_each_prompt_group_and_says_to_which_rm(server):
+    payload = {"prompts": ["p", "p", "q", "q", "r"], "completions": ["aa", "a", "bbb", "b", "42"],
+               "domains": ["a-task", "a-task", "b-task", "b-task", "exact"],
+               "references": [None, None, None, None, "42"]}  # fmt: skip
+    answer = requests.post(f"{server.url}/score", json=payload, timeout=10)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["rewards"] == [2.0, 1.0, 3.0, 1.0, 1.0]
+    assert body["rm"] == ["a", "a", "b", "b", "ref"]
+    assert body["cost"] == pytest.approx(2 / 2 * 1.0 + 2 / 2 * 2.0 + 1 / 2 * 0.5)
+
+
+def test_the_openrlhf_route_speaks_its_remote_rm_protocol(server):
+    prompts = ["Q: how many a? A:", "Q: how many a? A:", "Q: say 7. A:"]
+    payload = {"query": [prompts[0] + " aaa", prompts[1] + " a", prompts[2] + " 7"], "prompts": prompts,
+               "labels": [None, None, "7"]}  # fmt: skip
+    body = requests.post(f"{server.url}/get_reward", json=payload, timeout=10).json()
+    # no data label: routing by the overall ranking (RM a first), each scoring what follows the prompt
+    assert body["rewards"] == body["scores"] == [3.0, 1.0, 0.0]
+    assert body["extra_logs"] == {"routed_rm": [0, 0, 0], "rewarded": [1, 1, 1]}
+    # the labels (OpenRLHF's label column, e.g. the ground truth) are each prompt's reference
+    groups = OpenRLHFRequest(**payload).groups()
+    assert groups.references == [None, "7"] and groups.completions == [[" aaa", " a"], [" 7"]]
+    assert response_of("<s>Q: x A: y", "Q: x A:") == " y" and response_of("other", "Q:") == "other"
+
+
+def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer(server):
+    def ask(i: int) -> tuple[int, dict]:
+        payload = {"prompts": [f"p{i}"] * 2, "completions": ["a" * i, "b" * i], "domains": ["a-task"] * 2}
+        return i, requests.post(f"{server.url}/score", json=payload, timeout=30).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(1, 17)))
+    for i, body in answers:
+        assert body["rewards"] == [float(i), 0.0] and body["rm"] == ["a", "a"]
+    stats = requests.get(f"{server.url}/stats", timeout=10).json()
+    assert stats["requests"] == 16 and stats["groups"] == 16 and stats["calls"]["a"] == 32
+    assert stats["batches"] < 16  # requests that arrived together shared a batch
+    assert stats["cost_total"] == pytest.approx(16 * 1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b"{not json", 400, "the body is not JSON"),
+        (json.dumps({"prompts": ["p"]}).encode(), 422, "completions: Field required"),
+        (json.dumps({"prompts": ["p", "q"], "completions": ["a"]}).encode(), 422, "prompts has 2 entries for 1"),
+        (json.dumps({"prompts": [], "completions": []}).encode(), 422, "completions is empty"),
+        (json.dumps({"prompts": ["p"], "completions": ["a"], "extra": 1}).encode(), 422, "extra: Extra inputs"),
+        (json.dumps({"prompts": ["p"], "completions": ["a" * 4096]}).encode(), 413, "over the limit of 2048"),
+    ],
+)
+def test_a_bad_request_gets_a_4xx_and_a_one_line_reason(server, body, status, reason):
+    answer = requests.post(f"{server.url}/score", data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert answer.status_code == status
+    error = answer.json()["error"]
+    assert reason in error and "\n" not in error
+    assert requests.get(f"{server.url}/health", timeout=10).json()["status"] == "ok"  # and it keeps serving
+
+
+def test_a_body_over_the_limit_without_a_declared_length_is_refused_too(server):
+    def chunks():
+        yield b'{"prompts": ["p"], "completions": ["'
+        for _ in range(8):
+            yield b"a" * 512
+        yield b'"]}'
+
+    answer = requests.post(f"{server.url}/score", data=chunks(), timeout=10)  # chunked: no Content-Length
+    assert answer.status_code == 413 and "over the limit" in answer.json()["error"]
+
+
+def test_health_names_the_pool_and_router_and_the_server_shuts_down_cleanly(server):
+    assert requests.get(f"{server.url}/health", timeout=10).json() == {
+        "status": "ok", "reward_models": ["a", "b", "ref"], "router": "DataLabelRouter"}  # fmt: skip
+    server.stop()
+    assert not server.thread.is_alive()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/health", timeout=2)
+
+
+@pytest.mark.slow
+def test_cli_serve_starts_from_a_config_serves_and_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    config = {
+        "pool": {"class_path": "rmrouter.reward_models.RewardModelPool",
+                 "init_args": {"reward_models": [{"class_path": "rmrouter.reward_models.LengthRewardModel",
+                                                  "init_args": {"name": "length", "unit": "characters"}}],
+                               "costs": {"length": 0.5}}},
+        "router": {"class_path": "rmrouter.routers.baseline_routers.SingleRMRouter", "init_args": {"rm": "length"}},
+        "port": port,
+    }  # fmt: skip
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, str(root / "cli.py"), "serve", "--config", str(tmp_path / "serve.yaml")]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{url}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+                time.sleep(0.2)
+        body = requests.post(f"{url}/score", json={"prompts": ["p", "p"], "completions": ["abc", "a"]}, timeout=10)
+        assert body.json() == {"rewards": [3.0, 1.0], "rm": ["length", "length"], "cost": 0.5}
+        process.send_signal(signal.SIGTERM)
+        # uvicorn drains, runs the app's shutdown, then re-raises the signal it caught (exit by SIGTERM, as asked)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = process.stdout.read()
+    assert "Application shutdown complete" in log and "Traceback" not in log
