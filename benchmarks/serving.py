@@ -9,7 +9,9 @@ every completion (`MajorityVoteRouter`: the group's reward is the mean of the RM
 `--pairs-per-request` held-out pairs (a seeded sample of the `test` split) sent as Online DPO sends them, two
 completions per prompt; `--concurrency` clients send `--requests` requests. The first request of each server loads
 the models and is not timed. Besides speed, each pair's rewards are checked against the human preference: a pair is
-right where the preferred completion gets the higher reward (a tie counts half, no reward wrong).
+right where the preferred completion gets the higher reward (a tie counts half, no reward wrong). With `--litserve`
+the routed scorer is also served by LitServe (`serving_litserve.py`) on the same requests, to compare the two serving
+libraries.
 """
 
 from __future__ import annotations
@@ -63,27 +65,64 @@ def credit(rewards: list[float | None]) -> list[float]:
     return out
 
 
+def timed_rounds(url: str, payloads: list[dict], concurrency: int, repeats: int) -> tuple[list[float], list[dict]]:
+    """Sends the payloads to `url`'s `/score` `repeats` times with `concurrency` clients: each round's seconds, and
+    the last round's answers."""
+
+    def send(payload: dict) -> dict:
+        answer = requests.post(f"{url}/score", json=payload, timeout=600)
+        answer.raise_for_status()
+        return answer.json()
+
+    seconds, answers = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as clients:
+            answers = list(clients.map(send, payloads))
+        seconds.append(time.perf_counter() - started)
+    return seconds, answers
+
+
 def run(scorer: RoutedScorer, payloads: list[dict], concurrency: int, repeats: int) -> dict:
-    """Serves `scorer`, sends the payloads `repeats` times with `concurrency` clients; the timings and answers."""
+    """Serves `scorer` (FastAPI), sends the payloads `repeats` times with `concurrency` clients; timings, answers."""
     with BackgroundServer(build_app(scorer, max_request_bytes=64 << 20)) as server:
-        session = requests.Session()
-        session.post(f"{server.url}/score", json=payloads[0], timeout=600).raise_for_status()  # loads the models
+        requests.post(f"{server.url}/score", json=payloads[0], timeout=600).raise_for_status()  # loads the models
         warm_calls = sum(scorer.calls.values())
-
-        def send(payload: dict) -> dict:
-            answer = requests.post(f"{server.url}/score", json=payload, timeout=600)
-            answer.raise_for_status()
-            return answer.json()
-
-        seconds, answers = [], []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as clients:
-                answers = list(clients.map(send, payloads))
-            seconds.append(time.perf_counter() - started)
-        stats = session.get(f"{server.url}/stats", timeout=60).json()
+        seconds, answers = timed_rounds(server.url, payloads, concurrency, repeats)
     calls = (sum(scorer.calls.values()) - warm_calls) / repeats
-    return {"seconds": seconds, "answers": answers, "batches": stats["batches"], "calls": calls}
+    return {"seconds": seconds, "answers": answers, "calls": calls}
+
+
+def run_litserve(args: argparse.Namespace, payloads: list[dict]) -> dict:
+    """The routed scorer under LitServe instead (`serving_litserve.py`, its own process), on the same requests."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    worker = Path(__file__).with_name("serving_litserve.py")
+    command = [sys.executable, str(worker), "--port", str(port), "--behaviour", str(args.behaviour),
+               "--offline-config", str(args.offline_config), "--costs", str(args.costs)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"LitServe did not start: {' '.join(command)}")
+            time.sleep(0.5)
+        requests.post(f"{url}/score", json=payloads[0], timeout=600).raise_for_status()  # loads the models
+        seconds, answers = timed_rounds(url, payloads, args.concurrency, args.repeats)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return {"seconds": seconds, "answers": answers}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -96,25 +135,37 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="which test pairs are sent")
+    parser.add_argument("--litserve", action="store_true", help="the routed scorer under LitServe too")
     parser.add_argument("--output", type=Path, default=Path("docs/serving.md"))
     return parser.parse_args(argv)
+
+
+def default_pool(behaviour: Path, rm_names: list[str], costs: dict[str, float]) -> RewardModelPool:
+    """The default pool's RMs as the shipped set holds them (its learned heads), with their declared costs."""
+    shipped = shipped_pool(behaviour)
+    return RewardModelPool([rm for rm in shipped.reward_models if rm.name in rm_names],
+                           costs={name: costs[name] for name in rm_names})  # fmt: skip
+
+
+def behaviour_data(behaviour: Path, offline_config: Path) -> tuple[list[str], BehaviourDataModule, DataLabelRouting]:
+    """The default pool's RM names, the set's splits, and the lookup fitted on its train split."""
+    rm_names = yaml.safe_load(offline_config.read_text())["data"]["init_args"]["rm_names"]
+    data = BehaviourDataModule(str(behaviour), rm_names, split_named_by(offline_config))
+    data.setup("fit")
+    train = data.splits["train"]
+    return rm_names, data, DataLabelRouting.fit(train.domains, train.sources, train.agree.bool(), train.eligible)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     torch.set_flush_denormal(True)  # as every command runs (rmrouter.commands.prepare_process)
-    rm_names = yaml.safe_load(args.offline_config.read_text())["data"]["init_args"]["rm_names"]
     costs = json.loads(args.costs.read_text())["seconds_per_pair"]
-    data = BehaviourDataModule(str(args.behaviour), rm_names, split_named_by(args.offline_config))
-    data.setup("fit")
-    train, test = data.splits["train"], data.splits["test"]
-    lookup = DataLabelRouting.fit(train.domains, train.sources, train.agree.bool(), train.eligible)
+    rm_names, data, lookup = behaviour_data(args.behaviour, args.offline_config)
+    test = data.splits["test"]
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(args.seed)).tolist()
     pairs = [test.records[i].pair for i in order[: args.requests * args.pairs_per_request]]  # a seeded sample
     payloads = requests_of(pairs, args.pairs_per_request)
-    shipped = shipped_pool(args.behaviour)
-    pool = RewardModelPool([rm for rm in shipped.reward_models if rm.name in rm_names],
-                           costs={name: costs[name] for name in rm_names})  # fmt: skip
+    pool = default_pool(args.behaviour, rm_names, costs)
     routers = {"routed by data label (one RM per prompt)": DataLabelRouter(routing=lookup),
                "ensemble (every RM, mean z-score)": MajorityVoteRouter(None, seed=0)}  # fmt: skip
     rows, results = [], {}
@@ -140,12 +191,24 @@ def main(argv: list[str] | None = None) -> dict:
         f"localhost; the median of {args.repeats} rounds, after one untimed request that loads the models. Accuracy: "
         f"{len(pairs)} pairs."
     )
+    if args.litserve:
+        result = results["litserve"] = run_litserve(args, payloads)
+        seconds = statistics.median(result["seconds"])
+        right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
+        cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
+        rows.append(f"| routed by data label, served by LitServe | {len(payloads) / seconds:.2f} | "
+                    f"{len(right) / seconds:.2f} | {seconds / len(right):.3f} | 1.00 | {cost:.4f} | "
+                    f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
     routed, ensemble = (results[name]["right"] for name in routers)
     test = paired_test(routed, ensemble)
     times = [statistics.median(results[name]["seconds"]) for name in routers]
     verdict = (f"\nRouted against the ensemble on the same pairs: {times[1] / times[0]:.1f}x the pairs per second; "
                f"preferred completion rewarded higher {100 * test.mean:+.1f} ± {100 * test.se:.1f} points "
                f"(paired, {test.verdict()}).")  # fmt: skip
+    if args.litserve:
+        served = statistics.median(results["litserve"]["seconds"])
+        verdict += (" The same routed scorer served by LitServe instead of rmrouter's FastAPI app: "
+                    f"{times[0] / served:.2f}x its pairs per second.")  # fmt: skip
     write_report(args.output, "Reward server throughput", notes, "\n".join([*header, *rows, verdict]))
     return results
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from serving_helpers import RMS, label_router, letter_pool
@@ -9,6 +11,8 @@ from serving_helpers import RMS, label_router, letter_pool
 from rmrouter.routers.baseline_routers import MajorityVoteRouter
 from rmrouter.serving import CompletionGroups, RoutedReward, RoutedScorer
 from rmrouter.serving.groups import ensemble_rewards
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_completions_are_grouped_by_prompt_in_order_of_first_appearance():
@@ -106,3 +110,43 @@ def test_a_group_no_rm_can_judge_gets_no_reward_and_costs_nothing():
     )
     assert scored.rm_index.tolist() == [0, -1] and scored.asked == [[0], []]
     assert scored.rewards == [1.0, 0.0, None, None] and scored.scored == {"ref": 2} and scored.cost == 1.0
+
+
+def test_a_serve_config_builds_the_reward_function_with_paths_relative_to_it(tmp_path, monkeypatch):
+    import yaml
+
+    pool = {"class_path": "rmrouter.reward_models.RewardModelPool",
+            "init_args": {"reward_models": [{"class_path": "rmrouter.reward_models.LengthRewardModel",
+                                             "init_args": {"name": "length", "unit": "characters"}}]}}  # fmt: skip
+    (tmp_path / "pools").mkdir()
+    (tmp_path / "pools" / "tiny.yaml").write_text(yaml.safe_dump(pool))
+    config = {
+        "pool": "pools/tiny.yaml",
+        "port": 9000,
+        "router": {"class_path": "rmrouter.routers.baseline_routers.SingleRMRouter", "init_args": {"rm": "length"}},
+    }
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(ROOT)  # not the config's folder: its paths are read relative to the file
+    reward = RoutedReward.from_config(tmp_path / "serve.yaml", label_column="task")
+    assert reward.scorer.pool.names == ["length"] and reward.label_column == "task"
+    assert reward(prompts=["p", "p"], completions=["abc", "a"]) == [3.0, 1.0]
+
+
+def test_the_task_aware_router_routes_groups_by_label_from_its_prior_and_can_weigh_cost(tmp_path):
+    from serving_helpers import LetterCount
+    from test_task_bayesian import hand_prior
+
+    from rmrouter.reward_models import RewardModelPool
+    from rmrouter.routers.task_bayesian import TaskBayesianRouter
+
+    path = hand_prior(tmp_path / "prior.pt")  # RM a 90 % right on math, RM b 80 % on chat
+
+    def routed(cost_weight: float) -> list[int]:
+        pool = RewardModelPool([LetterCount("a", "a"), LetterCount("b", "b")], costs={"a": 1.0, "b": 0.0})
+        router = TaskBayesianRouter(None, path, sigma2=1.0, lambda0=25.0, warmup=1, seed=0, online_updates=False,
+                                    cost_weight=cost_weight)  # fmt: skip
+        groups = CompletionGroups.of(["p", "p", "q", "q"], ["ab", "a", "ab", "b"], domains=["math"] * 2 + ["chat"] * 2)
+        return RoutedScorer(pool, router).score(groups).rm_index.tolist()
+
+    assert routed(0.0) == [0, 1]  # each task's most reliable RM
+    assert routed(1.0) == [1, 1]  # RM a's 30-point lead on math is not worth its cost at lambda 1
