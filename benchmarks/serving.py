@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import sys
 import time
@@ -38,6 +40,12 @@ from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.serving.groups import RoutedScorer
 from rmrouter.serving.server import BackgroundServer, build_app
 from rmrouter.stats import paired_test
+
+
+def spread(seconds: list[float], pairs: int) -> str:
+    """Pairs per second: the median round's, and the slowest and fastest rounds'."""
+    rates = sorted(pairs / s for s in seconds)
+    return f"{pairs / statistics.median(seconds):.2f} ({rates[0]:.2f}-{rates[-1]:.2f})"
 
 
 def requests_of(pairs, per_request: int) -> list[dict]:
@@ -104,7 +112,8 @@ def run_litserve(args: argparse.Namespace, payloads: list[dict]) -> dict:
     worker = Path(__file__).with_name("serving_litserve.py")
     command = [sys.executable, str(worker), "--port", str(port), "--behaviour", str(args.behaviour),
                "--offline-config", str(args.offline_config), "--costs", str(args.costs)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own process group: LitServe starts worker processes, which must stop with it
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -120,7 +129,7 @@ def run_litserve(args: argparse.Namespace, payloads: list[dict]) -> dict:
         requests.post(f"{url}/score", json=payloads[0], timeout=600).raise_for_status()  # loads the models
         seconds, answers = timed_rounds(url, payloads, args.concurrency, args.repeats)
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
     return {"seconds": seconds, "answers": answers}
 
@@ -178,10 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
         right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
         result["right"] = right
         cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
-        rows.append(f"| {name} | {len(payloads) / seconds:.2f} | {len(right) / seconds:.2f} | "
+        rows.append(f"| {name} | {len(payloads) / seconds:.2f} | {spread(result['seconds'], len(right))} | "
                     f"{seconds / len(right):.3f} | {result['calls'] / completions:.2f} | {cost:.4f} | "
                     f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
-    header = ["| scorer | requests per second | pairs per second | seconds per pair | RM calls per completion | "
+    header = ["| scorer | requests per second | pairs per second (min-max over rounds) | seconds per pair | "
+              "RM calls per completion | "
               "declared cost per pair (s) | preferred completion rewarded higher (%) |",
               "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     notes = (
@@ -197,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
         cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
         rows.append(f"| routed by data label, served by LitServe | {len(payloads) / seconds:.2f} | "
-                    f"{len(right) / seconds:.2f} | {seconds / len(right):.3f} | 1.00 | {cost:.4f} | "
+                    f"{spread(result['seconds'], len(right))} | {seconds / len(right):.3f} | 1.00 | {cost:.4f} | "
                     f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
     routed, ensemble = (results[name]["right"] for name in routers)
     test = paired_test(routed, ensemble)
@@ -206,9 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
                f"preferred completion rewarded higher {100 * test.mean:+.1f} ± {100 * test.se:.1f} points "
                f"(paired, {test.verdict()}).")  # fmt: skip
     if args.litserve:
-        served = statistics.median(results["litserve"]["seconds"])
+        ours, theirs = results[next(iter(routers))]["seconds"], results["litserve"]["seconds"]
+        overlap = min(ours) <= max(theirs) and min(theirs) <= max(ours)
+        ranges = "overlap: no difference beyond the spread" if overlap else "do not overlap"
         verdict += (" The same routed scorer served by LitServe instead of rmrouter's FastAPI app: "
-                    f"{times[0] / served:.2f}x its pairs per second.")  # fmt: skip
+                    f"{statistics.median(ours) / statistics.median(theirs):.2f}x its pairs per second (medians; the "
+                    f"rounds' ranges {ranges}).")  # fmt: skip
     write_report(args.output, "Reward server throughput", notes, "\n".join([*header, *rows, verdict]))
     return results
 

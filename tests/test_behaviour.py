@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from letter_rms import LetterCount, MatchesReference
 
 from rmrouter.behaviour.collect import collect_behaviour, runs_path
 from rmrouter.behaviour.table import (
@@ -37,26 +38,6 @@ class ListSource(PreferenceSource):
 
     def read(self) -> list[PreferenceRecord]:
         return list(self.records)
-
-
-class LetterCount(RewardModel):
-    """Scores a response by how often it contains `letter`; counts the rows it scored."""
-
-    def __init__(self, name: str, letter: str):
-        super().__init__(name)
-        self.letter = letter
-        self.rows_scored = 0
-
-    def _score(self, prompts, responses, references):
-        self.rows_scored += len(responses)
-        return torch.tensor([float(r.count(self.letter)) for r in responses])
-
-
-class MatchesReference(RewardModel):
-    needs_reference = True
-
-    def _score(self, prompts, responses, references):
-        return torch.tensor([float(r == ref) for r, ref in zip(responses, references, strict=True)])
 
 
 def pair(i: int, chosen: str, rejected: str, domain: str, reference: str | None = None) -> PreferenceRecord:

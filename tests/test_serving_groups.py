@@ -97,7 +97,7 @@ def test_the_trl_reward_function_reads_label_and_reference_columns_and_logs_shar
 
 
 def test_a_group_no_rm_can_judge_gets_no_reward_and_costs_nothing():
-    from serving_helpers import MatchesReference
+    from letter_rms import MatchesReference
 
     from rmrouter.reward_models import RewardModelPool
     from rmrouter.routers.baseline_routers import DataLabelRouter
@@ -133,7 +133,7 @@ def test_a_serve_config_builds_the_reward_function_with_paths_relative_to_it(tmp
 
 
 def test_the_task_aware_router_routes_groups_by_label_from_its_prior_and_can_weigh_cost(tmp_path):
-    from serving_helpers import LetterCount
+    from letter_rms import LetterCount
     from test_task_bayesian import hand_prior
 
     from rmrouter.reward_models import RewardModelPool
