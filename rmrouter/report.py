@@ -97,6 +97,7 @@ def write_report(
     offline_task_real: str | None = None,
     drift: str | None = None,
     cost: str | None = None,
+    serving: str | None = None,
 ) -> None:
     """Writes the results report and the README's headline block from the files the commands wrote.
 
@@ -117,6 +118,7 @@ def write_report(
         offline_task_real: The same on the second pool.
         drift: The drift benchmark (`benchmarks/routing_drift.py`); None: the report has no drift section.
         cost: The cost frontier (`benchmarks/cost_frontier.py`); None: the report has no cost section.
+        serving: The reward server's throughput (`benchmarks/serving.py`); None: the report leaves it out.
     """
     from rmrouter.evaluation.sweep_table import sweep_table
 
@@ -129,6 +131,7 @@ def write_report(
         ("offline_task_real", offline_task_real),
         ("drift", drift),
         ("cost", cost),
+        ("serving", serving),
     ):
         if path is not None:
             inputs[name] = path
@@ -213,6 +216,11 @@ def write_report(
         *quoted("online_step", table_under(docs["online_step"]), "The online step against TRL"),
         *quoted("router_math", table_under(docs["router_math"]), "Router math per routed pair"),
         *quoted("main_job", table_under(docs["main_job"]), "The main job, per stage"),
+        *(
+            quoted("serving", table_under(docs["serving"]), "The reward server, routed and every RM")
+            if "serving" in docs
+            else []
+        ),
         "## Reliability",
         "",
         *quoted("reliability", table_under(docs["reliability"]), "Kills, torn files and bad configs"),
@@ -268,8 +276,14 @@ def headline(docs: dict[str, str], results: dict, paths: dict[str, Path], relati
         lines.append(drift_line(table_under(docs["drift"], "Goals"), link("drift")))
     if "cost" in docs:
         lines.append(cost_line(table_under(docs["cost"], "Goals"), link("cost")))
-    lines.append(f"- **Speed**: the online step at k = 2 in {_step_cell(table_under(docs['online_step']))} "
-                 f"({link('online_step')}).")  # fmt: skip
+    step = _step_cell(table_under(docs["online_step"]))
+    speed = f"- **Speed**: the online step at k = 2 in {step} ({link('online_step')})"
+    if "serving" in docs:
+        speed += (
+            f"; the reward server routed, against every RM: {_serving_cell(table_under(docs['serving']))} "
+            f"({link('serving')})"
+        )
+    lines.append(speed + ".")
     return "\n".join(lines)
 
 
@@ -361,6 +375,12 @@ def _step_cell(step: Table) -> str:
     if not cells:
         raise KeyError("no rmrouter row at k = 2 in the online step table")
     return "; ".join(cells)
+
+
+def _serving_cell(table: Table) -> str:
+    """The routed and the every-RM server's pairs per second, e.g. `23.6 against 2.6 pairs per second`."""
+    rates = {row[0].split(" (")[0]: row[2].split(" ")[0] for row in table.rows}
+    return f"{rates['routed by data label']} against {rates['ensemble']} pairs per second"
 
 
 def update_readme(readme: Path, block: str) -> None:

@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("offline_router_seeds_large.md", "routing_benchmark.md", "online_step.md", "router_math.md",
         "main_job_times.md", "reliability.md", "offline_router_seeds_llmbar.md",
         "routing_benchmark_llmbar.md", "offline_router_task_seeds_large.md",
-        "offline_router_task_seeds_llmbar.md", "routing_drift.md", "cost_frontier.md")  # fmt: skip
+        "offline_router_task_seeds_llmbar.md", "routing_drift.md", "cost_frontier.md", "serving.md")  # fmt: skip
 REAL_POOL = dict(offline_real="docs/offline_router_seeds_llmbar.md", routing_real="docs/routing_benchmark_llmbar.md",
                  offline_task="docs/offline_router_task_seeds_large.md",
                  offline_task_real="docs/offline_router_task_seeds_llmbar.md",
-                 drift="docs/routing_drift.md", cost="docs/cost_frontier.md")  # fmt: skip
+                 drift="docs/routing_drift.md", cost="docs/cost_frontier.md", serving="docs/serving.md")  # fmt: skip
 
 
 def fake_results() -> dict:
@@ -84,6 +84,10 @@ def test_the_report_quotes_every_section_from_its_file(inputs, monkeypatch):
     singles = [row for row in cost.rows if row[0] == "`test`" and row[1] == "above at no more cost"]
     above = sum(row[5] == "above" for row in singles)
     assert f"- **Accuracy against cost** (seconds of RM time per pair): `test` above {above} of {len(singles)}" in block
+    serving = table_under((inputs / "docs" / "serving.md").read_text())
+    assert serving.text in report
+    routed = serving.rows[0][2].split(" ")[0]
+    assert f"the reward server routed, against every RM: {routed} against" in block
 
 
 def test_without_the_real_pool_the_report_shows_the_default_one(inputs, monkeypatch):
@@ -116,7 +120,7 @@ def test_the_readme_headline_is_what_the_report_writes_from_the_committed_files(
                  downstream="downstream/results.json", offline_real="offline_router_seeds_llmbar.md",
                  routing_real="routing_benchmark_llmbar.md", offline_task="offline_router_task_seeds_large.md",
                  offline_task_real="offline_router_task_seeds_llmbar.md", drift="routing_drift.md",
-                 cost="cost_frontier.md")  # fmt: skip
+                 cost="cost_frontier.md", serving="serving.md")  # fmt: skip
     paths = {name: ROOT / "docs" / file for name, file in names.items()}
     docs = {name: path.read_text() for name, path in paths.items() if name != "downstream"}
     results = json.loads(paths["downstream"].read_text())
