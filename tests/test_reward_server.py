@@ -154,3 +154,22 @@ def test_cli_serve_starts_from_a_config_serves_and_stops_cleanly_on_sigterm(tmp_
             process.kill()
     log = process.stdout.read()
     assert "Application shutdown complete" in log and "Traceback" not in log
+
+
+def test_a_failure_while_scoring_is_a_500_with_one_line_and_the_server_keeps_serving():
+    router = label_router()
+    real_label = router.label
+    calls = []
+
+    def flaky(pairs, judge):
+        calls.append(len(pairs))
+        if len(calls) == 1:
+            raise RuntimeError("router broke\nsecond line")
+        return real_label(pairs, judge)
+
+    router.label = flaky
+    with BackgroundServer(build_app(RoutedScorer(letter_pool(), router))) as running:
+        payload = {"prompts": ["p", "p"], "completions": ["aa", "a"], "domains": ["a-task"] * 2}
+        failed = requests.post(f"{running.url}/score", json=payload, timeout=10)
+        assert failed.status_code == 500 and failed.json() == {"error": "scoring failed: RuntimeError: router broke"}
+        assert requests.post(f"{running.url}/score", json=payload, timeout=10).json()["rewards"] == [2.0, 1.0]

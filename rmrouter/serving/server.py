@@ -2,7 +2,8 @@
 
     python cli.py serve --config configs/serve.yaml   (rmrouter.serving.command.serve)
 
-Routes (JSON in and out; a bad request gets a 4xx and `{"error": "<one line>"}`):
+Routes (JSON in and out; a bad request gets a 4xx and `{"error": "<one line>"}`, a failure while scoring a 500 and
+the same):
 
 - `POST /get_reward`, OpenRLHF's remote-RM protocol (`--reward.remote_url http://host:port/get_reward`): `query` (each
   sample's prompt and response as one text), `prompts`, optional `labels` (the dataset's label column, e.g. the ground
@@ -166,33 +167,35 @@ def per_completion(part: CompletionGroups, rm_index: torch.Tensor) -> list[int]:
     return index
 
 
-class BadRequest(Exception):
+class Refused(Exception):
+    """A request answered with `status` and `{"error": reason}`."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
 async def read_json(request: Any, model: type[BaseModel], max_bytes: int) -> Any:
-    """The request's body as `model`, or `BadRequest`: 413 past `max_bytes`, 400 for what is not JSON, 422 for JSON
+    """The request's body as `model`, or `Refused`: 413 past `max_bytes`, 400 for what is not JSON, 422 for JSON
     that is not `model` (the reason names the field)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BadRequest(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
+        raise Refused(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
-            raise BadRequest(413, f"request body is over the limit of {max_bytes} bytes")
+            raise Refused(413, f"request body is over the limit of {max_bytes} bytes")
     try:
         data = json.loads(body)
     except ValueError as error:
-        raise BadRequest(400, f"the body is not JSON: {error}") from None
+        raise Refused(400, f"the body is not JSON: {error}") from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BadRequest(422, f"{where}: {first['msg']}") from None
+        raise Refused(422, f"{where}: {first['msg']}") from None
 
 
 def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_groups: int = 64,
@@ -214,13 +217,16 @@ def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_
     async def scored(request: Request, model: type[BaseModel]) -> tuple[Any, CompletionGroups, GroupRewards]:
         payload = await read_json(request, model, max_request_bytes)
         groups = payload.groups()
-        result = await batcher.submit(groups)
+        try:
+            result = await batcher.submit(groups)
+        except Exception as error:  # logged with its traceback by the batcher; the client gets one line
+            raise Refused(500, f"scoring failed: {type(error).__name__}: {error}".splitlines()[0]) from None
         stats["requests"] += 1
         stats["completions"] += groups.size
         return payload, groups, result
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request: Request, error: BadRequest):
+    @app.exception_handler(Refused)
+    async def bad_request(request: Request, error: Refused):
         return JSONResponse({"error": error.reason}, status_code=error.status)
 
     @app.post("/get_reward")
