@@ -173,3 +173,24 @@ def test_a_failure_while_scoring_is_a_500_with_one_line_and_the_server_keeps_ser
         failed = requests.post(f"{running.url}/score", json=payload, timeout=10)
         assert failed.status_code == 500 and failed.json() == {"error": "scoring failed: RuntimeError: router broke"}
         assert requests.post(f"{running.url}/score", json=payload, timeout=10).json()["rewards"] == [2.0, 1.0]
+
+
+def test_a_request_whose_client_went_away_does_not_fail_the_others_in_its_batch():
+    import asyncio
+
+    from rmrouter.serving.groups import CompletionGroups
+    from rmrouter.serving.server import Batcher
+
+    async def scenario():
+        batcher = Batcher(RoutedScorer(letter_pool(), label_router()), max_batch_groups=64, wait_s=0.05)
+        worker = asyncio.create_task(batcher.run())
+        gone = asyncio.create_task(batcher.submit(CompletionGroups.of(["p"], ["a"], domains=["a-task"])))
+        kept = asyncio.create_task(batcher.submit(CompletionGroups.of(["q", "q"], ["aa", "a"], domains=["a-task"] * 2)))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client disconnects while its batch waits to be scored
+        result = await kept
+        worker.cancel()
+        return result, batcher.batches
+
+    result, batches = asyncio.run(scenario())
+    assert result.rewards == [2.0, 1.0] and batches == 1

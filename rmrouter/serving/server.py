@@ -91,7 +91,7 @@ def response_of(query: str, prompt: str) -> str:
     """The response in an OpenRLHF query (the prompt and response decoded as one text): what follows the prompt."""
     if prompt and query.startswith(prompt):
         return query[len(prompt) :]
-    head, found, tail = query.partition(prompt) if prompt else ("", "", query)
+    _, found, tail = query.partition(prompt) if prompt else ("", "", query)
     return tail if found else query
 
 
@@ -133,10 +133,10 @@ class Batcher:
                 merged = CompletionGroups.concat([p.groups for p in batch])
                 scored = await asyncio.to_thread(self.scorer.score, merged)
                 self.batches += 1
-                for pending, part in zip(
-                    batch, split_rewards(scored, [p.groups for p in batch], self.scorer), strict=True
-                ):
-                    pending.done.set_result(part)
+                parts = split_rewards(scored, [p.groups for p in batch], self.scorer)
+                for pending, part in zip(batch, parts, strict=True):
+                    if not pending.done.done():  # a client that went away has cancelled its future
+                        pending.done.set_result(part)
             except Exception as error:  # every request of the batch fails with it; the server keeps serving
                 log.exception("scoring a batch of %d requests failed", len(batch))
                 for pending in batch:
