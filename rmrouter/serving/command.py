@@ -22,8 +22,9 @@ def serve(
     max_batch_groups: PositiveInt = 64,
     batch_wait_ms: NonNegativeFloat = 2.0,
 ) -> None:
-    """Serves routed rewards over HTTP until interrupted (Ctrl-C or SIGTERM: uvicorn finishes the requests in flight,
-    then stops).
+    """Serves routed rewards over HTTP until interrupted.
+
+    Ctrl-C or SIGTERM: uvicorn finishes the requests in flight, runs the app's shutdown, then stops.
 
     Args:
         pool: The reward models (e.g. `configs/pool/default.yaml`); they score on the device they were built on.
