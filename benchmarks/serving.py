@@ -37,7 +37,7 @@ from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.baseline_routers import DataLabelRouter, MajorityVoteRouter
 from rmrouter.routers.data_label import DataLabelRouting
-from rmrouter.serving.groups import RoutedScorer
+from rmrouter.serving.scorer import RoutedScorer
 from rmrouter.serving.server import BackgroundServer, build_app
 from rmrouter.stats import paired_test
 

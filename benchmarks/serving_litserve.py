@@ -15,8 +15,10 @@ from pathlib import Path
 import litserve as ls
 
 from rmrouter.routers.baseline_routers import DataLabelRouter
-from rmrouter.serving.groups import CompletionGroups, RoutedScorer
-from rmrouter.serving.server import ScoreRequest, split_rewards
+from rmrouter.serving.groups import CompletionGroups
+from rmrouter.serving.protocol import ScoreRequest
+from rmrouter.serving.scorer import RoutedScorer
+from rmrouter.serving.server import split_rewards
 
 
 class RoutedLitAPI(ls.LitAPI):

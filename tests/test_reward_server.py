@@ -14,8 +14,9 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 requests = pytest.importorskip("requests")
 
-from rmrouter.serving.groups import RoutedScorer  # noqa: E402
-from rmrouter.serving.server import BackgroundServer, OpenRLHFRequest, build_app, response_of  # noqa: E402
+from rmrouter.serving.protocol import OpenRLHFRequest, response_of  # noqa: E402
+from rmrouter.serving.scorer import RoutedScorer  # noqa: E402
+from rmrouter.serving.server import BackgroundServer, build_app  # noqa: E402
 
 
 def free_port() -> int:
@@ -145,7 +146,8 @@ def test_cli_serve_starts_from_a_config_serves_and_stops_cleanly_on_sigterm(tmp_
                 assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
                 time.sleep(0.2)
         body = requests.post(f"{url}/score", json={"prompts": ["p", "p"], "completions": ["abc", "a"]}, timeout=10)
-        assert body.json() == {"rewards": [3.0, 1.0], "rm": ["length", "length"], "cost": 0.5}
+        assert {key: body.json()[key] for key in ("rewards", "rm", "cost")} == {
+            "rewards": [3.0, 1.0], "rm": ["length", "length"], "cost": 0.5}  # fmt: skip
         process.send_signal(signal.SIGTERM)
         # uvicorn drains, runs the app's shutdown, then re-raises the signal it caught (exit by SIGTERM, as asked)
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
@@ -194,3 +196,37 @@ def test_a_request_whose_client_went_away_does_not_fail_the_others_in_its_batch(
 
     result, batches = asyncio.run(scenario())
     assert result.rewards == [2.0, 1.0] and batches == 1
+
+
+def test_feedback_teaches_the_router_the_losses_of_an_earlier_routing_once(tmp_path):
+    import torch
+    from letter_rms import LetterCount
+    from test_task_bayesian import hand_prior
+
+    from rmrouter.reward_models import RewardModelPool
+    from rmrouter.routers.task_bayesian import TaskBayesianRouter
+
+    router = TaskBayesianRouter(None, hand_prior(tmp_path / "prior.pt"), sigma2=1.0, lambda0=25.0, warmup=1, seed=0,
+                                warmup_rewards="placeholder")  # fmt: skip
+    scorer = RoutedScorer(RewardModelPool([LetterCount("a", "a"), LetterCount("b", "b")]), router)
+    before = router.posteriors.precision.clone()
+    with BackgroundServer(build_app(scorer, feedback_window=2)) as running:
+        payload = {"prompts": ["p", "p", "q", "q"], "completions": ["aa", "a", "b", "bb"],
+                   "domains": ["math", "math", "chat", "chat"]}  # fmt: skip
+        body = requests.post(f"{running.url}/score", json=payload, timeout=10).json()
+        assert body["group"] == [0, 0, 1, 1] and body["rm"] == ["a", "a", "b", "b"]
+        post = lambda report: requests.post(f"{running.url}/feedback", json=report, timeout=10)  # noqa: E731
+        short = post({"routing_id": body["routing_id"], "losses": [0.3]})
+        assert short.status_code == 422 and "got 1 losses for 2 prompt groups" in short.json()["error"]
+        assert torch.equal(router.posteriors.precision, before)  # nothing learned from a malformed report
+        answer = post({"routing_id": body["routing_id"], "losses": [0.2, None]})
+        assert answer.status_code == 200 and answer.json() == {"learned": 1}
+        moved = (router.posteriors.precision - before).abs().sum(dim=(1, 2))
+        assert moved[0] > 0 and moved[1] == 0  # RM a, whose math group was trained on, alone
+        again = post({"routing_id": body["routing_id"], "losses": [0.2, None]})
+        assert again.status_code == 404 and "already learned from" in again.json()["error"]
+        oldest = requests.post(f"{running.url}/score", json=payload, timeout=10).json()["routing_id"]
+        for _ in range(2):  # only the last two routings are kept
+            requests.post(f"{running.url}/score", json=payload, timeout=10)
+        assert post({"routing_id": oldest, "losses": [0.1, 0.1]}).status_code == 404
+        assert requests.get(f"{running.url}/stats", timeout=10).json()["groups_learned"] == 1

@@ -10,7 +10,7 @@ from serving_helpers import RMS, label_router, letter_pool
 
 from rmrouter.routers.baseline_routers import MajorityVoteRouter
 from rmrouter.serving import CompletionGroups, RoutedReward, RoutedScorer
-from rmrouter.serving.groups import ensemble_rewards
+from rmrouter.serving.scorer import ensemble_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
 

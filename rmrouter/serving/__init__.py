@@ -3,7 +3,8 @@
 `groups` holds what both share: completions gathered per prompt, one RM per group chosen by an rmrouter router.
 """
 
-from rmrouter.serving.groups import CompletionGroups, GroupRewards, RoutedScorer
+from rmrouter.serving.groups import CompletionGroups
+from rmrouter.serving.scorer import GroupRewards, RoutedScorer
 from rmrouter.serving.trl_reward import RoutedReward
 
 __all__ = ["CompletionGroups", "GroupRewards", "RoutedReward", "RoutedScorer"]

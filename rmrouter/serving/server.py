@@ -12,87 +12,41 @@ the same):
   several; `rewarded`, 1 where an RM judged it).
 - `POST /score`, the general route (verl's batch reward function calls it; see `docs/guides/serving.md`):
   `prompts` and `completions`, one per completion, optional `domains` (data labels), `references` and `sources`.
-  Answers `rewards` (null where no RM could judge), `rm` (the RM's name per completion) and `cost` of the call.
+  Answers `rewards` (null where no RM could judge), `rm` (the RM's name per completion), `group` (each completion's
+  prompt group, groups in order of first appearance), `cost` of the call and a `routing_id`.
+- `POST /feedback`: `routing_id` and `losses`, the trainer's loss per prompt group of that request (lower is better,
+  as a DPO loss; null for a group not trained on): the router learns from them (`Router.observe`), as it does from the
+  DPO losses in `OnlineDPOModule`. The routings of the last `feedback_window` requests are kept; each is learned from
+  once. A router without online updates learns nothing.
 - `GET /health`: the pool and router; `GET /stats`: requests, groups, completions and cost per RM so far.
 
 Concurrent requests are coalesced: while one batch is scored, the requests that arrive wait, and the next batch takes
 all of them (up to `max_batch_groups` groups), so the pool scores full batches on its device. Each request's prompt
-groups stay its own, and each is routed to one RM (`rmrouter.serving.groups`). The router routes from its prior:
-nothing here feeds training losses back.
+groups stay its own, and each is routed to one RM (`rmrouter.serving.scorer`). The router routes from its prior or
+lookup and from whatever `/feedback` has taught it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel
 
-from rmrouter.serving.groups import CompletionGroups, GroupRewards, RoutedScorer, call_cost, calls_per_rm
+from rmrouter.routers.base import Routing
+from rmrouter.serving.groups import CompletionGroups
+from rmrouter.serving.protocol import FeedbackRequest, OpenRLHFRequest, Refused, ScoreRequest, read_json
+from rmrouter.serving.scorer import GroupRewards, RoutedScorer, call_cost, calls_per_rm, routing_part
 
 log = logging.getLogger(__name__)
-
-
-class OpenRLHFRequest(BaseModel):
-    """OpenRLHF's remote-RM payload."""
-
-    model_config = ConfigDict(extra="ignore")
-    query: list[str]
-    prompts: list[str]
-    labels: list[str | None] | None = None
-
-    @model_validator(mode="after")
-    def _lengths(self) -> OpenRLHFRequest:
-        check_lengths(len(self.query), {"prompts": self.prompts, "labels": self.labels}, "query")
-        return self
-
-    def groups(self) -> CompletionGroups:
-        responses = [response_of(query, prompt) for query, prompt in zip(self.query, self.prompts, strict=True)]
-        return CompletionGroups.of(self.prompts, responses, references=self.labels)
-
-
-class ScoreRequest(BaseModel):
-    """The general route's payload: one entry per completion."""
-
-    model_config = ConfigDict(extra="forbid")
-    prompts: list[str | list[dict[str, str]]]
-    completions: list[str]
-    domains: list[str | None] | None = None
-    references: list[str | None] | None = None
-    sources: list[str | None] | None = None
-
-    @model_validator(mode="after")
-    def _lengths(self) -> ScoreRequest:
-        columns = {"prompts": self.prompts, "domains": self.domains, "references": self.references,
-                   "sources": self.sources}  # fmt: skip
-        check_lengths(len(self.completions), columns, "completions")
-        return self
-
-    def groups(self) -> CompletionGroups:
-        return CompletionGroups.of(self.prompts, self.completions, self.references, self.domains, self.sources)
-
-
-def check_lengths(count: int, columns: dict[str, list | None], name: str) -> None:
-    if count == 0:
-        raise ValueError(f"{name} is empty: nothing to score")
-    for key, column in columns.items():
-        if column is not None and len(column) != count:
-            raise ValueError(f"{key} has {len(column)} entries for {count} {name}: one each")
-
-
-def response_of(query: str, prompt: str) -> str:
-    """The response in an OpenRLHF query (the prompt and response decoded as one text): what follows the prompt."""
-    if prompt and query.startswith(prompt):
-        return query[len(prompt) :]
-    _, found, tail = query.partition(prompt) if prompt else ("", "", query)
-    return tail if found else query
 
 
 @dataclass
@@ -151,8 +105,9 @@ def split_rewards(scored: GroupRewards, parts: list[CompletionGroups], scorer: R
         groups = slice(first_group, first_group + len(part))
         calls = calls_per_rm(scorer.pool, part, scored.asked[groups])
         rewards = scored.rewards[flat : flat + part.size]
+        routing = None if scored.routing is None else routing_part(scored.routing, groups)
         out.append(GroupRewards(rewards, scored.rm_index[groups], scored.asked[groups], calls,
-                                call_cost(scorer.pool, calls)))  # fmt: skip
+                                call_cost(scorer.pool, calls), routing=routing))  # fmt: skip
         flat += part.size
         first_group += len(part)
     return out
@@ -167,42 +122,13 @@ def per_completion(part: CompletionGroups, rm_index: torch.Tensor) -> list[int]:
     return index
 
 
-class Refused(Exception):
-    """A request answered with `status` and `{"error": reason}`."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-async def read_json(request: Any, model: type[BaseModel], max_bytes: int) -> Any:
-    """The request's body as `model`, or `Refused`: 413 past `max_bytes`, 400 for what is not JSON, 422 for JSON
-    that is not `model` (the reason names the field)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise Refused(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise Refused(413, f"request body is over the limit of {max_bytes} bytes")
-    try:
-        data = json.loads(body)
-    except ValueError as error:
-        raise Refused(400, f"the body is not JSON: {error}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise Refused(422, f"{where}: {first['msg']}") from None
-
-
 def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_groups: int = 64,
-              batch_wait_ms: float = 2.0):  # fmt: skip
-    """The FastAPI app serving `scorer` (see the module docstring)."""
+              batch_wait_ms: float = 2.0, feedback_window: int = 1024):  # fmt: skip
+    """The FastAPI app serving `scorer` (see the module docstring); the routings of the last `feedback_window`
+    `/score` requests are kept for `/feedback`."""
     batcher = Batcher(scorer, max_batch_groups, batch_wait_ms / 1000)
     stats = {"requests": 0, "completions": 0}
+    routings: OrderedDict[str, Routing] = OrderedDict()  # routing id -> the router's decision, oldest first
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -241,7 +167,27 @@ def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_
     async def score(request: Request):
         _, groups, result = await scored(request, ScoreRequest)
         routed = [scorer.pool.names[n] if n >= 0 else None for n in per_completion(groups, result.rm_index)]
-        return {"rewards": result.rewards, "rm": routed, "cost": result.cost}
+        routing_id = uuid.uuid4().hex
+        routings[routing_id] = result.routing
+        while len(routings) > feedback_window:
+            routings.popitem(last=False)
+        group = per_completion(groups, torch.arange(len(groups)))
+        return {"rewards": result.rewards, "rm": routed, "cost": result.cost, "group": group,
+                "routing_id": routing_id}  # fmt: skip
+
+    @app.post("/feedback")
+    async def feedback(request: Request):
+        payload = await read_json(request, FeedbackRequest, max_request_bytes)
+        routing = routings.pop(payload.routing_id, None)
+        if routing is None:
+            raise Refused(404, f"no routing {payload.routing_id!r}: unknown, already learned from, or older than the "
+                               f"last {feedback_window} requests")  # fmt: skip
+        try:
+            learned = await asyncio.to_thread(scorer.learn, routing, payload.losses)
+        except ValueError as error:
+            routings[payload.routing_id] = routing  # a malformed report does not use the routing up
+            raise Refused(422, f"losses: {error}") from None
+        return {"learned": learned}
 
     @app.get("/health")
     async def health():
@@ -250,7 +196,8 @@ def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_
     @app.get("/stats")
     async def statistics():
         return {**stats, "batches": batcher.batches, "groups": scorer.groups_routed, "calls": scorer.calls,
-                "cost_total": scorer.cost_total if scorer.pool.costs is not None else None}  # fmt: skip
+                "cost_total": scorer.cost_total if scorer.pool.costs is not None else None,
+                "groups_learned": scorer.groups_learned}  # fmt: skip
 
     return app
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import Router
-from rmrouter.serving.groups import CompletionGroups, RoutedScorer
+from rmrouter.serving.groups import CompletionGroups
+from rmrouter.serving.scorer import RoutedScorer
 
 
 class RoutedReward:
