@@ -58,6 +58,15 @@ def test_the_openrlhf_route_speaks_its_remote_rm_protocol(server):
     groups = OpenRLHFRequest(**payload).groups()
     assert groups.references == [None, "7"] and groups.completions == [[" aaa", " a"], [" 7"]]
     assert response_of("<s>Q: x A: y", "Q: x A:") == " y" and response_of("other", "Q:") == "other"
+    # its other versions: `datasources` are the data labels; without `prompts` each query is a group of its own
+    labelled = OpenRLHFRequest(query=["Q: a? A: aa", "Q: b? A: bb"], prompts=["Q: a? A:", "Q: b? A:"],
+                               datasources=["a-task", "b-task"], metas=[{}, {}]).groups()  # fmt: skip
+    assert labelled.domains == ["a-task", "b-task"]
+    alone = OpenRLHFRequest(query=["aa", "aab"]).groups()
+    assert alone.completions == [["aa"], ["aab"]] and len(alone) == 2
+    body = requests.post(f"{server.url}/get_reward", json={"query": ["Q: b? A: bbb"], "prompts": ["Q: b? A:"],
+                                                           "datasources": ["b-task"]}, timeout=10).json()  # fmt: skip
+    assert body["rewards"] == [3.0] and body["extra_logs"]["routed_rm"] == [1]
 
 
 def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer(server):

@@ -12,21 +12,31 @@ from rmrouter.serving.groups import CompletionGroups
 
 
 class OpenRLHFRequest(BaseModel):
-    """OpenRLHF's remote-RM payload."""
+    """OpenRLHF's remote-RM payload, in each of its versions: `query` always; `prompts` and `labels` (the label
+    column, e.g. a ground truth: each prompt's reference) in most; `datasources` (each sample's data source: its data
+    label here) in some. Without `prompts` each query is its own group, its whole text the response. Other keys
+    (`metas`, token ids) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
     query: list[str]
-    prompts: list[str]
+    prompts: list[str] | None = None
     labels: list[str | None] | None = None
+    datasources: list[str | None] | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> OpenRLHFRequest:
-        check_lengths(len(self.query), {"prompts": self.prompts, "labels": self.labels}, "query")
+        columns = {"prompts": self.prompts, "labels": self.labels, "datasources": self.datasources}
+        check_lengths(len(self.query), columns, "query")
         return self
 
     def groups(self) -> CompletionGroups:
-        responses = [response_of(query, prompt) for query, prompt in zip(self.query, self.prompts, strict=True)]
-        return CompletionGroups.of(self.prompts, responses, references=self.labels)
+        if self.prompts is None:  # nothing says which samples share a prompt: each is its own
+            prompts = [f"sample {i}" for i in range(len(self.query))]
+            responses = list(self.query)
+        else:
+            prompts = self.prompts
+            responses = [response_of(query, prompt) for query, prompt in zip(self.query, prompts, strict=True)]
+        return CompletionGroups.of(prompts, responses, references=self.labels, domains=self.datasources)
 
 
 class FeedbackRequest(BaseModel):
