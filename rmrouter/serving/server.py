@@ -7,9 +7,9 @@ the same):
 
 - `POST /get_reward`, OpenRLHF's remote-RM protocol (`--reward.remote_url http://host:port/get_reward`): `query` (each
   sample's prompt and response as one text), `prompts`, optional `labels` (the dataset's label column, e.g. the ground
-  truth: given to the RMs as each prompt's reference) and `datasources` (data labels; `protocol.OpenRLHFRequest`). Answers `rewards` and `scores` (the same values: 0.0 where no
-  RM could judge a sample) and per-sample `extra_logs` (`routed_rm`, the RM's index in the pool, -1 for none or
-  several; `rewarded`, 1 where an RM judged it).
+  truth: given to the RMs as each prompt's reference) and `datasources` (data labels; `protocol.OpenRLHFRequest`).
+  Answers `rewards` and `scores` (the same values: 0.0 where no RM could judge a sample) and per-sample `extra_logs`
+  (`routed_rm`, the RM's index in the pool, -1 for none or several; `rewarded`, 1 where an RM judged it).
 - `POST /score`, the general route (verl's batch reward function calls it; see `docs/guides/serving.md`):
   `prompts` and `completions`, one per completion, optional `domains` (data labels), `references` and `sources`.
   Answers `rewards` (null where no RM could judge), `rm` (the RM's name per completion), `group` (each completion's
