@@ -15,7 +15,8 @@ batch), the steadiest common scale it can have.
 With `--task-priors DIR` (the task-aware offline router's `seed_<s>/prior.pt`, as the routing benchmark reads them),
 the online routers run too, on the routing benchmark's stream (the `test` and `ood` pairs in reshuffled passes) at
 fidelity (a), the oracle reward: routing by data label, and TaskBayesianRouter (`configs/routers/task_bayesian.yaml`)
-over a sweep of `cost_weight`, each over `--seeds`, with the cost its calls add up to. `--priors DIR` (the paper's
+and the cascade as a router (`CascadeRouter`) over a sweep of `cost_weight`, each over `--seeds`, with the cost its
+calls add up to. `--priors DIR` (the paper's
 offline router's `seed_<s>/prior.pt`) adds the paper's BayesianRouter (`configs/routers/bayesian.yaml`, whose
 calibrated prior scale puts its scores on the reward's scale) over the same sweep.
 """
@@ -37,6 +38,7 @@ from rmrouter.data.behaviour_split import split_named_by
 from rmrouter.models.embedding_store import EmbeddingCache
 from rmrouter.routers.baseline_routers import DataLabelRouter
 from rmrouter.routers.bayesian import BayesianRouter
+from rmrouter.routers.cascade import CascadeRouter
 from rmrouter.routers.cost import MarginCalibration, budget_choice, cascade, cost_aware_choice
 from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.routers.decisions import majority_vote_credit, uwo_pair_margins
@@ -192,6 +194,10 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
         routers["BayesianRouter"] = (BayesianRouter, router_settings("bayesian"), args.priors)
     methods = [("data-label lookup", "", None)]
     methods += [(name, f"cost_weight {weight:g}", weight) for name in routers for weight in COST_WEIGHTS]
+    methods += [("CascadeRouter", f"cost_weight {weight:g}", weight) for weight in COST_WEIGHTS]
+    first = int(torch.argmin(cost))  # the cheapest RM, asked first
+    train = data.splits["train"]
+    calibration = MarginCalibration.fit(train.domains, train.margin[:, first].double(), train.agree[:, first].bool())
     lines = ["| router | setting | accuracy (%), mean ± sd over seeds | seconds per pair |", "|---|---|---:|---:|"]
     caches: dict[tuple, EmbeddingCache] = {}
     for method, setting, weight in methods:
@@ -199,6 +205,9 @@ def stream_rows(data: BehaviourDataModule, lookup: DataLabelRouting, cost: torch
         for seed in args.seeds:
             if weight is None:
                 router = DataLabelRouter(rm_names, lookup)
+            elif method == "CascadeRouter":
+                router = CascadeRouter(rm_names, first=rm_names[first], lookup=lookup, calibration=calibration,
+                                       cost_weight=weight)  # fmt: skip
             else:
                 kind, settings, priors = routers[method]
                 prior = str(priors / f"seed_{seed}" / "prior.pt")
@@ -263,7 +272,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[Point]]:
         body += [f"## On the routing benchmark's stream, oracle reward ({args.pairs} pairs, seeds {args.seeds})", "",
                  "The stream replays the `test` and `ood` pairs; what learns nothing online (single RMs, ensembles, "
                  "the lookups, the cascades) scores there what it scores on those pairs above, so beside the "
-                 "data-label lookup, the baseline, only the routers that learn run here.", "",
+                 "data-label lookup, the baseline, the routers that learn run here, and the cascade as a router "
+                 f"(`CascadeRouter`: {rm_names[int(torch.argmin(cost))]} first, the lookup's RM where its training "
+                 "accuracy on the label beats the first RM's calibrated chance by more than `cost_weight` times its "
+                 "cost).", "",
                  *stream_rows(data, lookup, cost, rm_names, args), ""]  # fmt: skip
     picture = args.output.with_suffix(".png")
     plot(results, picture)

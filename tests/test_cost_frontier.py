@@ -114,7 +114,7 @@ def test_with_task_priors_the_online_routers_run_on_the_stream_at_each_cost_weig
     rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| TaskBayesianRouter |")}
     assert set(rows) == {f"cost_weight {weight:g}" for weight in frontier.COST_WEIGHTS}
     # a larger weight spends less: the largest buys the free RM on (almost) every pair
-    for router in ("TaskBayesianRouter", "BayesianRouter"):
+    for router in ("TaskBayesianRouter", "BayesianRouter", "CascadeRouter"):
         rows = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith(f"| {router} |")}
         assert set(rows) == {f"cost_weight {weight:g}" for weight in frontier.COST_WEIGHTS}
         # a larger weight spends less: the largest buys the free RM on (almost) every pair

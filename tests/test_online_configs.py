@@ -82,6 +82,9 @@ def test_every_router_config_trains_in_the_simulated_mode(workdir, tiny_encoder_
     )
     state = router_state(workdir)
     assert state["global_step"] == 2 and state["pairs_routed"] == 8  # two batches of 4 pairs, each routed once
+    if name == "cascade":  # the first RM on every pair, a second one on some
+        assert 8 < state["rm_calls"] <= 16
+        return
     calls_per_pair = len(RM_NAMES) if name in ("majority", "uwo") else 1
     assert state["rm_calls"] == 8 * calls_per_pair
 

@@ -115,12 +115,15 @@ class Routing:
         rm_index: `[P]` long: the RM whose label was used, -1 when the label aggregates several RMs (majority, UWO).
         rm_calls: RM calls made for this batch, counted per pair and RM (`P` for one RM per pair, `N * P` for all).
         context: Whatever the router needs again in `observe` (e.g. the pair embeddings `h`), or None.
+        calls_by_rm: `[N]` the calls per RM, where they are not what `rm_index` says (a cascade asks a first RM on
+            pairs another RM labels); None: each labelled pair called its RM, any other call is spread over the RMs.
     """
 
     preference: Tensor
     rm_index: Tensor
     rm_calls: int
     context: Any = None
+    calls_by_rm: Tensor | None = None
 
 
 class Router(Callback, ABC):
@@ -276,7 +279,11 @@ class Router(Callback, ABC):
         self.pairs_routed += len(rm_index)
         self.rm_calls += int(calls.sum())
         if self.costs is not None:
-            self.cost_total += routing_cost(rm_index, int(calls.sum()), self.costs)
+            if routing.calls_by_rm is not None:  # every rank's counts, summed
+                by_rm, _ = self.all_gather_rows(routing.calls_by_rm.detach().double().cpu().reshape(1, -1))
+                self.cost_total += float((by_rm.sum(dim=0) * self.costs).sum())
+            else:
+                self.cost_total += routing_cost(rm_index, int(calls.sum()), self.costs)
         return routing
 
     def metrics(self) -> dict[str, float]:

@@ -136,5 +136,11 @@ def cascade(first: Tensor, confidence: Tensor, second: Tensor, threshold: float)
     Returns:
         `(labels [P], escalated [P] bool)`: the label each pair gets and whether the second RM was called.
     """
-    escalated = ~(torch.nan_to_num(confidence, nan=-1.0) >= threshold) | (first == 0)
+    escalated = escalate(first, confidence, threshold)
     return torch.where(escalated, second, first), escalated
+
+
+def escalate(first: Tensor, confidence: Tensor, threshold: Tensor | float) -> Tensor:
+    """`[P]` bool: the pairs a cascade sends on, where the first RM gave no label or its calibrated confidence is below
+    `threshold` (a number, or one per pair)."""
+    return ~(torch.nan_to_num(confidence, nan=-1.0) >= threshold) | (first == 0)
