@@ -155,6 +155,14 @@ class Router(Callback, ABC):
         self.rm_names = names
         self.selections = torch.zeros(len(names), dtype=torch.long)
 
+    def declared_costs(self) -> Tensor:
+        """The pool's cost per call of each RM, for a router that weighs cost; refused where the pool declares none."""
+        if self.costs is None:
+            raise ValueError(
+                f"{type(self).__name__}: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)"
+            )
+        return self.costs
+
     def connect_pool(self, rm_names: Sequence[str], where: str = "the pool's", costs: Tensor | None = None) -> None:
         """Takes the pool's RM names (in pool order) if the router has none yet; else checks they are its own.
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from rmrouter.models.encoder import Pooling
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
+from rmrouter.routers.cost import checked_cost_weight
 from rmrouter.routers.decisions import best_eligible
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
@@ -197,13 +198,10 @@ class BayesianRouter(Router):
         it stands for)."""
         if not self.cost_weight:
             return self.reward_scores(h)
-        if self.costs is None:
-            raise ValueError(
-                f"{type(self).__name__}: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)"
-            )
+        costs = self.declared_costs()
         scores = self.reward_scores(h, predicted=True)
         scale = 2.0 if self.centred_rewards else 1.0
-        return scores - scale * self.cost_weight * self.costs.to(scores)
+        return scores - scale * self.cost_weight * costs.to(scores)
 
     def reward_scores(self, h: Tensor, predicted: bool = False) -> Tensor:
         """`[P, N]` Thompson draws, offline scores, or their weighted sum. The no-online offline scores rank alone
@@ -307,12 +305,6 @@ def checked_forgetting(factor: float, toward: str) -> tuple[float, str]:
     if toward not in ("prior_mean", "prior"):
         raise ValueError(f"forget_toward must be 'prior_mean' or 'prior', got {toward!r}")
     return float(factor), toward
-
-
-def checked_cost_weight(weight: float) -> float:
-    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"cost_weight must be a finite number >= 0 (0: ignore cost), got {weight!r}")
-    return float(weight)
 
 
 def calibrated_scale(prior: RouterPrior) -> float:

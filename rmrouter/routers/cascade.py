@@ -9,13 +9,11 @@ whenever the second RM is the likelier to be right.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from rmrouter.data.behaviour_split import BehaviourSplit
 from rmrouter.routers.base import PairBatch, PairJudge, Router, Routing
-from rmrouter.routers.cost import MarginCalibration, escalate
+from rmrouter.routers.cost import MarginCalibration, checked_cost_weight, escalate
 from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.routers.judges import ask_by_rm, ask_eligible, preference
 
@@ -50,9 +48,7 @@ class CascadeRouter(Router):
         if (behaviour is None) == (lookup is None or calibration is None):
             raise ValueError("CascadeRouter needs either `behaviour` (a file to fit on) or both `lookup` and "
                              "`calibration`")  # fmt: skip
-        if not (math.isfinite(cost_weight) and cost_weight >= 0):
-            raise ValueError(f"cost_weight must be a finite number >= 0, got {cost_weight}")
-        self.first, self.cost_weight = first, float(cost_weight)
+        self.first, self.cost_weight = first, checked_cost_weight(cost_weight)
         self.lookup, self.calibration = lookup, calibration
         self._behaviour = {"path": behaviour, "split": split}
         self.first_index = -1
@@ -76,8 +72,7 @@ class CascadeRouter(Router):
 
     def label(self, pairs: PairBatch, judge: PairJudge) -> Routing:
         num_rms, n = len(self.rm_names), self.first_index
-        if self.cost_weight and self.costs is None:
-            raise ValueError("CascadeRouter: cost_weight > 0 needs the pool's costs per call (RewardModelPool costs)")
+        costs = self.declared_costs() if self.cost_weight else None
         eligible = ask_eligible(judge, pairs, num_rms)
         sources = pairs.sources if pairs.sources is not None else [""] * len(pairs)
         asked_first = eligible[:, n]
@@ -88,8 +83,8 @@ class CascadeRouter(Router):
         second = self.lookup.route(pairs.domains, sources, eligible)
         worth = torch.tensor([self.second_accuracy(d, s, int(rm)) for d, s, rm in zip(pairs.domains, sources, second,
                                                                                       strict=True)])  # fmt: skip
-        if self.cost_weight:
-            worth = worth - self.cost_weight * self.costs[second.clamp_min(0)]
+        if costs is not None:
+            worth = worth - self.cost_weight * costs[second.clamp_min(0)]
         confidence = self.calibration.probability(pairs.domains, margins)
         onward = escalate(preference(margins), confidence, worth) & (second >= 0) & (second != n)
         chosen = torch.where(asked_first, n, -1)

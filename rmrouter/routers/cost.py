@@ -13,11 +13,19 @@ Pure functions of tensors, shared by the cost frontier benchmark and the routers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def checked_cost_weight(weight: float) -> float:
+    """`lambda`, checked: a finite number >= 0 (0 ignores cost)."""
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"cost_weight must be a finite number >= 0 (0: ignore cost), got {weight!r}")
+    return float(weight)
 
 
 def routing_cost(rm_index: Tensor, rm_calls: int, costs: Tensor) -> float:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from rmrouter.routers.base import PairBatch, Router
-from rmrouter.routers.bayesian import BayesianRouter, checked_cost_weight, checked_forgetting, forgetting_anchor
+from rmrouter.routers.bayesian import BayesianRouter, checked_forgetting, forgetting_anchor
+from rmrouter.routers.cost import checked_cost_weight
 from rmrouter.routers.embedding import LazyEmbedder
 from rmrouter.routers.normalizer import HeldRewards, QuantileNormalizer
 from rmrouter.routers.posterior import GaussianPosteriors
