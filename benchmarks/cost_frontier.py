@@ -16,9 +16,9 @@ With `--task-priors DIR` (the task-aware offline router's `seed_<s>/prior.pt`, a
 the online routers run too, on the routing benchmark's stream (the `test` and `ood` pairs in reshuffled passes) at
 fidelity (a), the oracle reward: routing by data label, and TaskBayesianRouter (`configs/routers/task_bayesian.yaml`)
 and the cascade as a router (`CascadeRouter`) over a sweep of `cost_weight`, each over `--seeds`, with the cost its
-calls add up to. `--priors DIR` (the paper's
-offline router's `seed_<s>/prior.pt`) adds the paper's BayesianRouter (`configs/routers/bayesian.yaml`, whose
-calibrated prior scale puts its scores on the reward's scale) over the same sweep.
+calls add up to. `--priors DIR` (the paper's offline router's `seed_<s>/prior.pt`) adds the paper's BayesianRouter
+(`configs/routers/bayesian.yaml`, whose calibrated prior scale puts its scores on the reward's scale) over the same
+sweep.
 """
 
 from __future__ import annotations
@@ -92,14 +92,13 @@ def frontier(split: BehaviourPairs, train: BehaviourPairs, lookup: DataLabelRout
         chosen = torch.where(split.eligible[:, n], n, -1)
         points.append(routed(f"single: {name}", "", split, chosen, cost))
     every = split.eligible.double()
-    points.append(Point("majority vote", "every eligible RM", majority_vote_credit(split.margin).double(),
-                        (every * cost).sum(dim=1), every.sum(dim=1)))  # fmt: skip
+    spent, calls = (every * cost).sum(dim=1), every.sum(dim=1)  # what asking every eligible RM costs
+    points.append(Point("majority vote", "every eligible RM", majority_vote_credit(split.margin).double(), spent,
+                        calls))  # fmt: skip
     points.append(Point("ceiling: any RM right", "every eligible RM, knowing the truth",
-                        (split.agree.bool() & split.eligible).any(dim=1).double(), (every * cost).sum(dim=1),
-                        every.sum(dim=1)))  # fmt: skip
+                        (split.agree.bool() & split.eligible).any(dim=1).double(), spent, calls))  # fmt: skip
     uwo_margin = uwo_pair_margins(split.scores, router_settings("uwo")["coeff"])
-    points.append(Point("UWO", "every eligible RM", (uwo_margin > 0).double(), (every * cost).sum(dim=1),
-                        every.sum(dim=1)))  # fmt: skip
+    points.append(Point("UWO", "every eligible RM", (uwo_margin > 0).double(), spent, calls))
     label_route = lookup.route(split.domains, split.sources, split.eligible)
     points.append(routed("data-label lookup", "", split, label_route, cost))
     labels = [lookup.label_of(domain, source) for domain, source in zip(split.domains, split.sources, strict=True)]

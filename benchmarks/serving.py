@@ -38,8 +38,17 @@ from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.baseline_routers import DataLabelRouter, MajorityVoteRouter
 from rmrouter.routers.data_label import DataLabelRouting
 from rmrouter.serving.scorer import RoutedScorer
-from rmrouter.serving.server import BackgroundServer, build_app
+from rmrouter.serving.server import BackgroundServer, build_app, free_port
 from rmrouter.stats import paired_test
+
+
+def table_row(name: str, result: dict, requests: int, calls: str) -> str:
+    """A scorer's row: its speed over the rounds, calls, declared cost and accuracy (kept in `result["right"]`)."""
+    seconds = statistics.median(result["seconds"])
+    right = result["right"] = [c for answer in result["answers"] for c in credit(answer["rewards"])]
+    cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
+    return (f"| {name} | {requests / seconds:.2f} | {spread(result['seconds'], len(right))} | "
+            f"{seconds / len(right):.3f} | {calls} | {cost:.4f} | {100 * sum(right) / len(right):.1f} |")  # fmt: skip
 
 
 def spread(seconds: list[float], pairs: int) -> str:
@@ -103,12 +112,9 @@ def run(scorer: RoutedScorer, payloads: list[dict], concurrency: int, repeats: i
 
 def run_litserve(args: argparse.Namespace, payloads: list[dict]) -> dict:
     """The routed scorer under LitServe instead (`serving_litserve.py`, its own process), on the same requests."""
-    import socket
     import subprocess
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     worker = Path(__file__).with_name("serving_litserve.py")
     command = [sys.executable, str(worker), "--port", str(port), "--behaviour", str(args.behaviour),
                "--offline-config", str(args.offline_config), "--costs", str(args.costs)]  # fmt: skip
@@ -182,14 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         scorer = RoutedScorer(pool, router)
         result = run(scorer, payloads, args.concurrency, args.repeats)
         results[name] = result
-        seconds = statistics.median(result["seconds"])
         completions = sum(len(p["completions"]) for p in payloads)
-        right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
-        result["right"] = right
-        cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
-        rows.append(f"| {name} | {len(payloads) / seconds:.2f} | {spread(result['seconds'], len(right))} | "
-                    f"{seconds / len(right):.3f} | {result['calls'] / completions:.2f} | {cost:.4f} | "
-                    f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
+        rows.append(table_row(name, result, len(payloads), f"{result['calls'] / completions:.2f}"))
     header = ["| scorer | requests per second | pairs per second (min-max over rounds) | seconds per pair | "
               "RM calls per completion | "
               "declared cost per pair (s) | preferred completion rewarded higher (%) |",
@@ -203,12 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.litserve:
         result = results["litserve"] = run_litserve(args, payloads)
-        seconds = statistics.median(result["seconds"])
-        right = [c for answer in result["answers"] for c in credit(answer["rewards"])]
-        cost = sum((answer["cost"] or 0.0) for answer in result["answers"]) / len(right)
-        rows.append(f"| routed by data label, served by LitServe | {len(payloads) / seconds:.2f} | "
-                    f"{spread(result['seconds'], len(right))} | {seconds / len(right):.3f} | 1.00 | {cost:.4f} | "
-                    f"{100 * sum(right) / len(right):.1f} |")  # fmt: skip
+        rows.append(table_row("routed by data label, served by LitServe", result, len(payloads), "1.00"))
     routed, ensemble = (results[name]["right"] for name in routers)
     test = paired_test(routed, ensemble)
     times = [statistics.median(results[name]["seconds"]) for name in routers]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,13 +15,7 @@ requests = pytest.importorskip("requests")
 
 from rmrouter.serving.protocol import OpenRLHFRequest, response_of  # noqa: E402
 from rmrouter.serving.scorer import RoutedScorer  # noqa: E402
-from rmrouter.serving.server import BackgroundServer, build_app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rmrouter.serving.server import BackgroundServer, build_app, free_port  # noqa: E402
 
 
 @pytest.fixture

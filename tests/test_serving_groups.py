@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,6 @@ from serving_helpers import RMS, label_router, letter_pool
 
 from rmrouter.routers.baseline_routers import MajorityVoteRouter
 from rmrouter.serving import CompletionGroups, RoutedReward, RoutedScorer
-from rmrouter.serving.scorer import ensemble_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,10 @@ def test_an_ensemble_router_rewards_the_mean_of_every_rms_z_scores_in_the_group(
         CompletionGroups.of(["p"] * 3, ["a", "ab", "abb"])
     )
     assert scored.rm_index.tolist() == [-1] and scored.scored == {"a": 3, "b": 3, "ref": 0}
-    # a: 1, 1, 1 (no spread: 0); b: 0, 1, 2 -> z = -1.22, 0, 1.22; ref abstains
-    expected = ensemble_rewards([torch.tensor([1.0, 1, 1]), torch.tensor([0.0, 1, 2]), torch.full((3,), float("nan"))])
-    assert scored.rewards == pytest.approx(expected.tolist())
+    # a: 1, 1, 1 (no spread: 0); b: 0, 1, 2 -> z = -1.22, 0, 1.22; ref abstains: the mean of a's and b's
+    z = math.sqrt(1.5)
+    expected = [(0.0 - z) / 2, 0.0, (0.0 + z) / 2]
+    assert scored.rewards == pytest.approx(expected, rel=1e-6)
     assert expected[0] < 0 < expected[2] and expected[1] == 0
 
 

@@ -9,7 +9,6 @@ through `RoutedScorer.learn`.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,30 +18,23 @@ from torch import Tensor
 
 from rmrouter.reward_models.pool import RewardModelPool
 from rmrouter.routers.base import PairBatch, Router, Routing
+from rmrouter.routers.decisions import uwo_scores
+from rmrouter.routers.judges import PoolJudge
 from rmrouter.serving.groups import CompletionGroups
 
-log = logging.getLogger(__name__)
 
-
-class GroupJudge:
+class GroupJudge(PoolJudge):
     """A router's judge over `CompletionGroups`: asked for RM `n`'s margins on some groups, it scores every completion
     of those groups with RM `n` (one `score` call for all of them) and keeps the scores, so each (group, RM) is scored
-    once however often the router asks.
-
-    An RM that raises an `Exception` abstains on the groups of that call (NaN scores; the groups get no reward), is
-    counted in `errors` and logged once per distinct error; out-of-memory errors are raised (a configuration problem).
+    once however often the router asks. Eligibility, margins and failures are `PoolJudge`'s: an RM that raises an
+    `Exception` abstains on the groups of that call (NaN scores; the groups get no reward) and is counted in `errors`;
+    out-of-memory errors are raised (a configuration problem).
     """
 
     def __init__(self, pool: RewardModelPool, groups: CompletionGroups) -> None:
-        self.pool, self.groups = pool, groups
+        super().__init__(pool)
+        self.groups = groups
         self.scored: dict[tuple[int, int], Tensor] = {}  # (group, rm) -> [group size] scores
-        self.errors: dict[str, int] = dict.fromkeys(pool.names, 0)
-        self._logged: set[str] = set()
-
-    def eligible(self, pairs: PairBatch) -> Tensor:
-        """`[P, N]` bool: RM `n` can judge group `p` (`RewardModel.can_judge` of its reference)."""
-        rows = [[rm.can_judge(reference) for rm in self.pool.reward_models] for reference in pairs.references]
-        return torch.tensor(rows, dtype=torch.bool).reshape(len(pairs), len(self.pool))
 
     def group_scores(self, rm_index: int, groups: Sequence[int]) -> list[Tensor]:
         """RM `rm_index`'s scores of every completion of each of `groups` (scoring those not scored yet)."""
@@ -57,7 +49,7 @@ class GroupJudge:
             except (torch.OutOfMemoryError, MemoryError):
                 raise
             except Exception as error:  # the RM abstains on these groups
-                self._failed(rm.name, error)
+                self._failed(rm.name, error, len(todo))
                 scores = torch.full((len(responses),), float("nan"))
             for g, part in zip(todo, scores.split([len(self.groups.completions[g]) for g in todo]), strict=True):
                 self.scored[(g, rm_index)] = part
@@ -70,19 +62,8 @@ class GroupJudge:
             [torch.stack([s[0], s[1 if len(s) > 1 else 0]]) for s in self.group_scores(rm_index, groups)]
         )
 
-    def margins(self, rm_index: int, pairs: PairBatch) -> Tensor:
-        scores = self.scores(rm_index, pairs)
-        return scores[:, 0] - scores[:, 1]
-
     def _groups_of(self, pairs: PairBatch) -> list[int]:
         return list(range(len(pairs))) if pairs.rows is None else list(pairs.rows)
-
-    def _failed(self, name: str, error: Exception) -> None:
-        self.errors[name] += 1
-        what = f"{name}: {type(error).__name__}: {error}"
-        if what not in self._logged:
-            self._logged.add(what)
-            log.warning("reward model %s failed; its groups get no reward", what, exc_info=error)
 
 
 @dataclass
@@ -157,7 +138,7 @@ class RoutedScorer:
             if rm >= 0:
                 values = judge.group_scores(rm, [g])[0]
             elif asked[g]:  # several RMs were asked (an ensemble router): the mean of their z-scores in the group
-                values = ensemble_rewards([judge.group_scores(n, [g])[0] for n in asked[g]])
+                values = uwo_scores(torch.stack([judge.group_scores(n, [g])[0] for n in asked[g]], dim=1), 0.0).float()
             else:  # no RM could judge the group
                 continue
             for row, value in zip(groups.rows[g], values.tolist(), strict=True):
@@ -196,16 +177,3 @@ def call_cost(pool: RewardModelPool, calls: dict[str, int]) -> float | None:
     if pool.costs is None:
         return None
     return sum(count * float(pool.costs[n]) / 2 for n, count in enumerate(calls.values()))
-
-
-def ensemble_rewards(columns: Sequence[Tensor]) -> Tensor:
-    """Per completion, the mean over RMs of each RM's score z-scored within the group (an RM without spread there, or
-    that abstained, adds nothing); NaN where no RM scored it."""
-    scores = torch.stack(list(columns), dim=1).double()  # [K, N]
-    judged = ~scores.isnan()
-    mean = scores.nan_to_num().sum(0) / judged.sum(0).clamp_min(1)
-    centred = torch.where(judged, scores - mean, 0.0)
-    std = (centred.square().sum(0) / judged.sum(0).clamp_min(1)).sqrt()
-    z = torch.where(std > 0, centred / std.clamp_min(1e-300), 0.0)
-    count = judged.sum(1)
-    return torch.where(count > 0, z.sum(1) / count.clamp_min(1), torch.nan).float()

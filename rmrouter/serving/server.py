@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -202,6 +203,13 @@ def build_app(scorer: RoutedScorer, max_request_bytes: int = 4 << 20, max_batch_
     return app
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a server started next."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 class BackgroundServer:
     """Serves an app with uvicorn in a background thread until `stop` (for notebooks, tests and benchmarks; a
     deployment runs `python cli.py serve`).
@@ -214,16 +222,12 @@ class BackgroundServer:
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> None:
-        import socket
         import threading
         import time
 
         import uvicorn
 
-        if port == 0:
-            with socket.socket() as probe:
-                probe.bind((host, 0))
-                port = probe.getsockname()[1]
+        port = port or free_port(host)
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
